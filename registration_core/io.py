@@ -1,0 +1,285 @@
+"""Images, label maps, landmarks and displacement fields on disk.
+
+Conventions (shared by the whole package):
+
+* ``Image.data`` is the spatial array in *array index order* ``(i, j[, k])`` exactly as
+  stored in NIfTI (nibabel's dataobj order); ``ndim`` is 2 or 3.
+* ``Image.affine`` is a (4, 4) matrix mapping voxel indices ``(i, j, k, 1)`` to RAS+
+  millimetres. 2D images keep a 4x4 affine whose third voxel axis is a singleton.
+* ITK formats (.mha, .mhd, .nrrd) store geometry in LPS; they are converted to the RAS
+  affine on reading (flip the signs of the first two physical axes) and back on writing.
+* 2D images are written to ITK formats and converted to physical points / millimetre
+  vectors with their *in-plane block*: rows and columns (0, 1) of the affine plus the
+  translation's first two entries (see :func:`spatial_affine`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from registration_core.errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+ImageKind = Literal["image", "labels"]
+
+
+@dataclass(frozen=True)
+class Image:
+    """A 2D or 3D image (or label map) on a physical grid.
+
+    Attributes:
+        data: spatial array of shape ``(*spatial)`` in array index order ``(i, j[, k])``;
+            float32 for images, int32 for label maps when loaded by :func:`load_image`.
+        affine: (4, 4) voxel index -> RAS+ mm; for 2D images the third voxel axis is a
+            singleton (its column is kept as stored, usually the slice normal).
+        path: the file it was read from, or None for derived images.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: str | None = None
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial axes (2 or 3)."""
+        return self.data.ndim
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Spatial shape ``(n_i, n_j[, n_k])`` in voxels."""
+        return tuple(int(n) for n in self.data.shape)
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along each array axis (norms of the affine's first ndim columns)."""
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, : self.ndim], axis=0))
+
+    def with_data(self, data: np.ndarray) -> Image:
+        """A copy with ``data`` (same spatial shape) on the same grid; ``path`` is dropped."""
+        if tuple(data.shape) != self.shape:
+            raise ValueError(f"with_data: shape {tuple(data.shape)} differs from the grid's {self.shape}")
+        return Image(data=data, affine=self.affine.copy(), path=None)
+
+    def same_grid(self, other: Image, atol: float = 1e-4) -> bool:
+        """True when both images have the same spatial shape and affines equal within ``atol`` (mm)."""
+        return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
+
+
+def spatial_affine(affine: np.ndarray, ndim: int) -> np.ndarray:
+    """The ``(ndim + 1, ndim + 1)`` voxel -> RAS mm affine restricted to the image's axes.
+
+    For 3D this is the affine itself. For 2D it is the in-plane block: voxel axes (i, j)
+    mapped to the physical axes (x, y) = (R, A), plus the (x, y) translation. This is the
+    geometry used for 2D landmarks in mm, 2D displacement vectors in mm and 2D ITK files.
+    """
+    axes = [*range(ndim), 3]
+    return np.asarray(affine, dtype=np.float64)[np.ix_(axes, axes)]
+
+
+def embed_affine(affine_nd: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`spatial_affine`: a (3, 3) 2D affine -> (4, 4) with an identity third axis."""
+    ndim = affine_nd.shape[0] - 1
+    if ndim == 3:
+        return np.asarray(affine_nd, dtype=np.float64).copy()
+    affine = np.eye(4)
+    axes = [*range(ndim), 3]
+    affine[np.ix_(axes, axes)] = affine_nd
+    return affine
+
+
+def _lps_flip(ndim: int) -> np.ndarray:
+    """Diagonal (ndim, ndim) matrix converting RAS <-> LPS (negates the first two axes)."""
+    return np.diag([-1.0, -1.0, 1.0][:ndim])
+
+
+def image_from_sitk(itk_image: sitk.Image, path: str | None = None) -> Image:
+    """Convert a scalar SimpleITK image (LPS geometry, array (z, y, x)) to an :class:`Image`.
+
+    The array is transposed to ITK index order ``(i, j[, k]) = (x, y[, z])`` and the
+    origin / spacing / direction become the RAS affine ``flip @ [D diag(s) | o]``.
+    The dtype is kept as read.
+    """
+    ndim = itk_image.GetDimension()
+    data = sitk.GetArrayFromImage(itk_image).transpose()
+    direction = np.asarray(itk_image.GetDirection(), dtype=np.float64).reshape(ndim, ndim)
+    linear = direction @ np.diag(itk_image.GetSpacing())
+    flip = _lps_flip(ndim)
+    affine_nd = np.eye(ndim + 1)
+    affine_nd[:ndim, :ndim] = flip @ linear
+    affine_nd[:ndim, ndim] = flip @ np.asarray(itk_image.GetOrigin(), dtype=np.float64)
+    return Image(data=data, affine=embed_affine(affine_nd), path=path)
+
+
+def itk_geometry(image: Image) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
+    """ITK ``(origin, spacing, direction)`` in LPS for the image's grid (2D: its in-plane block).
+
+    Raises InputError when the grid cannot be written as an ITK image (sheared axes).
+    """
+    ndim = image.ndim
+    affine_nd = spatial_affine(image.affine, ndim)
+    flip = _lps_flip(ndim)
+    linear = flip @ affine_nd[:ndim, :ndim]
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing <= 0):
+        raise InputError(f"{image.path or 'image'}: its affine has a zero-length axis; cannot build an ITK grid")
+    direction = linear / spacing
+    if not np.allclose(direction.T @ direction, np.eye(ndim), atol=1e-4):
+        raise InputError(
+            f"{image.path or 'image'}: its affine is sheared (or a 2D image is not in the x-y plane); "
+            "ITK formats need orthogonal axes: write NIfTI instead"
+        )
+    origin = flip @ affine_nd[:ndim, ndim]
+    return tuple(origin.tolist()), tuple(spacing.tolist()), tuple(direction.ravel().tolist())
+
+
+def image_to_sitk(image: Image) -> sitk.Image:
+    """Convert an :class:`Image` to a scalar SimpleITK image with LPS geometry (dtype kept)."""
+    itk_image = sitk.GetImageFromArray(np.ascontiguousarray(image.data.transpose()))
+    origin, spacing, direction = itk_geometry(image)
+    itk_image.SetOrigin(origin)
+    itk_image.SetSpacing(spacing)
+    itk_image.SetDirection(direction)
+    return itk_image
+
+
+def _suffix(path: Path) -> str:
+    """The image suffix of ``path`` (``.nii.gz`` counts as one) or raise InputError."""
+    name = path.name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    raise InputError(f"{path}: unsupported image format; allowed: {', '.join(IMAGE_SUFFIXES)}")
+
+
+def _read_raw(path: Path) -> Image:
+    """Read an image file with nibabel (NIfTI) or SimpleITK (ITK formats), squeezing trailing singletons."""
+    try:
+        if _suffix(path) in NIFTI_SUFFIXES:
+            nifti = nib.load(str(path))
+            image = Image(data=np.asarray(nifti.dataobj), affine=np.asarray(nifti.affine, dtype=np.float64))
+        else:
+            itk_image = sitk.ReadImage(str(path))
+            if itk_image.GetNumberOfComponentsPerPixel() != 1:
+                raise InputError(
+                    f"{path}: has {itk_image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                    "expected a scalar image"
+                )
+            image = image_from_sitk(itk_image)
+    except InputError:
+        raise
+    except Exception as exc:  # nibabel / ITK raise many types for corrupt or non-image files
+        raise InputError(f"{path}: cannot read as an image ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+    data = image.data
+    while data.ndim > 2 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim not in (2, 3):
+        raise InputError(f"{path}: has shape {tuple(image.data.shape)}; expected a 2D or 3D image")
+    return Image(data=data, affine=image.affine, path=str(path))
+
+
+def load_image(path: str | os.PathLike[str], kind: ImageKind = "image") -> Image:
+    """Load a 2D/3D image or label map from NIfTI (.nii, .nii.gz) or ITK (.mha, .mhd, .nrrd).
+
+    Args:
+        path: the file.
+        kind: "image" -> float32 data, rejected if constant; "labels" -> int32 data, rejected
+            unless every value is an integer.
+
+    Returns:
+        An :class:`Image` with data ``(i, j[, k])`` and a voxel -> RAS mm affine. Trailing
+        singleton axes are squeezed, so a (160, 192, 1) slice becomes 2D.
+
+    Raises:
+        InputError naming ``path``: missing, unreadable or non-image file, 4D+ data,
+        NaN/Inf voxels, a constant image, non-integer labels.
+    """
+    path = Path(path)
+    if kind not in ("image", "labels"):
+        raise InputError(f"load_image: kind {kind!r} is not allowed; allowed: 'image', 'labels'")
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    image = _read_raw(path)
+    data = image.data
+    if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
+        raise InputError(f"{path}: voxel type {data.dtype} is not a real scalar")
+    if not np.all(np.isfinite(data)):
+        raise InputError(f"{path}: contains NaN or infinite voxels")
+    if not np.all(np.isfinite(image.affine)) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-12:
+        raise InputError(f"{path}: its voxel-to-world affine is singular or not finite")
+    if kind == "labels":
+        if not np.array_equal(data, np.round(data)):
+            raise InputError(f"{path}: label map has non-integer values (e.g. {data[data != np.round(data)].flat[0]})")
+        return Image(data=data.astype(np.int32), affine=image.affine, path=image.path)
+    if data.min() == data.max():
+        raise InputError(f"{path}: image is constant (every voxel is {data.flat[0]})")
+    return Image(data=data.astype(np.float32), affine=image.affine, path=image.path)
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path to write ``path`` atomically; rename on success, delete on error.
+
+    The temporary file has the same name inside a fresh hidden folder next to ``path`` (so
+    format detection by suffix works, and side files such as an .mhd's .raw are moved along).
+    The parent folder is created. Files are moved with ``os.replace``, ``path`` itself last.
+
+    Example::
+
+        with atomic_path("out/metrics.json") as tmp:
+            tmp.write_text(text)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp_path = tmp_dir / path.name
+    try:
+        yield tmp_path
+        if not tmp_path.is_file():
+            raise OSError(f"{path}: nothing was written")
+        for side_file in tmp_dir.iterdir():
+            if side_file != tmp_path:
+                os.replace(side_file, path.parent / side_file.name)
+        os.replace(tmp_path, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _nifti_dtype(data: np.ndarray) -> type:
+    """On-disk dtype: int32 for integer (label) data, uint8 for booleans, float32 otherwise."""
+    if data.dtype == np.bool_:
+        return np.uint8
+    return np.int32 if np.issubdtype(data.dtype, np.integer) else np.float32
+
+
+def save_image(image: Image, path: str | os.PathLike[str]) -> None:
+    """Write ``image`` atomically: NIfTI via nibabel, .mha/.mhd/.nrrd via SimpleITK.
+
+    Integer data (label maps) keep an integer dtype (int32); other data is written as float32.
+    NIfTI files get the affine as both qform and sform (code 1, scanner) and mm units.
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    data = image.data.astype(_nifti_dtype(image.data))
+    with atomic_path(path) as tmp:
+        if suffix in NIFTI_SUFFIXES:
+            nifti = nib.Nifti1Image(data, image.affine)
+            nifti.set_qform(image.affine, code=1)
+            nifti.set_sform(image.affine, code=1)
+            nifti.header.set_xyzt_units("mm")
+            nib.save(nifti, str(tmp))
+        else:
+            sitk.WriteImage(image_to_sitk(Image(data=data, affine=image.affine)), str(tmp), useCompression=True)
