@@ -1,0 +1,308 @@
+"""Aggregate per-pair results of a study into tidy tables.
+
+Inputs (see the project contract): ``results/<study>/jobs.tsv`` with one row per registration
+job (columns ``study, dataset, method, grid_id, atlas, moving, reg_dir, metrics, log`` followed by
+one column per grid factor, empty where a method lacks that factor), and for each job its
+``metrics.json`` (written by ``evaluate``) and ``log.json`` (written by ``register``).
+Relative paths in jobs.tsv are resolved against the current working directory (the workflow's
+working directory, as Snakemake writes them).
+
+Outputs (all written atomically):
+
+* ``metrics.csv``: one row per job: the jobs columns, every scalar metric of metrics.json and
+  ``runtime_s, peak_rss_mb, peak_cuda_mb, iterations, best_iteration, device`` from log.json;
+* ``dice_per_label.csv``: long table, one row per job x label: job id columns, grid factors,
+  ``label, dice, hd95``;
+* ``summary.csv``: one row per method x grid point (grid factors as columns, sorted as in a
+  paper's table): ``n_pairs`` and, per metric, ``<metric>_mean``, ``<metric>_std`` (sample
+  standard deviation, ddof=1, over the pairs with a value) and ``<metric>_text`` ("mean ± std",
+  rounded to the standard deviation's second significant digit);
+* ``loss_curves.csv``: long table, one row per job x logged iteration: job id columns, grid
+  factors, ``iteration`` and one column per loss term (union over methods).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from registration_core.errors import InputError
+from registration_core.io import atomic_path
+
+JOB_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving", "reg_dir", "metrics", "log")
+ID_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving")
+LOG_COLUMNS = ("runtime_s", "peak_rss_mb", "peak_cuda_mb", "iterations", "best_iteration", "device")
+KNOWN_SCALAR_METRICS = (
+    "dice_mean",
+    "dice_mean_before",
+    "hd95_mean",
+    "neg_jac_ratio",
+    "neg_jac_sum",
+    "sdlogj",
+    "n_labels",
+    "tre_mean_mm",
+    "tre_std_mm",
+    "tre_before_mm",
+)
+PER_LABEL_METRICS = {"dice_per_label": "dice", "hd95_per_label": "hd95"}
+SUMMARY_LOG_METRICS = ("runtime_s", "peak_rss_mb")
+
+
+def write_table(table: pd.DataFrame, path: Path) -> None:
+    """Write ``table`` as CSV (no index) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def _numeric_if_possible(column: pd.Series) -> pd.Series:
+    """Strings -> numbers when every non-empty entry parses as a number; empty strings -> NaN."""
+    filled = column[column != ""]
+    parsed = pd.to_numeric(filled, errors="coerce")
+    if parsed.notna().all():
+        return pd.to_numeric(column.replace("", np.nan))
+    return column.replace("", np.nan)
+
+
+def read_jobs(jobs_tsv: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read a study's jobs table.
+
+    Returns:
+        (jobs, factors): the table (id and path columns as strings; each grid factor column
+        numeric when all its non-empty values are numbers, NaN where a method lacks it) and the
+        names of the grid factor columns (those after the fixed job columns, in file order).
+
+    Raises:
+        InputError naming jobs.tsv: missing/unreadable file, missing columns, no rows,
+        empty id/path cells, duplicate jobs.
+    """
+    jobs_tsv = Path(jobs_tsv)
+    if not jobs_tsv.is_file():
+        raise InputError(f"{jobs_tsv}: jobs table not found")
+    try:
+        jobs = pd.read_csv(jobs_tsv, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"{jobs_tsv}: cannot read as a TSV table ({exc})".splitlines()[0]) from exc
+    missing = [c for c in JOB_COLUMNS if c not in jobs.columns]
+    if missing:
+        raise InputError(f"{jobs_tsv}: missing column(s) {', '.join(missing)}; required: {', '.join(JOB_COLUMNS)}")
+    if jobs.empty:
+        raise InputError(f"{jobs_tsv}: has no jobs")
+    for column in JOB_COLUMNS:
+        empty = jobs.index[jobs[column] == ""]
+        if len(empty):
+            raise InputError(f"{jobs_tsv}: column {column!r} is empty in row {empty[0] + 2}")
+    duplicated = jobs.duplicated(subset=["method", "grid_id", "atlas", "moving"])
+    if duplicated.any():
+        row = jobs[duplicated].iloc[0]
+        raise InputError(f"{jobs_tsv}: job {job_name(row)} is listed more than once")
+    factors = [c for c in jobs.columns if c not in JOB_COLUMNS]
+    for factor in factors:
+        jobs[factor] = _numeric_if_possible(jobs[factor])
+    return jobs, factors
+
+
+def job_name(job: pd.Series) -> str:
+    """Human-readable job id ``method/grid_id/atlas__moving`` for messages and captions."""
+    return f"{job['method']}/{job['grid_id']}/{job['atlas']}__{job['moving']}"
+
+
+def read_json_object(path: Path, what: str) -> dict[str, Any]:
+    """Load a JSON file whose top level must be an object; InputError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} file not found")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: {what} file is not valid JSON ({exc})") from exc
+    if not isinstance(content, dict):
+        raise InputError(f"{path}: {what} file must hold a JSON object, found {type(content).__name__}")
+    return content
+
+
+def _is_number(value: Any) -> bool:
+    """True for JSON numbers (int/float, not bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_float(value: Any, path: Path, key: str) -> float:
+    """A JSON number or null -> float (null -> NaN); InputError naming file and key otherwise."""
+    if value is None:
+        return math.nan
+    if not _is_number(value):
+        raise InputError(f"{path}: key {key!r} must be a number or null, found {value!r}")
+    return float(value)
+
+
+def scalar_metrics(metrics: dict[str, Any], path: Path) -> dict[str, float]:
+    """The scalar entries of a metrics.json object (null -> NaN), in file order.
+
+    Known scalar keys (e.g. ``dice_mean``) must be numbers or null; other keys are kept when
+    they are numbers or null and ignored otherwise (lists such as ``labels_skipped``).
+    """
+    scalars = {}
+    for key, value in metrics.items():
+        if key in KNOWN_SCALAR_METRICS or value is None or _is_number(value):
+            scalars[key] = _as_float(value, path, key)
+    return scalars
+
+
+def per_label_metrics(metrics: dict[str, Any], path: Path) -> pd.DataFrame:
+    """Columns ``label`` (int), ``dice``, ``hd95`` from ``dice_per_label`` / ``hd95_per_label``.
+
+    Labels are the union of both dictionaries' keys (each must be an integer label); a metric
+    missing for a label is NaN. Returns an empty frame when neither key is present.
+    """
+    values: dict[int, dict[str, float]] = {}
+    for key, column in PER_LABEL_METRICS.items():
+        entries = metrics.get(key, {})
+        if not isinstance(entries, dict):
+            raise InputError(f"{path}: key {key!r} must map labels to numbers, found {type(entries).__name__}")
+        for label_text, value in entries.items():
+            try:
+                label = int(label_text)
+            except ValueError:
+                raise InputError(f"{path}: key {key!r} has label {label_text!r}; labels must be integers") from None
+            values.setdefault(label, {})[column] = _as_float(value, path, f"{key}.{label_text}")
+    table = pd.DataFrame(
+        [{"label": label, **row} for label, row in sorted(values.items())], columns=["label", "dice", "hd95"]
+    )
+    return table.astype({"label": "int64", "dice": "float64", "hd95": "float64"})
+
+
+def log_fields(log: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``runtime_s, peak_rss_mb, peak_cuda_mb, iterations, best_iteration, device`` from log.json.
+
+    ``runtime_s`` must be a number; the memory fields numbers or null (null -> NaN;
+    ``peak_cuda_mb`` may be absent on CPU); the iteration fields integers or null; ``device`` a string.
+    """
+    missing = [k for k in LOG_COLUMNS if k not in log and k != "peak_cuda_mb"]
+    if missing:
+        raise InputError(f"{path}: log is missing key(s) {', '.join(missing)}")
+    if not _is_number(log["runtime_s"]):
+        raise InputError(f"{path}: key 'runtime_s' must be a number, found {log['runtime_s']!r}")
+    if not isinstance(log["device"], str):
+        raise InputError(f"{path}: key 'device' must be a string, found {log['device']!r}")
+    for key in ("iterations", "best_iteration"):
+        if log[key] is not None and (not isinstance(log[key], int) or isinstance(log[key], bool)):
+            raise InputError(f"{path}: key {key!r} must be an integer or null, found {log[key]!r}")
+    fields: dict[str, Any] = {k: _as_float(log.get(k), path, k) for k in ("runtime_s", "peak_rss_mb", "peak_cuda_mb")}
+    fields.update(iterations=log["iterations"], best_iteration=log["best_iteration"], device=log["device"])
+    return fields
+
+
+def loss_history(log: dict[str, Any], path: Path) -> pd.DataFrame:
+    """``loss_history`` of a log.json as a frame: ``iteration`` (int) + one float column per term.
+
+    Each entry must be an object with an integer ``iteration`` and numeric (or null) terms.
+    A missing or empty history gives an empty frame (methods without an iterative optimiser).
+    """
+    history = log.get("loss_history", [])
+    if not isinstance(history, list):
+        raise InputError(f"{path}: key 'loss_history' must be a list, found {type(history).__name__}")
+    rows = []
+    for index, entry in enumerate(history):
+        if not isinstance(entry, dict) or not isinstance(entry.get("iteration"), int):
+            raise InputError(f"{path}: loss_history[{index}] must be an object with an integer 'iteration'")
+        terms = {k: _as_float(v, path, f"loss_history[{index}].{k}") for k, v in entry.items() if k != "iteration"}
+        rows.append({"iteration": entry["iteration"], **terms})
+    return pd.DataFrame(rows, columns=["iteration"] if not rows else None)
+
+
+def _with_job(table: pd.DataFrame, job: pd.Series, columns: Iterable[str]) -> pd.DataFrame:
+    """Prefix ``table`` with the job's ``columns`` (constant over its rows)."""
+    prefix = pd.DataFrame({c: [job[c]] * len(table) for c in columns}, index=table.index)
+    return pd.concat([prefix, table], axis=1)
+
+
+def collect(jobs: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Read every job's metrics.json and log.json.
+
+    Returns:
+        (metrics, dice_per_label, loss_curves) tables as described in the module docstring.
+    """
+    keep = [*ID_COLUMNS, *factors]
+    metric_rows, label_tables, loss_tables = [], [], []
+    for _, job in jobs.iterrows():
+        metrics_path, log_path = Path(job["metrics"]), Path(job["log"])
+        metrics = read_json_object(metrics_path, f"metrics of job {job_name(job)}")
+        log = read_json_object(log_path, f"log of job {job_name(job)}")
+        metric_rows.append({**scalar_metrics(metrics, metrics_path), **log_fields(log, log_path)})
+        label_tables.append(_with_job(per_label_metrics(metrics, metrics_path), job, keep))
+        loss_tables.append(_with_job(loss_history(log, log_path), job, keep))
+    values = pd.DataFrame(metric_rows, index=jobs.index).astype({"iterations": "Int64", "best_iteration": "Int64"})
+    metric_columns = [c for c in values.columns if c not in LOG_COLUMNS] + list(LOG_COLUMNS)
+    table = pd.concat([jobs, values[metric_columns]], axis=1)
+    return table, pd.concat(label_tables, ignore_index=True), pd.concat(loss_tables, ignore_index=True)
+
+
+def format_mean_std(mean: float, std: float, n: int, n_pairs: int) -> str:
+    """Paper-style ``"mean ± std"``: both rounded at the std's second significant digit.
+
+    A missing std (one value) gives ``"mean ± n/a"``; a zero std keeps 4 significant digits.
+    ``" (n=k)"`` is appended when only k of the group's n_pairs values are available.
+    """
+    if math.isnan(mean):
+        text = "n/a"
+    elif math.isnan(std):
+        text = f"{mean:.4g} ± n/a"
+    elif std == 0:
+        text = f"{mean:.4g} ± 0"
+    else:
+        decimals = min(max(1 - math.floor(math.log10(std)), 0), 12)
+        text = f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+    return text if n == n_pairs else f"{text} (n={n})"
+
+
+def summarise(metrics: pd.DataFrame, factors: list[str], metric_names: list[str]) -> pd.DataFrame:
+    """Summary table: one row per method x grid_id (see the module docstring for the columns).
+
+    Rows are ordered by method (order of first appearance), then by the grid factors' values.
+    """
+    rows = []
+    for (method, grid_id), group in metrics.groupby(["method", "grid_id"], sort=False):
+        row: dict[str, Any] = {"method": method, "grid_id": grid_id}
+        row.update({f: group[f].iloc[0] for f in factors})
+        row["n_pairs"] = len(group)
+        for name in metric_names:
+            values = group[name].dropna()
+            mean = float(values.mean()) if len(values) else math.nan
+            std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            row[f"{name}_mean"], row[f"{name}_std"] = mean, std
+            row[f"{name}_text"] = format_mean_std(mean, std, len(values), len(group))
+        rows.append(row)
+    summary = pd.DataFrame(rows)
+    method_rank = {m: i for i, m in enumerate(dict.fromkeys(metrics["method"]))}
+    summary["_rank"] = summary["method"].map(method_rank)
+    summary = summary.sort_values(["_rank", *factors], na_position="last", kind="stable")
+    return summary.drop(columns="_rank").reset_index(drop=True)
+
+
+def metric_columns(metrics: pd.DataFrame, factors: list[str]) -> list[str]:
+    """Numeric metric columns of a metrics.csv table to summarise: scalar metrics + runtime/memory."""
+    excluded = {*JOB_COLUMNS, *factors, *LOG_COLUMNS}
+    scalars = [c for c in metrics.columns if c not in excluded]
+    return scalars + [c for c in SUMMARY_LOG_METRICS if metrics[c].notna().any()]
+
+
+def aggregate_study(jobs_tsv: Path, out_dir: Path) -> None:
+    """Write metrics.csv, dice_per_label.csv, summary.csv and loss_curves.csv of a study to ``out_dir``.
+
+    Raises:
+        InputError naming the file: a bad jobs table, a missing or malformed metrics.json or
+        log.json (nothing is written then).
+    """
+    jobs, factors = read_jobs(Path(jobs_tsv))
+    metrics, dice_per_label, loss_curves = collect(jobs, factors)
+    summary = summarise(metrics, factors, metric_columns(metrics, factors))
+    out_dir = Path(out_dir)
+    write_table(metrics, out_dir / "metrics.csv")
+    write_table(dice_per_label, out_dir / "dice_per_label.csv")
+    write_table(summary, out_dir / "summary.csv")
+    write_table(loss_curves, out_dir / "loss_curves.csv")
