@@ -283,3 +283,228 @@ def save_image(image: Image, path: str | os.PathLike[str]) -> None:
             nib.save(nifti, str(tmp))
         else:
             sitk.WriteImage(image_to_sitk(Image(data=data, affine=image.affine)), str(tmp), useCompression=True)
+
+
+# ----------------------------------------------------------------------------- landmarks
+
+
+def voxel_to_ras(points_vox: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Continuous voxel indices (N, ndim) -> RAS mm (N, ndim) (2D: the in-plane block)."""
+    points_vox = np.asarray(points_vox, dtype=np.float64)
+    affine_nd = spatial_affine(affine, points_vox.shape[1])
+    return points_vox @ affine_nd[:-1, :-1].T + affine_nd[:-1, -1]
+
+
+def ras_to_voxel(points_ras: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """RAS mm points (N, ndim) -> continuous voxel indices (N, ndim) (2D: the in-plane block)."""
+    points_ras = np.asarray(points_ras, dtype=np.float64)
+    affine_inv = np.linalg.inv(spatial_affine(affine, points_ras.shape[1]))
+    return points_ras @ affine_inv[:-1, :-1].T + affine_inv[:-1, -1]
+
+
+def _parse_number_rows(path: Path, lines: list[tuple[int, str]], ndim: int) -> np.ndarray:
+    """Parse ``(line_number, text)`` rows of ``ndim`` whitespace-separated numbers -> (N, ndim)."""
+    rows = []
+    for number, text in lines:
+        fields = text.split()
+        if len(fields) != ndim:
+            raise InputError(f"{path}: line {number} has {len(fields)} values; expected {ndim}")
+        try:
+            rows.append([float(field) for field in fields])
+        except ValueError as exc:
+            raise InputError(f"{path}: line {number} is not numeric: {text.strip()!r}") from exc
+    return np.asarray(rows, dtype=np.float64).reshape(-1, ndim)
+
+
+def _read_elastix_points(path: Path, reference: Image) -> np.ndarray:
+    """Elastix point file -> voxel coordinates (N, ndim): ``point`` = ITK LPS mm, ``index`` = voxel index."""
+    lines = [(number, text) for number, text in enumerate(path.read_text().splitlines(), start=1) if text.strip()]
+    if len(lines) < 2:
+        raise InputError(f"{path}: an elastix point file needs a 'point'/'index' line and a count line")
+    kind = lines[0][1].strip().lower()
+    if kind not in ("point", "index"):
+        raise InputError(f"{path}: line {lines[0][0]} is {lines[0][1].strip()!r}; expected 'point' or 'index'")
+    try:
+        count = int(lines[1][1])
+    except ValueError as exc:
+        raise InputError(f"{path}: line {lines[1][0]} should be the number of points, got {lines[1][1]!r}") from exc
+    points = _parse_number_rows(path, lines[2:], reference.ndim)
+    if count != len(points):
+        raise InputError(f"{path}: declares {count} points but lists {len(points)}")
+    if kind == "index":
+        return points
+    return ras_to_voxel(points @ _lps_flip(reference.ndim), reference.affine)
+
+
+def _read_csv_points(path: Path, reference: Image) -> np.ndarray:
+    """CSV with header columns i,j[,k] (voxel indices) or x,y[,z] (RAS mm) -> voxel coordinates (N, ndim)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(path)
+    except Exception as exc:  # pandas raises parser-specific errors on broken CSV
+        raise InputError(f"{path}: cannot read as CSV ({type(exc).__name__})") from exc
+    table.columns = [str(column).strip().lower() for column in table.columns]
+    voxel_columns, ras_columns = list("ijk"[: reference.ndim]), list("xyz"[: reference.ndim])
+    columns = voxel_columns if set(voxel_columns) <= set(table.columns) else ras_columns
+    if not set(columns) <= set(table.columns):
+        raise InputError(
+            f"{path}: needs columns {','.join(voxel_columns)} (voxel) or {','.join(ras_columns)} (RAS mm); "
+            f"found {','.join(table.columns)}"
+        )
+    values = table[columns].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    bad_rows = np.flatnonzero(~np.isfinite(values).all(axis=1))
+    if bad_rows.size:
+        raise InputError(f"{path}: line {bad_rows[0] + 2} has a missing or non-numeric coordinate")
+    return values if columns == voxel_columns else ras_to_voxel(values, reference.affine)
+
+
+def load_landmarks(path: str | os.PathLike[str], reference: Image) -> np.ndarray:
+    """Load landmarks as continuous voxel coordinates ``(N, ndim)`` of the ``reference`` grid.
+
+    Formats:
+        * ``.csv`` with a header: columns ``i,j[,k]`` (voxel indices, preferred when present)
+          or ``x,y[,z]`` (physical RAS+ mm); other columns are ignored.
+        * anything else: an elastix point file -- first line ``point`` (physical ITK LPS mm)
+          or ``index`` (voxel indices), second line the number of points, then one point
+          per line.
+
+    Raises:
+        InputError naming ``path``: missing file, malformed line (with its number), wrong
+        count, no points, or a point outside the image extent ``[-0.5, n - 0.5]`` per axis.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        reader = _read_csv_points if path.suffix.lower() == ".csv" else _read_elastix_points
+        points = reader(path, reference)
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not a text landmark file") from exc
+    if len(points) == 0:
+        raise InputError(f"{path}: contains no points")
+    outside = np.flatnonzero(((points < -0.5) | (points > np.asarray(reference.shape) - 0.5)).any(axis=1))
+    if outside.size:
+        raise InputError(
+            f"{path}: point {outside[0] + 1} at voxel {np.round(points[outside[0]], 2).tolist()} is outside "
+            f"the reference grid of shape {reference.shape}"
+            + (f" ({reference.path})" if reference.path else "")
+        )
+    return points
+
+
+def save_landmarks(points_vox: np.ndarray, reference: Image, path: str | os.PathLike[str]) -> None:
+    """Write landmarks ``(N, ndim)`` (voxel coordinates of ``reference``) as CSV, atomically.
+
+    Columns ``i,j[,k]`` (continuous voxel indices) then ``x,y[,z]`` (RAS+ mm), readable by
+    :func:`load_landmarks`.
+    """
+    import pandas as pd
+
+    points_vox = np.asarray(points_vox, dtype=np.float64)
+    if points_vox.ndim != 2 or points_vox.shape[1] != reference.ndim:
+        raise InputError(f"save_landmarks: points have shape {points_vox.shape}; expected (N, {reference.ndim})")
+    table = pd.DataFrame(
+        np.hstack([points_vox, voxel_to_ras(points_vox, reference.affine)]),
+        columns=list("ijk"[: reference.ndim]) + list("xyz"[: reference.ndim]),
+    )
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+# ------------------------------------------------------------------- displacement fields
+
+
+def save_displacement(disp_vox: np.ndarray, reference: Image, path: str | os.PathLike[str]) -> None:
+    """Write a voxel displacement field as an ITK vector image (physical mm, LPS components).
+
+    Args:
+        disp_vox: (ndim, *spatial) displacement in voxels of the fixed (reference) grid, channel
+            d along array axis d (a torch tensor is accepted too); the map is x -> x + u(x).
+        reference: the fixed image; its grid becomes the field's origin/spacing/direction.
+        path: any image suffix (usually ``displacement.nii.gz``), written atomically.
+
+    The file holds float32 vectors ``flip @ A @ u`` (A: the affine's linear part, 2D: its
+    in-plane 2x2 block; flip: RAS -> LPS), the convention of ITK's DisplacementFieldTransform.
+    That transform needs float64 vectors: cast on reading (lossless), e.g. with
+    :func:`load_itk_displacement_transform`.
+    """
+    from registration_core.spatial import disp_vox_to_mm
+
+    disp_vox = _as_numpy(disp_vox)
+    expected = (reference.ndim, *reference.shape)
+    if disp_vox.shape != expected:
+        raise InputError(f"save_displacement: field has shape {disp_vox.shape}; expected {expected}")
+    if not np.all(np.isfinite(disp_vox)):
+        raise InputError("save_displacement: field contains NaN or infinite values")
+    disp_lps = np.einsum("rc,c...->r...", _lps_flip(reference.ndim), disp_vox_to_mm(disp_vox, reference.affine))
+    vectors = np.moveaxis(disp_lps, 0, -1).transpose(*reversed(range(reference.ndim)), reference.ndim)
+    field = sitk.GetImageFromArray(np.ascontiguousarray(vectors, dtype=np.float32), isVector=True)
+    origin, spacing, direction = itk_geometry(reference)
+    field.SetOrigin(origin)
+    field.SetSpacing(spacing)
+    field.SetDirection(direction)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(field, str(tmp), useCompression=True)
+
+
+def _read_itk_field(path: Path, reference: Image) -> sitk.Image:
+    """Read an ITK vector field and check it has ``reference.ndim`` components on the reference grid."""
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    _suffix(path)
+    try:
+        field = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(f"{path}: cannot read as an ITK image ({str(exc).splitlines()[0]})") from exc
+    ndim = reference.ndim
+    if field.GetDimension() != ndim or field.GetNumberOfComponentsPerPixel() != ndim:
+        raise InputError(
+            f"{path}: is a {field.GetDimension()}D field with {field.GetNumberOfComponentsPerPixel()} components; "
+            f"expected {ndim}D with {ndim} components (the reference grid)"
+        )
+    grid = image_from_sitk(sitk.VectorIndexSelectionCast(field, 0))
+    if grid.shape != reference.shape or not np.allclose(
+        spatial_affine(grid.affine, ndim), spatial_affine(reference.affine, ndim), atol=1e-3
+    ):
+        raise InputError(
+            f"{path}: its grid (shape {grid.shape}, spacing {np.round(grid.spacing, 4).tolist()}) differs from "
+            f"the reference grid (shape {reference.shape}, spacing {np.round(reference.spacing, 4).tolist()})"
+        )
+    return field
+
+
+def load_displacement(path: str | os.PathLike[str], reference: Image) -> np.ndarray:
+    """Read an ITK displacement field (mm, LPS) on ``reference``'s grid -> disp_vox (ndim, *spatial) float32.
+
+    Inverse of :func:`save_displacement`. Raises InputError naming ``path`` when the file is
+    missing or unreadable, has the wrong dimension / number of components, lies on another
+    grid than ``reference`` (affines compared within 1e-3 mm), or holds NaN/Inf.
+    """
+    from registration_core.spatial import disp_mm_to_vox
+
+    path = Path(path)
+    field = _read_itk_field(path, reference)
+    ndim = reference.ndim
+    vectors = sitk.GetArrayFromImage(field).astype(np.float64)  # (*reversed spatial, ndim)
+    if not np.all(np.isfinite(vectors)):
+        raise InputError(f"{path}: contains NaN or infinite displacements")
+    disp_lps = np.moveaxis(vectors.transpose(*reversed(range(ndim)), ndim), -1, 0)
+    disp_ras = np.einsum("rc,c...->r...", _lps_flip(ndim), disp_lps)
+    return disp_mm_to_vox(disp_ras, reference.affine)
+
+
+def load_itk_displacement_transform(path: str | os.PathLike[str], reference: Image) -> sitk.DisplacementFieldTransform:
+    """The field at ``path`` (checked against ``reference`` as in :func:`load_displacement`) as an ITK transform.
+
+    ``sitk.Resample(moving_itk, fixed_itk, transform)`` then computes moving o (id + u).
+    """
+    field = _read_itk_field(Path(path), reference)
+    return sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
+
+
+def _as_numpy(array: np.ndarray) -> np.ndarray:
+    """A numpy copy of a numpy array or a (detached, CPU) torch tensor."""
+    if hasattr(array, "detach"):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
