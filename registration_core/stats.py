@@ -1,0 +1,357 @@
+"""Factorial ANOVA of a study's metrics, Tukey HSD post-hoc tests and interaction plots.
+
+The design: each row of ``metrics.csv`` is one registered pair (atlas x moving) at one grid
+point; the grid factors (e.g. learning rate, kernel, epochs) are the ANOVA's factors, and the
+pairs are the replicates of each cell (factor-level combination). The model is the full
+factorial with every interaction, ``y ~ C(a) * C(b) * ...`` (each factor categorical), fitted by
+OLS (statsmodels) and tested with ``anova_lm(typ=2)``:
+
+* type II sums of squares test each term after all other terms that do not contain it, so
+  main effects respect marginality and do not depend on the contrast coding;
+* for a balanced design (the same number of pairs in every cell, as a grid study produces when
+  every job succeeds) the factors are orthogonal and types I, II and III give identical sums of
+  squares; type II stays meaningful for mildly unbalanced designs, whereas type III would need
+  sum-to-zero contrasts.
+
+Degenerate designs do not raise: :func:`run_anova` returns an :class:`AnovaResult` whose table is
+None and whose message says why (no residual degrees of freedom, a single-level factor, a
+missing cell, a constant response, or a zero residual sum of squares).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import statsmodels.formula.api as smf
+from matplotlib.figure import Figure
+from scipy import stats as sps
+from statsmodels.stats.anova import anova_lm
+from statsmodels.stats.multicomp import pairwise_tukeyhsd
+
+from registration_core.aggregate import write_table
+from registration_core.errors import InputError
+from registration_core.io import atomic_path
+
+TABLE_COLUMNS = ("sum_sq", "df", "mean_sq", "F", "F_crit", "p", "partial_eta_sq", "significant")
+RESIDUAL = "Residual"
+SUMS_OF_SQUARES = "type II (identical to types I and III when the design is balanced)"
+
+
+class AnovaNotPossible(Exception):
+    """The design cannot be analysed (the message says why); not an input error."""
+
+
+@dataclass(frozen=True)
+class AnovaResult:
+    """Outcome of one response's ANOVA.
+
+    Attributes:
+        response: the response column.
+        factors: the factor columns.
+        n_obs: observations used (rows with a finite response and every factor given).
+        table: ANOVA table (rows: factors, ``a:b`` interactions, ``Residual``; columns
+            :data:`TABLE_COLUMNS`) or None when the design could not be analysed.
+        message: what was done, or why nothing could be.
+        tukey: factor -> Tukey HSD table, for each significant main effect.
+    """
+
+    response: str
+    factors: tuple[str, ...]
+    n_obs: int
+    table: pd.DataFrame | None
+    message: str
+    tukey: dict[str, pd.DataFrame] = field(default_factory=dict)
+
+    @property
+    def significant_terms(self) -> list[str]:
+        """Names of the terms with p < alpha (empty when no table)."""
+        if self.table is None:
+            return []
+        return [term for term, sig in self.table["significant"].items() if sig]
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha: {alpha} is not allowed; it must lie in (0, 1)")
+
+
+def observations(df: pd.DataFrame, response: str, factors: list[str]) -> pd.DataFrame:
+    """Columns ``factors + [response]`` of the rows with a finite response and every factor given.
+
+    Raises:
+        InputError: a column is missing, the response is not numeric, or no factor is given.
+    """
+    if not factors:
+        raise InputError("factors: at least one ANOVA factor is required")
+    missing = [c for c in [response, *factors] if c not in df.columns]
+    if missing:
+        raise InputError(f"column(s) {', '.join(missing)} not in the table; available: {', '.join(df.columns)}")
+    if not pd.api.types.is_numeric_dtype(df[response]):
+        raise InputError(f"response {response!r} is not numeric (dtype {df[response].dtype})")
+    data = df[[*factors, response]]
+    keep = np.isfinite(data[response].to_numpy(dtype=float)) & data[factors].notna().all(axis=1).to_numpy()
+    return data[keep].reset_index(drop=True)
+
+
+def design_problem(data: pd.DataFrame, response: str, factors: list[str]) -> str | None:
+    """Why a full factorial ANOVA of ``data`` is impossible, or None when it can run."""
+    if data.empty:
+        return f"no observation has a finite {response!r} and every factor ({', '.join(factors)})"
+    values = data[response].to_numpy(dtype=float)
+    if np.ptp(values) == 0:
+        return f"response {response!r} is constant ({values[0]:g} in all {len(values)} observations): nothing to explain"
+    for factor in factors:
+        levels = data[factor].unique()
+        if len(levels) < 2:
+            return f"factor {factor!r} has a single level ({levels[0]}); each factor needs at least two"
+    n_cells = int(np.prod([data[f].nunique() for f in factors]))
+    present = len(data.groupby(factors).size())
+    if present < n_cells:
+        return (
+            f"incomplete design: {n_cells - present} of {n_cells} factor-level combinations have no "
+            "observation; a full factorial ANOVA needs every combination"
+        )
+    if len(data) <= n_cells:
+        return (
+            f"too few replicates: {len(data)} observations in {n_cells} cells leave no residual degrees "
+            "of freedom; at least one cell needs two or more pairs"
+        )
+    return None
+
+
+def _term_name(statsmodels_term: str, factors: list[str]) -> str:
+    """``C(f0):C(f1)`` -> ``a:b`` (the model uses placeholder column names f0, f1, ...)."""
+    return re.sub(r"C\(f(\d+)\)", lambda m: factors[int(m.group(1))], statsmodels_term)
+
+
+def anova_table(df: pd.DataFrame, response: str, factors: list[str], alpha: float) -> pd.DataFrame:
+    """Full factorial ANOVA (all interactions, type II sums of squares) of ``response``.
+
+    Args:
+        df: one row per observation (pair x grid point); rows with a non-finite response or a
+            missing factor are dropped.
+        response: numeric column (e.g. ``dice_mean``).
+        factors: categorical factor columns (numbers are treated as categories).
+        alpha: significance level for ``F_crit`` and ``significant``.
+
+    Returns:
+        Table indexed by term (factor names, ``a:b`` interactions, ``Residual``) with columns
+        sum_sq, df, mean_sq, F, F_crit (= F.ppf(1 - alpha, df, df_resid)), p,
+        partial_eta_sq (= SS / (SS + SS_resid)), significant (p < alpha). The Residual row has
+        NaN F, F_crit, p, partial_eta_sq and significant False.
+
+    Raises:
+        AnovaNotPossible: degenerate design (see :func:`design_problem`), or a zero residual
+            sum of squares (F undefined).
+        InputError: missing columns, non-numeric response, alpha outside (0, 1).
+    """
+    _check_alpha(alpha)
+    data = observations(df, response, factors)
+    problem = design_problem(data, response, factors)
+    if problem:
+        raise AnovaNotPossible(problem)
+    model_data = data.set_axis([*(f"f{i}" for i in range(len(factors))), "y"], axis=1)
+    formula = "y ~ " + " * ".join(f"C(f{i})" for i in range(len(factors)))
+    raw = anova_lm(smf.ols(formula, data=model_data).fit(), typ=2)
+    ss_resid, df_resid = raw.loc[RESIDUAL, "sum_sq"], raw.loc[RESIDUAL, "df"]
+    if ss_resid <= 1e-12 * raw["sum_sq"].sum():
+        raise AnovaNotPossible(
+            "residual sum of squares is zero (the pairs agree exactly within every cell): F is undefined"
+        )
+    table = pd.DataFrame(index=[_term_name(t, factors) for t in raw.index])
+    table.index.name = "term"
+    table["sum_sq"] = raw["sum_sq"].to_numpy()
+    table["df"] = raw["df"].to_numpy()
+    table["mean_sq"] = table["sum_sq"] / table["df"]
+    table["F"] = raw["F"].to_numpy()
+    table["F_crit"] = sps.f.ppf(1 - alpha, table["df"], df_resid)
+    table["p"] = raw["PR(>F)"].to_numpy()
+    table["partial_eta_sq"] = table["sum_sq"] / (table["sum_sq"] + ss_resid)
+    table.loc[RESIDUAL, ["F_crit", "partial_eta_sq"]] = np.nan
+    table["significant"] = (table["p"] < alpha).to_numpy()
+    return table
+
+
+def tukey_table(data: pd.DataFrame, response: str, factor: str, alpha: float) -> pd.DataFrame:
+    """Tukey HSD of ``response`` between the levels of one factor (pooled over the other factors).
+
+    Returns:
+        Columns group1, group2, meandiff (group2 - group1), p_adj, lower, upper, reject.
+    """
+    result = pairwise_tukeyhsd(data[response].to_numpy(dtype=float), data[factor].astype(str).to_numpy(), alpha=alpha)
+    header, *rows = result.summary().data
+    return pd.DataFrame(rows, columns=header).rename(columns={"p-adj": "p_adj"})
+
+
+def run_anova(df: pd.DataFrame, response: str, factors: list[str], alpha: float) -> AnovaResult:
+    """ANOVA of ``response`` plus Tukey HSD on each significant main effect; never raises on a degenerate design.
+
+    Raises:
+        InputError: missing columns, non-numeric response, alpha outside (0, 1).
+    """
+    data = observations(df, response, factors)
+    dropped = len(df) - len(data)
+    note = f" ({dropped} row(s) without a finite {response} or a factor value left out)" if dropped else ""
+    try:
+        table = anova_table(data, response, factors, alpha)
+    except AnovaNotPossible as reason:
+        return AnovaResult(response, tuple(factors), len(data), None, f"ANOVA not run: {reason}{note}")
+    cell_sizes = data.groupby(factors).size()
+    balance = (
+        f"balanced, {cell_sizes.iloc[0]} pairs per cell"
+        if cell_sizes.nunique() == 1
+        else f"unbalanced, {cell_sizes.min()}-{cell_sizes.max()} pairs per cell"
+    )
+    message = (
+        f"full factorial ANOVA of {response} on {len(data)} observations in {len(cell_sizes)} cells "
+        f"({balance}), type II sums of squares, alpha {alpha:g}{note}"
+    )
+    tukey = {f: tukey_table(data, response, f, alpha) for f in factors if table.loc[f, "significant"]}
+    return AnovaResult(response, tuple(factors), len(data), table, message, tukey)
+
+
+def interaction_figure(df: pd.DataFrame, response: str, factors: list[str]) -> Figure:
+    """Interaction plots: mean ``response`` with 95 % bootstrap CI vs one factor, hue another.
+
+    One panel per unordered pair of factors (x = the first, hue = the second); a single factor
+    gives a main-effect plot. Rendered with the Agg canvas (no display needed).
+    """
+    pairs = list(itertools.combinations(factors, 2)) or [(factors[0], None)]
+    ncols = min(3, len(pairs))
+    nrows = -(-len(pairs) // ncols)
+    figure = Figure(figsize=(5 * ncols, 4 * nrows), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, (x, hue) in zip(axes, pairs, strict=False):
+        hue_order = [str(level) for level in sorted(df[hue].unique())] if hue else None
+        data = df.assign(**{hue: df[hue].astype(str)}) if hue else df  # categorical palette for numeric levels
+        sns.pointplot(
+            data=data, x=x, y=response, hue=hue, hue_order=hue_order, palette="colorblind" if hue else None,
+            errorbar=("ci", 95), n_boot=1000, seed=0, dodge=0.2 if hue else False, capsize=0.1, ax=ax,
+        )
+        ax.set_title(f"{response}: {x}" + (f" × {hue}" if hue else ""))
+    for ax in axes[len(pairs):]:
+        ax.set_visible(False)
+    return figure
+
+
+def save_figure(figure: Figure, path: Path, dpi: int = 110) -> None:
+    """Save ``figure`` as PNG to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
+
+
+def select_rows(metrics: pd.DataFrame, factors: list[str], method: str | None) -> tuple[pd.DataFrame, dict]:
+    """Rows for the ANOVA and a description of the selection.
+
+    With ``method`` given: that method's rows. Otherwise the rows of every method whose rows
+    all have every factor (methods lacking a grid factor cannot enter a factorial design).
+
+    Returns:
+        (rows, selection) where selection holds ``methods``, ``excluded_methods`` and a ``note``.
+    """
+    all_methods = list(dict.fromkeys(metrics["method"]))
+    if method is not None:
+        if method not in all_methods:
+            raise InputError(f"method: {method!r} is not in the study; available: {', '.join(all_methods)}")
+        chosen = [method]
+        note = f"rows of method {method} (requested)"
+    else:
+        complete = metrics[factors].notna().all(axis=1).groupby(metrics["method"], sort=False).all()
+        chosen = [m for m in all_methods if complete[m]]
+        note = (
+            f"rows of the method(s) having every factor ({', '.join(factors)}): {', '.join(chosen) or 'none'}"
+        )
+    excluded = [m for m in all_methods if m not in chosen]
+    if excluded:
+        note += f"; excluded: {', '.join(excluded)}"
+    rows = metrics[metrics["method"].isin(chosen)].reset_index(drop=True)
+    return rows, {"methods": chosen, "excluded_methods": excluded, "note": note}
+
+
+def _read_metrics(metrics_csv: Path) -> pd.DataFrame:
+    """metrics.csv as a frame; InputError naming the file when missing, unreadable or without ``method``."""
+    if not metrics_csv.is_file():
+        raise InputError(f"{metrics_csv}: metrics table not found")
+    try:
+        metrics = pd.read_csv(metrics_csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"{metrics_csv}: cannot read as a CSV table ({exc})".splitlines()[0]) from exc
+    if "method" not in metrics.columns:
+        raise InputError(f"{metrics_csv}: has no 'method' column")
+    return metrics
+
+
+def _write_result(result: AnovaResult, rows: pd.DataFrame, out_dir: Path) -> dict:
+    """Write one response's table, Tukey tables and interaction plot; return its anova.json entry."""
+    entry: dict = {
+        "message": result.message,
+        "n_obs": result.n_obs,
+        "significant_terms": result.significant_terms,
+        "table": None,
+        "tukey": {},
+        "interaction_plot": None,
+    }
+    if result.table is not None:
+        entry["table"] = f"{result.response}.csv"
+        write_table(result.table.reset_index(), out_dir / entry["table"])
+    for factor, tukey in result.tukey.items():
+        entry["tukey"][factor] = f"tukey_{result.response}_{factor}.csv"
+        write_table(tukey, out_dir / entry["tukey"][factor])
+    data = observations(rows, result.response, list(result.factors))
+    if not data.empty:
+        entry["interaction_plot"] = f"interaction_{result.response}.png"
+        save_figure(interaction_figure(data, result.response, list(result.factors)), out_dir / entry["interaction_plot"])
+    return entry
+
+
+def run_anova_study(
+    metrics_csv: Path,
+    responses: list[str],
+    factors: list[str],
+    alpha: float,
+    out_dir: Path,
+    method: str | None = None,
+) -> None:
+    """ANOVA of each response of a study's metrics.csv; writes its results to ``out_dir``.
+
+    Files: ``<response>.csv`` (ANOVA table with a ``term`` column; only when the ANOVA ran),
+    ``tukey_<response>_<factor>.csv`` (each significant main effect), ``interaction_<response>.png``,
+    and ``anova.json``: alpha, factors, the row selection (see :func:`select_rows`), the sums of
+    squares used, and per response its message, significant terms and file names.
+
+    Raises:
+        InputError naming the file, column or parameter: missing/unreadable metrics.csv, a
+        factor or response not in it (with the available columns), an unknown method, alpha
+        outside (0, 1).
+    """
+    metrics_csv, out_dir = Path(metrics_csv), Path(out_dir)
+    _check_alpha(alpha)
+    metrics = _read_metrics(metrics_csv)
+    for kind, names in (("factor", factors), ("response", responses)):
+        missing = [n for n in names if n not in metrics.columns]
+        if missing:
+            raise InputError(
+                f"{metrics_csv}: ANOVA {kind}(s) {', '.join(missing)} not found; available columns: "
+                f"{', '.join(metrics.columns)}"
+            )
+    if not factors or not responses:
+        raise InputError("anova: at least one factor and one response are required")
+    rows, selection = select_rows(metrics, factors, method)
+    summary = {
+        "alpha": alpha,
+        "factors": factors,
+        "method": method,
+        "selection": selection,
+        "n_rows": len(rows),
+        "sums_of_squares": SUMS_OF_SQUARES,
+        "responses": {r: _write_result(run_anova(rows, r, factors, alpha), rows, out_dir) for r in responses},
+    }
+    with atomic_path(out_dir / "anova.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
