@@ -165,6 +165,13 @@ def _suffix(path: Path) -> str:
     raise InputError(f"{path}: unsupported image format; allowed: {', '.join(IMAGE_SUFFIXES)}")
 
 
+def _reason(exc: Exception) -> str:
+    """One line describing a reader's exception (SimpleITK puts the reason on its ``sitk::ERROR`` line)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
+    reason = next((line for line in lines if line.startswith("sitk::ERROR:")), lines[0])
+    return f"{type(exc).__name__}: {reason.removeprefix('sitk::ERROR:').strip()}"
+
+
 def _read_raw(path: Path) -> Image:
     """Read an image file with nibabel (NIfTI) or SimpleITK (ITK formats), squeezing trailing singletons."""
     try:
@@ -182,7 +189,7 @@ def _read_raw(path: Path) -> Image:
     except InputError:
         raise
     except Exception as exc:  # nibabel / ITK raise many types for corrupt or non-image files
-        raise InputError(f"{path}: cannot read as an image ({type(exc).__name__}: {exc})".splitlines()[0]) from exc
+        raise InputError(f"{path}: cannot read as an image ({_reason(exc)})") from exc
     data = image.data
     while data.ndim > 2 and data.shape[-1] == 1:
         data = data[..., 0]
@@ -456,7 +463,7 @@ def _read_itk_field(path: Path, reference: Image) -> sitk.Image:
     try:
         field = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise InputError(f"{path}: cannot read as an ITK image ({str(exc).splitlines()[0]})") from exc
+        raise InputError(f"{path}: cannot read as an ITK image ({_reason(exc)})") from exc
     ndim = reference.ndim
     if field.GetDimension() != ndim or field.GetNumberOfComponentsPerPixel() != ndim:
         raise InputError(
