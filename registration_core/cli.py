@@ -1,0 +1,196 @@
+"""Command line: ``python -m registration_core <command> ...``; the workflow's rules call these.
+
+Every command maps its arguments to one library call. Bad input ends with one line
+``error: <message>`` on stderr and exit status 2; nothing is left in the outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import InputError
+
+Handler = Callable[[argparse.Namespace], None]
+
+
+def _csv_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _register(args: argparse.Namespace) -> None:
+    from .params import parse_assignments
+    from .registration import run_registration
+
+    run_registration(
+        args.method, args.fixed, args.moving, args.out, parse_assignments(args.param),
+        args.fixed_labels, args.moving_labels, args.fixed_landmarks, args.moving_landmarks,
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from .evaluation import evaluate_pair, parse_label_spec
+
+    if (args.fixed_landmarks is None) != (args.moving_landmarks is None):
+        raise InputError("--fixed-landmarks and --moving-landmarks must be given together")
+    evaluate_pair(
+        args.fixed_labels, args.warped_labels, args.displacement,
+        parse_label_spec(args.labels, args.labels_file), args.out,
+        moving_labels=args.moving_labels, fixed_landmarks=args.fixed_landmarks,
+        moving_landmarks=args.moving_landmarks,
+    )
+
+
+def _read_steps(text: str) -> list[dict]:
+    """Steps as inline JSON or a path to a JSON/YAML file holding the list."""
+    path = Path(text)
+    if not text.lstrip().startswith("[") and path.is_file():
+        import yaml
+
+        steps = yaml.safe_load(path.read_text())
+    else:
+        try:
+            steps = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"--steps is neither a file nor a JSON list ({exc.msg})") from None
+    if not isinstance(steps, list):
+        raise InputError("--steps must be a list of {step: name, ...settings}")
+    return steps
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    from .io import load_image, save_image
+    from .preprocess import run_steps
+
+    if (args.labels is None) != (args.out_labels is None):
+        raise InputError("--labels and --out-labels must be given together")
+    steps = _read_steps(args.steps)
+    labels = load_image(args.labels, "labels") if args.labels else None
+    image, labels = run_steps(load_image(args.image, "image"), labels, steps)
+    save_image(image, args.out_image)
+    if labels is not None:
+        save_image(labels, args.out_labels)
+
+
+def _demo_subject(args: argparse.Namespace) -> None:
+    from .datasets import write_demo_subject
+
+    write_demo_subject(
+        args.index, args.seed, args.out_image, args.out_labels,
+        spacing_mm=args.spacing_mm, max_disp_mm=args.max_disp_mm,
+    )
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from .study import write_jobs_table
+
+    write_jobs_table(args.config, args.out)
+
+
+def _aggregate(args: argparse.Namespace) -> None:
+    from .aggregate import aggregate_study
+
+    aggregate_study(args.jobs, args.out_dir)
+
+
+def _anova(args: argparse.Namespace) -> None:
+    from .stats import run_anova_study
+
+    run_anova_study(
+        args.metrics, _csv_list(args.responses), _csv_list(args.factors), args.alpha, args.out_dir,
+        method=args.method,
+    )
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .report import build_report
+
+    build_report(args.study_dir, args.config, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of all commands."""
+    parser = argparse.ArgumentParser(prog="python -m registration_core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    p = command("register", _register, "register a moving image onto a fixed (atlas) image")
+    p.add_argument("--method", required=True, help="registration method (see the method registry)")
+    p.add_argument("--fixed", type=Path, required=True, help="fixed image (the atlas)")
+    p.add_argument("--moving", type=Path, required=True, help="moving image, on the fixed grid")
+    p.add_argument("--fixed-labels", type=Path)
+    p.add_argument("--moving-labels", type=Path)
+    p.add_argument("--fixed-landmarks", type=Path)
+    p.add_argument("--moving-landmarks", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+
+    p = command("evaluate", _evaluate, "metrics of one registered pair")
+    p.add_argument("--fixed-labels", type=Path, required=True)
+    p.add_argument("--warped-labels", type=Path, required=True)
+    p.add_argument("--displacement", type=Path, required=True, help="displacement.nii.gz written by register")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--labels", help="comma-separated label values (default: all labels of the fixed map)")
+    group.add_argument("--labels-file", type=Path, help="file with label values")
+    p.add_argument("--moving-labels", type=Path, help="moving labels, for the Dice before registration")
+    p.add_argument("--fixed-landmarks", type=Path)
+    p.add_argument("--moving-landmarks", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="metrics.json")
+
+    p = command("prepare", _prepare, "preprocess one image (and its labels) by a list of steps")
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--labels", type=Path)
+    p.add_argument("--steps", required=True, help="JSON list of {step: name, ...} or a JSON/YAML file")
+    p.add_argument("--out-image", type=Path, required=True)
+    p.add_argument("--out-labels", type=Path)
+
+    p = command("demo-subject", _demo_subject, "write one subject of the embedded demo dataset")
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spacing-mm", type=float, default=2.0)
+    p.add_argument("--max-disp-mm", type=float, default=8.0)
+    p.add_argument("--out-image", type=Path, required=True)
+    p.add_argument("--out-labels", type=Path, required=True)
+
+    p = command("plan", _plan, "write the jobs table of a study config")
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+    p = command("aggregate", _aggregate, "collect per-pair metrics and logs into tables")
+    p.add_argument("--jobs", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+
+    p = command("anova", _anova, "ANOVA of metrics against grid factors")
+    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--responses", required=True, help="comma-separated metric columns")
+    p.add_argument("--factors", required=True, help="comma-separated grid factors")
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--method", help="restrict to one method")
+    p.add_argument("--out-dir", type=Path, required=True)
+
+    p = command("report", _report, "build the self-contained HTML report of a study")
+    p.add_argument("--study-dir", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; returns the exit status (0, or 2 on bad input, 1 on a failed write)."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,75 @@
+"""Separable smoothing filters on (B, C, *spatial) tensors, 2D or 3D, zero padded, same-size output.
+
+The box filter uses running sums (cumulative sums), so its cost does not depend on the window:
+this is what keeps NODEO's 15-voxel smoothing and the 21-voxel NCC window cheap in 3D.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+
+def _box_sum_axis(x: torch.Tensor, axis: int, window: int) -> torch.Tensor:
+    """Sum over a centred window of odd length ``window`` along ``axis``, zero padded."""
+    half = window // 2
+    pad = [0, 0] * (x.dim() - 1 - axis) + [half + 1, half]
+    csum = torch.cumsum(F.pad(x, pad), dim=axis)
+    n = x.shape[axis]
+    return csum.narrow(axis, window, n) - csum.narrow(axis, 0, n)
+
+
+def box_sum(x: torch.Tensor, window: int | Sequence[int]) -> torch.Tensor:
+    """Windowed sums of ``x`` (B, C, *spatial) over an odd box ``window`` (per axis or one for all)."""
+    ndim = x.dim() - 2
+    windows = [window] * ndim if isinstance(window, int) else list(window)
+    for w in windows:
+        if w < 1 or w % 2 == 0:
+            raise ValueError(f"box window must be a positive odd integer, got {w}")
+    for axis, w in enumerate(windows, start=2):
+        if w > 1:
+            x = _box_sum_axis(x, axis, w)
+    return x
+
+
+def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Zero-padded moving average over a ``window``^ndim box (``count_include_pad`` semantics)."""
+    ndim = x.dim() - 2
+    return box_sum(x, window) / float(window**ndim)
+
+
+def gaussian_kernel_1d(window: int, nsig: float) -> np.ndarray:
+    """Normalised 1D Gaussian weights: the normal CDF differenced over ``window`` bins spanning ``[-nsig, nsig]``.
+
+    ``nsig`` is the half-width of the window in standard deviations; a small value (NODEO's reference
+    uses 0.1) gives nearly flat weights, 2-3 a bell shape.
+    """
+    edges = np.linspace(-nsig, nsig, window + 1)
+    weights = np.diff(stats.norm.cdf(edges))
+    return weights / weights.sum()
+
+
+def separable_filter(x: torch.Tensor, kernel_1d: torch.Tensor) -> torch.Tensor:
+    """Convolve every channel of ``x`` (B, C, *spatial) with ``kernel_1d`` (odd length) along each axis."""
+    ndim = x.dim() - 2
+    channels = x.shape[1]
+    conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]
+    half = kernel_1d.numel() // 2
+    for axis in range(ndim):
+        shape = [1] * ndim
+        shape[axis] = kernel_1d.numel()
+        weight = kernel_1d.to(x).view(1, 1, *shape).expand(channels, 1, *shape)
+        padding = [0] * ndim
+        padding[axis] = half
+        x = conv(x, weight, padding=padding, groups=channels)
+    return x
+
+
+def gaussian_smooth(x: torch.Tensor, window: int, nsig: float) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``x`` (B, C, *spatial) with :func:`gaussian_kernel_1d` weights."""
+    kernel = torch.from_numpy(gaussian_kernel_1d(window, nsig))
+    return separable_filter(x, kernel)

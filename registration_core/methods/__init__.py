@@ -1,0 +1,70 @@
+"""The method registry: one module per method, named after the method, exposing ``METHOD``.
+
+Adding a method is adding ``registration_core/methods/<name>.py`` with a :class:`Method` subclass
+instance called ``METHOD``; the CLI, the config validation and the workflow find it by name. Modules
+are imported on first use so that asking for a SimpleITK method does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+
+from ..errors import InputError
+from ..io import Image
+from ..params import Param, parse_params
+
+
+@dataclass
+class RegistrationResult:
+    """What a method returns for one fixed/moving pair.
+
+    ``disp_vox``: (ndim, *spatial) float32 displacement in voxels of the fixed grid, mapping a fixed
+    point ``x`` to the moving point ``x + u(x)``. ``loss_history``: one dict per evaluated iterate
+    (``iteration``, ``total`` and one entry per loss term). ``best_iteration``: the iterate whose
+    field is returned, chosen by ``best_criterion``.
+    """
+
+    disp_vox: np.ndarray
+    loss_history: list[dict[str, float]] = field(default_factory=list)
+    best_iteration: int | None = None
+    best_criterion: str | None = None
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """A registration method: a parameter schema, optional presets and :meth:`register`."""
+
+    name: ClassVar[str]
+    params: ClassVar[Mapping[str, Param]]
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    uses_torch: ClassVar[bool] = False
+
+    def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults + preset + ``raw`` overrides, validated (InputError names the parameter)."""
+        return parse_params(f"method '{self.name}'", self.params, raw, self.presets or None)
+
+    @abstractmethod
+    def register(self, fixed: Image, moving: Image, params: Mapping[str, Any]) -> RegistrationResult:
+        """Register ``moving`` onto ``fixed`` (same grid) with resolved ``params``."""
+
+
+def available_methods() -> list[str]:
+    """Names of all registered methods (modules of this package)."""
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+
+
+@cache
+def get_method(name: str) -> Method:
+    """The :class:`Method` called ``name``; InputError listing the available ones otherwise."""
+    names = available_methods()
+    if name not in names:
+        raise InputError(f"unknown method '{name}' (available: {', '.join(names)})")
+    return importlib.import_module(f"{__name__}.{name}").METHOD
