@@ -1,0 +1,373 @@
+"""Basic preprocessing of :class:`registration_core.io.Image`: intensity and geometry steps.
+
+Every function is pure (returns a new Image). Arrays are in array index order
+``(i, j[, k])``; spacings are in mm; affines map voxel indices to RAS+ mm (2D images use
+the affine's in-plane block, see :func:`registration_core.io.spatial_affine`).
+
+:func:`run_steps` applies a configured list of steps ``{"step": name, **settings}`` to an
+image and, for geometric steps, to its label map. Steps live in a registry filled by
+:func:`register_step`: adding a step is one decorated function, and its settings schema
+lands in :data:`STEP_SCHEMAS` for the workflow's config validation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import jsonschema
+import nibabel.orientations as nio
+import numpy as np
+import SimpleITK as sitk
+
+from registration_core.errors import InputError
+from registration_core.io import Image, image_to_sitk, spatial_affine
+
+Interpolation = Literal["linear", "cubic", "nearest"]
+
+_SITK_INTERPOLATORS = {"linear": sitk.sitkLinear, "cubic": sitk.sitkBSpline, "nearest": sitk.sitkNearestNeighbor}
+
+
+def _name(image: Image) -> str:
+    """How an image is named in error messages."""
+    return image.path or "image"
+
+
+# --------------------------------------------------------------------------- intensity
+
+
+def clip_intensity(
+    image: Image,
+    low: float | None = None,
+    high: float | None = None,
+    percentiles: Sequence[float] | None = None,
+) -> Image:
+    """Clip intensities to ``[low, high]`` (either may be None: no bound on that side).
+
+    ``percentiles=(p_low, p_high)`` (in [0, 100]) instead takes the bounds from the image's
+    own intensity percentiles; it cannot be combined with ``low``/``high``. Example: lung CT
+    ``low=-1000, high=0`` (HU).
+    """
+    if percentiles is not None:
+        if low is not None or high is not None:
+            raise InputError("clip: give either low/high or percentiles, not both")
+        if len(percentiles) != 2 or not 0 <= percentiles[0] <= percentiles[1] <= 100:
+            raise InputError(
+                f"clip: percentiles {list(percentiles)} must be [p_low, p_high] with 0 <= p_low <= p_high <= 100"
+            )
+        low, high = (float(v) for v in np.percentile(image.data, percentiles))
+    if low is None and high is None:
+        raise InputError("clip: needs low and/or high, or percentiles")
+    if low is not None and high is not None and low > high:
+        raise InputError(f"clip: low {low} is above high {high}")
+    return image.with_data(np.clip(image.data, low, high).astype(np.float32))
+
+
+def normalize(image: Image, mode: Literal["minmax", "zscore"] = "minmax") -> Image:
+    """Rescale intensities: "minmax" -> [0, 1]; "zscore" -> zero mean, unit standard deviation (float32)."""
+    data = image.data.astype(np.float64)
+    if mode == "minmax":
+        offset, scale = data.min(), data.max() - data.min()
+    elif mode == "zscore":
+        offset, scale = data.mean(), data.std()
+    else:
+        raise InputError(f"normalize: mode {mode!r} is not allowed; allowed: 'minmax', 'zscore'")
+    if scale == 0:
+        raise InputError(f"normalize: {_name(image)} is constant; cannot normalise it")
+    return image.with_data(((data - offset) / scale).astype(np.float32))
+
+
+# ---------------------------------------------------------------------------- geometry
+
+
+def extract_slice(image: Image, axis: int, index: int | float | str = "middle") -> Image:
+    """Extract the 2D slice ``index`` along array ``axis`` of a 3D image.
+
+    Args:
+        axis: 0, 1 or 2 (array axis, not a physical direction).
+        index: an int voxel index; "middle" (``n // 2``); or a float fraction in [0, 1] of
+            the extent (voxel ``round(f * (n - 1))``).
+
+    Returns:
+        A 2D Image with the remaining two axes in their array order. Its affine is
+        ``diag(s_a, s_b, s_axis, 1)``: the in-plane spacings, identity direction (the plane
+        becomes the RAS x-y plane), origin 0. The original position is not kept.
+    """
+    if image.ndim != 3:
+        raise InputError(f"slice: {_name(image)} is {image.ndim}D; slices are taken from 3D images")
+    if axis not in (0, 1, 2) or isinstance(axis, bool):
+        raise InputError(f"slice: axis {axis!r} is not allowed; allowed: 0, 1, 2")
+    size = image.shape[axis]
+    if index == "middle":
+        position = size // 2
+    elif isinstance(index, float):
+        if not 0.0 <= index <= 1.0:
+            raise InputError(f"slice: fraction {index} must lie in [0, 1]")
+        position = int(round(index * (size - 1)))
+    elif isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+        if not 0 <= index < size:
+            raise InputError(f"slice: index {index} is outside [0, {size - 1}] along axis {axis}")
+        position = int(index)
+    else:
+        raise InputError(f"slice: index {index!r} must be an int, 'middle' or a float fraction in [0, 1]")
+    in_plane = [a for a in range(3) if a != axis]
+    spacing = image.spacing
+    affine = np.diag([spacing[in_plane[0]], spacing[in_plane[1]], spacing[axis], 1.0])
+    return Image(data=np.take(image.data, position, axis=axis).copy(), affine=affine, path=None)
+
+
+def _per_axis(value: float | Sequence[float], ndim: int, name: str) -> np.ndarray:
+    """A scalar or a sequence of ``ndim`` positive numbers -> array (ndim,)."""
+    try:
+        values = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        values = np.zeros(0)
+    if values.ndim == 0:
+        values = np.full(ndim, float(values))
+    if values.shape != (ndim,) or not np.all(values > 0):
+        raise InputError(f"resample: {name} {value!r} must be a positive number or {ndim} positive numbers")
+    return values
+
+
+def _interpolator(image: Image, interpolation: Interpolation | None) -> int:
+    """SimpleITK interpolator: default nearest for integer data (labels), linear otherwise."""
+    is_labels = np.issubdtype(image.data.dtype, np.integer)
+    interpolation = interpolation or ("nearest" if is_labels else "linear")
+    if interpolation not in _SITK_INTERPOLATORS:
+        allowed = ", ".join(_SITK_INTERPOLATORS)
+        raise InputError(f"resample: interpolation {interpolation!r} is not allowed; allowed: {allowed}")
+    if is_labels and interpolation != "nearest":
+        raise InputError(f"resample: {_name(image)} holds integer labels; only 'nearest' interpolation is allowed")
+    return _SITK_INTERPOLATORS[interpolation]
+
+
+def resample(
+    image: Image,
+    spacing: float | Sequence[float] | None = None,
+    shape: Sequence[int] | None = None,
+    scale: float | Sequence[float] | None = None,
+    interpolation: Interpolation | None = None,
+) -> Image:
+    """Resample onto a new grid covering the same physical extent (SimpleITK).
+
+    Exactly one of:
+        spacing: target voxel size in mm (scalar or per axis); the shape becomes
+            ``round(n * s / spacing)`` and the spacing is exactly the one asked for.
+        shape: target shape; the spacing becomes ``n * s / shape`` (extent kept exactly).
+        scale: shape factor (e.g. 0.5 halves every axis); the shape becomes
+            ``round(n * scale)`` and the spacing ``n * s / shape``.
+
+    The grid's outer edge (voxel corner of index -1/2) and direction are kept, so the new
+    voxel centres stay within the original extent. ``interpolation`` defaults to "nearest"
+    for integer data (label maps, which keep their dtype and gain no new labels) and
+    "linear" otherwise ("cubic" = cubic B-spline); integer data only allows "nearest".
+    """
+    if sum(option is not None for option in (spacing, shape, scale)) != 1:
+        raise InputError("resample: give exactly one of spacing, shape, scale")
+    interpolator = _interpolator(image, interpolation)
+    old_shape, old_spacing = np.asarray(image.shape, dtype=np.float64), np.asarray(image.spacing)
+    extent = old_shape * old_spacing
+    if spacing is not None:
+        new_spacing = _per_axis(spacing, image.ndim, "spacing")
+        new_shape = np.maximum(1, np.round(extent / new_spacing))
+    else:
+        if shape is not None:
+            new_shape = _per_axis(shape, image.ndim, "shape")
+            if not np.all(new_shape == np.round(new_shape)):
+                raise InputError(f"resample: shape {list(shape)} must be integers")
+        else:
+            new_shape = np.maximum(1, np.round(old_shape * _per_axis(scale, image.ndim, "scale")))
+        new_spacing = extent / new_shape
+    ratio = new_spacing / old_spacing  # new voxel size in old voxels
+    offset = 0.5 * ratio - 0.5  # new voxel 0 centre in old voxel coordinates
+
+    source = sitk.GetImageFromArray(np.ascontiguousarray(image.data.transpose()))
+    source.SetSpacing(old_spacing.tolist())
+    resampled = sitk.Resample(
+        source,
+        [int(n) for n in new_shape],
+        sitk.Transform(),
+        interpolator,
+        (offset * old_spacing).tolist(),
+        new_spacing.tolist(),
+        np.eye(image.ndim).ravel().tolist(),
+        0.0,
+        source.GetPixelID(),
+    )
+    index_map = np.eye(4)  # new voxel index -> old voxel index
+    index_map[: image.ndim, : image.ndim] = np.diag(ratio)
+    index_map[: image.ndim, 3] = offset
+    return Image(data=sitk.GetArrayFromImage(resampled).transpose(), affine=image.affine @ index_map, path=None)
+
+
+def resample_to(image: Image, reference: Image, interpolation: Interpolation | None = None) -> Image:
+    """Resample ``image`` onto ``reference``'s grid through physical space (SimpleITK).
+
+    Use it for images of one subject on different grids (e.g. a lung mask stored at a finer
+    resolution than its CT). Voxels of the reference outside ``image`` get 0. Interpolation
+    defaults as in :func:`resample` (nearest for integer labels, which keep their dtype).
+    Both grids must be representable in ITK (orthogonal axes; 2D: in the x-y plane).
+    """
+    if image.ndim != reference.ndim:
+        raise InputError(f"resample_to: {_name(image)} is {image.ndim}D but the reference is {reference.ndim}D")
+    source = image_to_sitk(image)
+    target = image_to_sitk(reference.with_data(np.zeros(reference.shape, np.uint8)))
+    interpolator = _interpolator(image, interpolation)
+    resampled = sitk.Resample(source, target, sitk.Transform(), interpolator, 0.0, source.GetPixelID())
+    return reference.with_data(sitk.GetArrayFromImage(resampled).transpose())
+
+
+def reorient(image: Image, orientation: Literal["RAS"] = "RAS") -> Image:
+    """Permute/flip the array axes so they point to R, A[, S] (nibabel's closest canonical).
+
+    Only "RAS" is offered. The physical grid is unchanged (same voxels, new index order);
+    2D images are reoriented within their in-plane block (axes -> R, A).
+    """
+    if orientation != "RAS":
+        raise InputError(f"reorient: orientation {orientation!r} is not allowed; allowed: 'RAS'")
+    ndim = image.ndim
+    current = nio.io_orientation(spatial_affine(image.affine, ndim))
+    if np.isnan(current).any():
+        raise InputError(f"reorient: {_name(image)} has an in-plane axis without a clear R/A/S direction")
+    transform = nio.ornt_transform(current, nio.axcodes2ornt("RAS"[:ndim]))
+    if ndim == 2:  # keep the singleton third axis in place
+        index_map = nio.inv_ornt_aff(np.vstack([transform, [[2, 1]]]), (*image.shape, 1))
+    else:
+        index_map = nio.inv_ornt_aff(transform, image.shape)
+    data = nio.apply_orientation(image.data, transform)
+    return Image(data=np.ascontiguousarray(data), affine=image.affine @ index_map, path=None)
+
+
+# ------------------------------------------------------------------------------- steps
+
+StepFunction = Callable[..., tuple[Image, Image | None]]
+
+_STEP_FUNCTIONS: dict[str, StepFunction] = {}
+STEP_SCHEMAS: dict[str, dict[str, Any]] = {}
+"""Step name -> JSON schema of its settings (an object; unknown keys are not allowed)."""
+
+
+def register_step(name: str, properties: dict[str, Any]) -> Callable[[StepFunction], StepFunction]:
+    """Register ``function(image, labels, **settings) -> (image, labels)`` as step ``name``.
+
+    ``properties`` is the JSON schema of each setting; settings are optional (function
+    defaults apply) and no other key is allowed.
+    """
+
+    def decorator(function: StepFunction) -> StepFunction:
+        _STEP_FUNCTIONS[name] = function
+        STEP_SCHEMAS[name] = {"type": "object", "properties": properties, "additionalProperties": False}
+        return function
+
+    return decorator
+
+
+_NUMBER_OR_NULL = {"type": ["number", "null"]}
+_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
+_POSITIVE_OR_LIST = {"anyOf": [_POSITIVE, {"type": "array", "items": _POSITIVE, "minItems": 2, "maxItems": 3}]}
+
+
+@register_step("reorient", {"orientation": {"enum": ["RAS"]}})
+def _reorient_step(image: Image, labels: Image | None, **settings: Any) -> tuple[Image, Image | None]:
+    """Reorient image and labels to RAS."""
+    return reorient(image, **settings), None if labels is None else reorient(labels, **settings)
+
+
+@register_step(
+    "clip",
+    {
+        "low": _NUMBER_OR_NULL,
+        "high": _NUMBER_OR_NULL,
+        "percentiles": {
+            "type": "array",
+            "items": {"type": "number", "minimum": 0, "maximum": 100},
+            "minItems": 2,
+            "maxItems": 2,
+        },
+    },
+)
+def _clip_step(image: Image, labels: Image | None, **settings: Any) -> tuple[Image, Image | None]:
+    """Clip image intensities; labels untouched."""
+    return clip_intensity(image, **settings), labels
+
+
+@register_step("normalize", {"mode": {"enum": ["minmax", "zscore"]}})
+def _normalize_step(image: Image, labels: Image | None, **settings: Any) -> tuple[Image, Image | None]:
+    """Normalise image intensities; labels untouched."""
+    return normalize(image, **settings), labels
+
+
+@register_step(
+    "slice",
+    {
+        "axis": {"enum": [0, 1, 2]},
+        "index": {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"const": "middle"},
+                {"type": "number", "minimum": 0, "maximum": 1},
+            ]
+        },
+    },
+)
+def _slice_step(image: Image, labels: Image | None, axis: int = 2, **settings: Any) -> tuple[Image, Image | None]:
+    """Take the same 2D slice of image and labels (axis defaults to 2, index to "middle")."""
+    plane = extract_slice(image, axis, **settings)
+    return plane, None if labels is None else extract_slice(labels, axis, **settings)
+
+
+@register_step(
+    "resample",
+    {
+        "spacing": _POSITIVE_OR_LIST,
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 3},
+        "scale": _POSITIVE_OR_LIST,
+        "interpolation": {"enum": ["linear", "cubic"]},
+    },
+)
+def _resample_step(image: Image, labels: Image | None, **settings: Any) -> tuple[Image, Image | None]:
+    """Resample the image (linear or cubic) and the labels (nearest) onto the same new grid."""
+    label_settings = {**settings, "interpolation": "nearest"}
+    return resample(image, **settings), None if labels is None else resample(labels, **label_settings)
+
+
+def validate_steps(steps: Sequence[dict[str, Any]]) -> None:
+    """Check a step list against the registry; raise InputError naming ``steps[i]``, the key and what is allowed."""
+    if not isinstance(steps, Sequence) or isinstance(steps, str):
+        raise InputError(f"preprocessing steps must be a list of {{'step': name, ...}}, got {type(steps).__name__}")
+    for position, step in enumerate(steps):
+        where = f"preprocessing steps[{position}]"
+        if not isinstance(step, dict) or "step" not in step:
+            raise InputError(f"{where}: must be a mapping with a 'step' key; allowed steps: {', '.join(STEP_SCHEMAS)}")
+        name = step["step"]
+        if name not in STEP_SCHEMAS:
+            raise InputError(f"{where}: unknown step {name!r}; allowed: {', '.join(STEP_SCHEMAS)}")
+        schema = STEP_SCHEMAS[name]
+        settings = {key: value for key, value in step.items() if key != "step"}
+        for key in settings:
+            if key not in schema["properties"]:
+                allowed = ", ".join(schema["properties"])
+                raise InputError(f"{where} ({name}): unknown setting {key!r}; allowed: {allowed}")
+        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(settings))
+        if error is not None:
+            key = error.absolute_path[0] if error.absolute_path else "settings"
+            raise InputError(f"{where} ({name}): setting {key!r}: {error.message}")
+
+
+def run_steps(image: Image, labels: Image | None, steps: Sequence[dict[str, Any]]) -> tuple[Image, Image | None]:
+    """Apply ``steps`` (each ``{"step": name, **settings}``) in order to an image and its label map.
+
+    Geometric steps (reorient, slice, resample with nearest interpolation) transform the
+    labels too; intensity steps (clip, normalize) leave them unchanged. ``labels`` must lie
+    on the image's grid. Any bad step, setting or value raises InputError naming ``steps[i]``.
+    """
+    validate_steps(steps)
+    if labels is not None and not image.same_grid(labels, atol=1e-3):
+        raise InputError(f"{labels.path or 'labels'}: not on the grid of {_name(image)} (shape or affine differ)")
+    for position, step in enumerate(steps):
+        settings = {key: value for key, value in step.items() if key != "step"}
+        try:
+            image, labels = _STEP_FUNCTIONS[step["step"]](image, labels, **settings)
+        except InputError as exc:
+            raise InputError(f"preprocessing steps[{position}]: {exc}") from exc
+    return image, labels
