@@ -37,7 +37,7 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 ImageKind = Literal["image", "labels"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Image:
     """A 2D or 3D image (or label map) on a physical grid.
 
@@ -47,6 +47,9 @@ class Image:
         affine: (4, 4) voxel index -> RAS+ mm; for 2D images the third voxel axis is a
             singleton (its column is kept as stored, usually the slice normal).
         path: the file it was read from, or None for derived images.
+
+    Equality is identity (arrays have no single truth value): compare grids with
+    :meth:`same_grid` and data with numpy.
     """
 
     data: np.ndarray
@@ -265,7 +268,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _nifti_dtype(data: np.ndarray) -> type:
+def _disk_dtype(data: np.ndarray) -> type:
     """On-disk dtype: int32 for integer (label) data, uint8 for booleans, float32 otherwise."""
     if data.dtype == np.bool_:
         return np.uint8
@@ -280,7 +283,7 @@ def save_image(image: Image, path: str | os.PathLike[str]) -> None:
     """
     path = Path(path)
     suffix = _suffix(path)
-    data = image.data.astype(_nifti_dtype(image.data))
+    data = image.data.astype(_disk_dtype(image.data))
     with atomic_path(path) as tmp:
         if suffix in NIFTI_SUFFIXES:
             nifti = nib.Nifti1Image(data, image.affine)
