@@ -102,8 +102,13 @@ def _spacing(spacing_mm: Sequence[float], ndim: int) -> tuple[float, ...]:
 
 
 def _displacement(disp_vox: np.ndarray) -> np.ndarray:
-    """Validate a finite displacement of shape ``(ndim, *spatial)`` with ndim 2 or 3."""
-    disp = np.asarray(disp_vox, dtype=np.float64)
+    """Validate a finite displacement of shape ``(ndim, *spatial)`` with ndim 2 or 3.
+
+    float32 and float64 fields keep their precision; other types become float64.
+    """
+    disp = np.asarray(disp_vox)
+    if disp.dtype not in (np.float32, np.float64):
+        disp = disp.astype(np.float64)
     if disp.ndim not in (3, 4) or disp.shape[0] != disp.ndim - 1:
         raise InputError(f"disp_vox must have shape (ndim, *spatial) with ndim 2 or 3, got {disp.shape}")
     if not np.all(np.isfinite(disp)):
@@ -287,7 +292,7 @@ def jacobian_stats(disp_vox: np.ndarray, mask: np.ndarray | None = None) -> Jaco
             raise InputError(f"mask shape {keep.shape} differs from the displacement grid {spatial}")
         if not keep.any():
             raise InputError("mask is empty: no voxel to compute Jacobian statistics on")
-    detj_all = jacobian_determinant(torch.from_numpy(disp)[None], scheme="central")[0]
+    detj_all = jacobian_determinant(torch.from_numpy(np.ascontiguousarray(disp))[None], scheme="central")[0]
     detj = detj_all.detach().cpu().numpy().astype(np.float64)[keep]
     positive = detj[detj > 0]
     return {
@@ -305,7 +310,7 @@ def jacobian_stats(disp_vox: np.ndarray, mask: np.ndarray | None = None) -> Jaco
 
 def _points(name: str, points_vox: np.ndarray, ndim: int) -> np.ndarray:
     """Validate finite points of shape (N, ndim), N >= 1."""
-    points = np.asarray(points_vox, dtype=np.float64)
+    points = np.array(points_vox, dtype=np.float64)  # a writable copy (torch warns on read-only arrays)
     if points.ndim != 2 or points.shape[1] != ndim or points.shape[0] == 0:
         raise InputError(f"{name} must have shape (N, {ndim}) with N >= 1, got {points.shape}")
     if not np.all(np.isfinite(points)):
@@ -339,10 +344,12 @@ def tre_mm(
 
     The displacement is interpolated linearly at each fixed landmark p; the error is
     ``||(p + u(p) - q) * spacing_mm||`` with q the corresponding moving landmark (both in
-    continuous voxel coordinates of the shared fixed/moving grid).
+    continuous voxel coordinates of the shared fixed/moving grid). Within half a voxel outside
+    the outermost voxel centres the displacement of the nearest border voxel is used.
 
     Args:
-        fixed_points_vox: (N, ndim) fixed-image landmarks, voxel coordinates, inside the grid.
+        fixed_points_vox: (N, ndim) fixed-image landmarks, voxel coordinates within the image
+            extent ``[-0.5, n - 0.5]`` per axis (as accepted by ``io.load_landmarks``).
         moving_points_vox: (N, ndim) corresponding moving-image landmarks, voxel coordinates.
         disp_vox: (ndim, *spatial) displacement in voxels of the fixed grid.
         spacing_mm: ndim voxel sizes in mm, array axis order.
@@ -354,12 +361,12 @@ def tre_mm(
     ndim = disp.shape[0]
     fixed, moving = _point_pair(fixed_points_vox, moving_points_vox, ndim)
     spacing = _spacing(spacing_mm, ndim)
-    upper = np.asarray(disp.shape[1:], dtype=np.float64) - 1.0
-    outside = np.any((fixed < 0) | (fixed > upper), axis=1)
+    upper = np.asarray(disp.shape[1:], dtype=np.float64) - 0.5
+    outside = np.any((fixed < -0.5) | (fixed > upper), axis=1)
     if outside.any():
         raise InputError(
-            f"fixed_points_vox: {int(outside.sum())} landmark(s) lie outside the displacement grid "
-            f"[0, n-1] per axis (first: index {int(np.argmax(outside))})"
+            f"fixed_points_vox: {int(outside.sum())} landmark(s) lie outside the displacement grid's extent "
+            f"[-0.5, n - 0.5] per axis (first: index {int(np.argmax(outside))})"
         )
     return _error_mm(fixed + sample_displacement_at(disp, fixed), moving, spacing)
 

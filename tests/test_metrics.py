@@ -278,6 +278,15 @@ def test_tre_in_3d_with_zero_displacement_equals_tre_before() -> None:
     np.testing.assert_allclose(metrics.tre_before(fixed, moving, spacing), expected)
 
 
+def test_tre_uses_the_border_displacement_within_half_a_voxel_of_the_grid() -> None:
+    # u_0 = j on a 4x6 grid: at j = 5.4 (beyond the last centre j = 5) u_0 is the border value 5.
+    disp = np.zeros((2, 4, 6))
+    disp[0] = _index_grid((4, 6))[1]
+    fixed = np.array([[-0.4, 5.4]])
+    moving = np.array([[4.6, 5.4]])
+    np.testing.assert_allclose(metrics.tre_mm(fixed, moving, disp, (1.0, 1.0)), [0.0], atol=1e-9)
+
+
 @pytest.mark.parametrize(
     "fixed, moving, message",
     [
