@@ -135,6 +135,15 @@ def _dice(fixed_mask: np.ndarray, warped_mask: np.ndarray) -> float:
     return 2.0 * int(np.logical_and(fixed_mask, warped_mask).sum()) / total
 
 
+def _dice_scores(
+    fixed_labels: np.ndarray, warped_labels: np.ndarray, labels: Sequence[int]
+) -> tuple[dict[int, float], list[int]]:
+    """Validated inputs -> (``{label: dice}`` for labels present in a map, labels absent from both)."""
+    fixed, warped = _label_pair(fixed_labels, warped_labels)
+    scored, skipped = _partition_labels(fixed, warped, _label_list(labels))
+    return {label: _dice(fixed == label, warped == label) for label in scored}, skipped
+
+
 def dice_per_label(
     fixed_labels: np.ndarray, warped_labels: np.ndarray, labels: Sequence[int]
 ) -> dict[int, float]:
@@ -150,9 +159,7 @@ def dice_per_label(
         in one map only scores 0.0). Labels absent from both maps are not scored and not in the
         result; :func:`dice_summary` lists them.
     """
-    fixed, warped = _label_pair(fixed_labels, warped_labels)
-    scored, _ = _partition_labels(fixed, warped, _label_list(labels))
-    return {label: _dice(fixed == label, warped == label) for label in scored}
+    return _dice_scores(fixed_labels, warped_labels, labels)[0]
 
 
 def dice_summary(fixed_labels: np.ndarray, warped_labels: np.ndarray, labels: Sequence[int]) -> DiceSummary:
@@ -161,12 +168,9 @@ def dice_summary(fixed_labels: np.ndarray, warped_labels: np.ndarray, labels: Se
     Arguments as in :func:`dice_per_label`. Raises InputError when every requested label is
     absent from both maps (there is nothing to average).
     """
-    fixed, warped = _label_pair(fixed_labels, warped_labels)
-    requested = _label_list(labels)
-    scored, skipped = _partition_labels(fixed, warped, requested)
-    if not scored:
-        raise InputError(f"labels: none of the requested labels {requested} is present in either label map")
-    per_label = {label: _dice(fixed == label, warped == label) for label in scored}
+    per_label, skipped = _dice_scores(fixed_labels, warped_labels, labels)
+    if not per_label:
+        raise InputError(f"labels: none of the requested labels {list(labels)} is present in either label map")
     return {"per_label": per_label, "mean": float(np.mean(list(per_label.values()))), "skipped": skipped}
 
 
@@ -244,7 +248,8 @@ def hd95_summary(
             per_label[label] = _hd95(fixed_mask, warped_mask, spacing)
         else:
             per_label[label] = math.nan
-            undefined[label] = "present in fixed labels only" if fixed_mask.any() else "present in warped labels only"
+            holder = "fixed" if fixed_mask.any() else "warped"
+            undefined[label] = f"present in {holder} labels only"
     defined = [value for value in per_label.values() if not math.isnan(value)]
     mean = float(np.mean(defined)) if defined else math.nan
     return {"per_label": per_label, "mean": mean, "skipped": skipped, "undefined": undefined}
@@ -318,7 +323,9 @@ def _points(name: str, points_vox: np.ndarray, ndim: int) -> np.ndarray:
     return points
 
 
-def _point_pair(fixed_points_vox: np.ndarray, moving_points_vox: np.ndarray, ndim: int) -> tuple[np.ndarray, np.ndarray]:
+def _point_pair(
+    fixed_points_vox: np.ndarray, moving_points_vox: np.ndarray, ndim: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate corresponding fixed and moving points of one count."""
     fixed = _points("fixed_points_vox", fixed_points_vox, ndim)
     moving = _points("moving_points_vox", moving_points_vox, ndim)
