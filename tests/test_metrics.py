@@ -97,13 +97,24 @@ def test_hd95_of_cubes_offset_in_3d() -> None:
 
 
 @pytest.mark.parametrize("spacing, expected", [((1.0, 1.0), math.sqrt(2.0)), ((2.0, 1.0), math.sqrt(5.0))])
-def test_hd95_uses_surfaces_only(spacing: tuple[float, float], expected: float) -> None:
+def test_hd95_euclidean_distance_between_nested_squares(spacing: tuple[float, float], expected: float) -> None:
     # A 5x5 square inside a 7x7 square with one centre. The 7x7 surface ring has 20 voxels at
     # one step from the 5x5 ring and 4 corners at the diagonal (1, 1) step: the 95th percentile
-    # is that diagonal, sqrt(s0^2 + s1^2). Interior voxels would add larger distances.
+    # is that diagonal, sqrt(s0^2 + s1^2).
     fixed = _boxes((11, 11), (3, 3), 5)
     warped = _boxes((11, 11), (2, 2), 7)
     assert metrics.hd95_per_label(fixed, warped, [1], spacing) == {1: pytest.approx(expected)}
+
+
+def test_hd95_measures_surface_to_surface_distances() -> None:
+    # Fixed: a 21x21 square with a 3x3 hole in its centre; warped: the filled square. The fixed
+    # surface is the outer ring (80 voxels, distance 0) plus the 12 voxels face-adjacent to the
+    # hole, 8 voxels from the outer ring (12 / 92 > 5 %): HD95 = 8 * 1.5 mm. Distances between
+    # whole masks would give 0 (the fixed mask lies inside the warped one, the hole is 1-2 voxels wide).
+    warped = _boxes((23, 23), (1, 1), 21)
+    fixed = warped.copy()
+    fixed[10:13, 10:13] = 0
+    assert metrics.hd95_per_label(fixed, warped, [1], (1.5, 1.5)) == {1: pytest.approx(12.0)}
 
 
 def test_hd95_ignores_an_outlier_below_five_percent() -> None:
