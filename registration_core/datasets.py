@@ -121,7 +121,9 @@ def _template_1mm() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arrays["t1"], tissue_classes(arrays["t1"], arrays["gm"], arrays["wm"]), affine
 
 
-def demo_grid(shape_1mm: tuple[int, ...], affine_1mm: np.ndarray, spacing_mm: float) -> tuple[tuple[int, ...], np.ndarray]:
+def _demo_grid(
+    shape_1mm: tuple[int, ...], affine_1mm: np.ndarray, spacing_mm: float
+) -> tuple[tuple[int, ...], np.ndarray]:
     """Grid at ``spacing_mm`` covering the 1 mm template: (shape, 4x4 affine), same centre, even sizes."""
     spacing_in = np.linalg.norm(affine_1mm[:3, :3], axis=0)
     extent_mm = np.asarray(shape_1mm) * spacing_in
@@ -134,7 +136,9 @@ def demo_grid(shape_1mm: tuple[int, ...], affine_1mm: np.ndarray, spacing_mm: fl
     return shape, affine
 
 
-def _resample(array: np.ndarray, affine_in: np.ndarray, shape: tuple[int, ...], affine_out: np.ndarray, order: int) -> np.ndarray:
+def _resample(
+    array: np.ndarray, affine_in: np.ndarray, shape: tuple[int, ...], affine_out: np.ndarray, order: int
+) -> np.ndarray:
     """Resample ``array`` (grid ``affine_in``) onto (``shape``, ``affine_out``); 0 outside; order 0 or 1."""
     index_map = np.linalg.solve(affine_in, affine_out)  # output voxel -> input voxel
     return ndimage.affine_transform(
@@ -155,7 +159,7 @@ def _check_spacing(spacing_mm: float) -> float:
 def _template_arrays(spacing_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Template at ``spacing_mm``: T1 (float32), labels (int32, :data:`DEMO_LABELS`), affine (4, 4)."""
     t1_1mm, tissue_1mm, affine_1mm = _template_1mm()
-    shape, affine = demo_grid(t1_1mm.shape, affine_1mm, spacing_mm)
+    shape, affine = _demo_grid(t1_1mm.shape, affine_1mm, spacing_mm)
     spacing_in = np.linalg.norm(affine_1mm[:3, :3], axis=0)
     fwhm_mm = np.sqrt(np.maximum(spacing_mm**2 - spacing_in**2, 0.0))
     sigma_vox = fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0))) / spacing_in

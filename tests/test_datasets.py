@@ -167,7 +167,8 @@ def test_discover_subjects_errors(tmp_path: Path) -> None:
     touch(tmp_path, "a/t1w.nii.gz")
     with pytest.raises(InputError, match=r"dataset path .*missing does not exist"):
         datasets.discover_subjects(tmp_path / "missing", "{subject}/t1w.nii.gz")
-    with pytest.raises(InputError, match=r"no subject in dataset path .* matches the image pattern '\{subject\}/T1.nii'"):
+    no_match = r"no subject in dataset path .* matches the image pattern '\{subject\}/T1.nii'"
+    with pytest.raises(InputError, match=no_match):
         datasets.discover_subjects(tmp_path, "{subject}/T1.nii")
     with pytest.raises(InputError, match=r"image file .*b/t1w.nii.gz not found"):
         datasets.discover_subjects(tmp_path, "{subject}/t1w.nii.gz", ["a", "b"])
@@ -185,7 +186,12 @@ def test_discover_subjects_errors(tmp_path: Path) -> None:
 
 def test_subject_files(tmp_path: Path) -> None:
     touch(tmp_path, "a/t1w.nii.gz", "a/labels.nii.gz", "mask.nii.gz", "b/t1w.nii.gz")
-    patterns = {"image": "{subject}/t1w.nii.gz", "labels": "{subject}/labels.nii.gz", "mask": "mask.nii.gz", "landmarks": None}
+    patterns = {
+        "image": "{subject}/t1w.nii.gz",
+        "labels": "{subject}/labels.nii.gz",
+        "mask": "mask.nii.gz",
+        "landmarks": None,
+    }
     assert datasets.subject_files(tmp_path, patterns, "a") == {
         "image": tmp_path / "a/t1w.nii.gz",
         "labels": tmp_path / "a/labels.nii.gz",
@@ -202,12 +208,13 @@ def test_subject_files(tmp_path: Path) -> None:
 @pytest.mark.realdata
 def test_folder_adapter_on_oasis_trt(shared_data: Path) -> None:
     root = shared_data / "oasis-trt"
+    image, labels, landmarks = "{subject}/t1w_brain.nii.gz", "{subject}/labels.nii.gz", "{subject}/landmarks.txt"
     expected = [f"sub-{i:02d}" for i in range(1, 11)]
-    assert datasets.discover_subjects(root, "{subject}/t1w_brain.nii.gz") == expected
-    assert datasets.discover_subjects(root, "{subject}/t1w_brain.nii.gz", ["sub-03", "sub-01"]) == ["sub-03", "sub-01"]
-    files = datasets.subject_files(root, {"image": "{subject}/t1w_brain.nii.gz", "labels": "{subject}/labels.nii.gz"}, "sub-07")
+    assert datasets.discover_subjects(root, image) == expected
+    assert datasets.discover_subjects(root, image, ["sub-03", "sub-01"]) == ["sub-03", "sub-01"]
+    files = datasets.subject_files(root, {"image": image, "labels": labels}, "sub-07")
     assert files == {"image": root / "sub-07/t1w_brain.nii.gz", "labels": root / "sub-07/labels.nii.gz"}
     with pytest.raises(InputError, match="sub-99/t1w_brain.nii.gz not found"):
-        datasets.discover_subjects(root, "{subject}/t1w_brain.nii.gz", ["sub-01", "sub-99"])
+        datasets.discover_subjects(root, image, ["sub-01", "sub-99"])
     with pytest.raises(InputError, match="landmarks file .*sub-01/landmarks.txt not found"):
-        datasets.subject_files(root, {"image": "{subject}/t1w_brain.nii.gz", "landmarks": "{subject}/landmarks.txt"}, "sub-01")
+        datasets.subject_files(root, {"image": image, "landmarks": landmarks}, "sub-01")
