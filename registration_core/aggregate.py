@@ -245,14 +245,15 @@ def collect(jobs: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, pd.Da
 def format_mean_std(mean: float, std: float, n: int, n_pairs: int) -> str:
     """Paper-style ``"mean ± std"``: both rounded at the std's second significant digit.
 
-    A missing std (one value) gives ``"mean ± n/a"``; a zero std keeps 4 significant digits.
+    A missing std (one value) gives ``"mean ± n/a"``; a zero std (below 1e-9 |mean|, i.e. float
+    noise of identical values) gives ``"mean ± 0"`` with 4 significant digits.
     ``" (n=k)"`` is appended when only k of the group's n_pairs values are available.
     """
     if math.isnan(mean):
         text = "n/a"
     elif math.isnan(std):
         text = f"{mean:.4g} ± n/a"
-    elif std == 0:
+    elif std <= 1e-9 * abs(mean):  # zero up to floating-point noise
         text = f"{mean:.4g} ± 0"
     else:
         decimals = min(max(1 - math.floor(math.log10(std)), 0), 12)

@@ -173,6 +173,7 @@ def test_format_mean_std() -> None:
     assert format_mean_std(0.0003, 0.0001, 3, 3) == "0.00030 ± 0.00010"
     assert format_mean_std(0.5, float("nan"), 1, 1) == "0.5 ± n/a"
     assert format_mean_std(0.5, 0.1, 2, 3) == "0.50 ± 0.10 (n=2)"
+    assert format_mean_std(0.1, 1.4e-17, 3, 3) == "0.1 ± 0"  # std of identical values, float noise
 
 
 def test_jobs_factor_columns(study: Path) -> None:

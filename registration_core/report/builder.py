@@ -1,0 +1,435 @@
+"""Build the self-contained HTML report of a study.
+
+Inputs (``study_dir`` = ``results/<study>``): metrics.csv, summary.csv, jobs.tsv (required),
+dice_per_label.csv and loss_curves.csv (optional: absent or empty -> the section says so),
+anova/anova.json with its tables and plots (optional), and the per-pair registration folders
+listed in metrics.csv (``reg_dir`` with warped.nii.gz, displacement.nii.gz; ``log`` with the
+fixed/moving image paths under "inputs"). Relative paths are resolved against the working
+directory, as in :mod:`registration_core.aggregate`.
+
+Output: one HTML file with inline CSS, PNG figures as base64 data URIs, no script and no
+network reference; each figure is also written as ``<out_html.parent>/figures/<name>.png``
+(for ``snakemake --report``), and :func:`build_report` returns those paths.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from html import escape
+from importlib import resources
+from pathlib import Path
+from string import Template
+
+import pandas as pd
+import yaml
+from matplotlib.figure import Figure
+
+import registration_core
+from registration_core.aggregate import ID_COLUMNS, JOB_COLUMNS, read_jobs, read_json_object
+from registration_core.errors import InputError
+from registration_core.io import atomic_path
+from registration_core.report import markup
+from registration_core.report.examples import example_figure, load_example
+from registration_core.report.plots import (
+    dice_per_label_boxplot,
+    group_label,
+    loss_curve_grid,
+    metric_boxplot,
+    png_bytes,
+    runtime_scatter,
+)
+
+PRIMARY_METRICS = (("dice_mean", True), ("tre_mean_mm", False))  # (metric, higher is better), first available
+MAX_LABEL_GROUPS = 6  # per-label Dice plot: all grid points up to this many, else the best per method
+MAX_LOSS_GROUPS = 12  # loss curves: panels drawn at most
+MAX_LOSS_PAIRS = 3  # loss curves: pairs drawn per grid point
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study's tables as read from ``results/<study>``.
+
+    ``metrics``, ``summary``, ``dice`` and ``loss`` carry an extra ``group`` column (see
+    :func:`registration_core.report.plots.group_label`); ``groups`` lists them in summary order.
+    ``primary`` is the metric ranking grid points and pairs: (column, higher_is_better) or None.
+    """
+
+    name: str
+    directory: Path
+    config_path: Path
+    config_text: str
+    factors: list[str]
+    metrics: pd.DataFrame
+    summary: pd.DataFrame
+    dice: pd.DataFrame | None
+    loss: pd.DataFrame | None
+    primary: tuple[str, bool] | None
+
+    @property
+    def groups(self) -> list[str]:
+        """Method x grid point names in summary order."""
+        return self.summary["group"].tolist()
+
+
+@dataclass
+class FigureSink:
+    """Writes each figure to ``directory/<name>.png`` and returns its embedded HTML."""
+
+    directory: Path
+    paths: list[Path] = field(default_factory=list)
+
+    def add(self, name: str, content: Figure | bytes, caption: str) -> str:
+        """Save a figure (or PNG bytes) atomically, remember its path, return a ``<figure>`` element."""
+        png = content if isinstance(content, bytes) else png_bytes(content)
+        path = self.directory / f"{name}.png"
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(png)
+        self.paths.append(path)
+        return markup.figure(png, caption)
+
+
+def _read_table(path: Path, required: bool) -> pd.DataFrame | None:
+    """A CSV of the study (id columns as strings); None when optional and absent or without rows."""
+    if not path.is_file():
+        if required:
+            raise InputError(f"{path}: study table not found (run the aggregate step first)")
+        return None
+    try:
+        table = pd.read_csv(path, dtype={c: str for c in JOB_COLUMNS})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot read as a CSV table ({exc})".splitlines()[0]) from exc
+    if required and not {"method", "grid_id"} <= set(table.columns):
+        raise InputError(f"{path}: needs columns 'method' and 'grid_id'")
+    if table.empty:
+        return None if not required else table
+    return table.assign(group=[group_label(m, g) for m, g in zip(table["method"], table["grid_id"], strict=True)])
+
+
+def _primary_metric(metrics: pd.DataFrame) -> tuple[str, bool] | None:
+    """The first of PRIMARY_METRICS with a finite value in metrics.csv."""
+    for metric, higher in PRIMARY_METRICS:
+        if metric in metrics.columns and pd.to_numeric(metrics[metric], errors="coerce").notna().any():
+            return metric, higher
+    return None
+
+
+def _study_name(config_text: str, config_path: Path, study_dir: Path) -> str:
+    """The config's ``study`` key, else the study folder's name."""
+    try:
+        config = yaml.safe_load(config_text)
+    except yaml.YAMLError as exc:
+        raise InputError(f"{config_path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if isinstance(config, dict) and isinstance(config.get("study"), str):
+        return config["study"]
+    return study_dir.name
+
+
+def load_study(study_dir: Path, config_path: Path) -> Study:
+    """Read the study tables and the config text; InputError naming a missing/malformed file."""
+    if not config_path.is_file():
+        raise InputError(f"{config_path}: study config not found")
+    config_text = config_path.read_text()
+    _, factors = read_jobs(study_dir / "jobs.tsv")
+    metrics = _read_table(study_dir / "metrics.csv", required=True)
+    summary = _read_table(study_dir / "summary.csv", required=True)
+    if metrics.empty or summary.empty:
+        raise InputError(f"{study_dir}: metrics.csv or summary.csv has no rows")
+    dice = _read_table(study_dir / "dice_per_label.csv", required=False)
+    if dice is not None and not dice["dice"].notna().any():
+        dice = None
+    return Study(
+        name=_study_name(config_text, config_path, study_dir),
+        directory=study_dir,
+        config_path=config_path,
+        config_text=config_text,
+        factors=factors,
+        metrics=metrics,
+        summary=summary,
+        dice=dice,
+        loss=_read_table(study_dir / "loss_curves.csv", required=False),
+        primary=_primary_metric(metrics),
+    )
+
+
+def best_groups(study: Study) -> dict[str, str]:
+    """method -> its best grid point (group name) by the primary metric's mean; empty without one."""
+    if study.primary is None:
+        return {}
+    metric, higher = study.primary
+    grouped = study.summary.dropna(subset=[f"{metric}_mean"]).groupby("method", sort=False)[f"{metric}_mean"]
+    index = grouped.idxmax() if higher else grouped.idxmin()
+    return {method: study.summary.loc[row, "group"] for method, row in index.items()}
+
+
+def _primary_text(study: Study) -> str:
+    if study.primary is None:
+        return "no quality metric (Dice or TRE) in this study"
+    metric, higher = study.primary
+    return f"{metric} ({'higher' if higher else 'lower'} is better)"
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def config_section(study: Study, sink: FigureSink) -> str:
+    """The study config YAML, verbatim."""
+    return markup.paragraph(f"From {study.config_path}.") + f'<pre class="config">{escape(study.config_text)}</pre>'
+
+
+def summary_section(study: Study, sink: FigureSink) -> str:
+    """The summary table, best grid point per method highlighted."""
+    summary = study.summary
+    factors = [f for f in study.factors if f in summary.columns and summary[f].notna().any()]
+    texts = [c for c in summary.columns if c.endswith("_text")]
+    columns = ["method", *(factors or ["grid_id"]), "n_pairs", *texts]
+    best = set(best_groups(study).values())
+    intro = markup.paragraph(
+        "Mean ± standard deviation over the registered pairs of each method and grid point. "
+        f"Highlighted: the best grid point of each method by {_primary_text(study)}."
+    )
+    headers = [c.removesuffix("_text") for c in columns]
+    return intro + markup.table(summary[columns], summary["group"].isin(best).tolist(), headers)
+
+
+def dice_section(study: Study, sink: FigureSink) -> str:
+    """Per-pair mean Dice per grid point and per-label Dice box plots."""
+    if "dice_mean" not in study.metrics.columns or study.metrics["dice_mean"].isna().all():
+        return markup.note("This study has no label maps, so no Dice is reported.")
+    parts = [
+        sink.add(
+            "dice_mean",
+            metric_boxplot(study.metrics, "dice_mean", study.groups),
+            "Mean Dice over labels of each pair (points), per method and grid point.",
+        )
+    ]
+    if study.dice is None:
+        parts.append(markup.note("No per-label Dice table (dice_per_label.csv is absent or empty)."))
+        return "".join(parts)
+    groups = study.groups
+    caption = "Dice per label: one box per method and grid point, over the pairs."
+    if len(groups) > MAX_LABEL_GROUPS:
+        groups = list(best_groups(study).values())
+        caption = f"Dice per label for the best grid point of each method (of {len(study.groups)} grid points)."
+    parts.append(sink.add("dice_per_label", dice_per_label_boxplot(study.dice, groups), caption))
+    return "".join(parts)
+
+
+def runtime_section(study: Study, sink: FigureSink) -> str:
+    """Runtime vs the primary metric (or runtime box plots without one)."""
+    if study.primary is None:
+        figure = metric_boxplot(study.metrics, "runtime_s", study.groups)
+        return sink.add("runtime", figure, "Runtime per pair (s), per method and grid point.")
+    metric = study.primary[0]
+    devices = ", ".join(sorted(study.metrics["device"].dropna().astype(str).unique()))
+    caption = f"Runtime per pair (s) vs {metric}, one point per pair and grid point; device(s): {devices}."
+    return sink.add("runtime", runtime_scatter(study.metrics, metric), caption)
+
+
+def loss_section(study: Study, sink: FigureSink) -> str:
+    """Loss curves of the first few pairs of each grid point."""
+    if study.loss is None:
+        return markup.note("No method of this study logged a loss history (e.g. classical methods only).")
+    known = {*ID_COLUMNS, *study.factors, "iteration", "group"}
+    terms = [c for c in study.loss.columns if c not in known]
+    term = "total" if "total" in terms else terms[0]
+    loss = study.loss.assign(pair=study.loss["atlas"] + " → " + study.loss["moving"])
+    first_pairs = loss.groupby("group", sort=False)["pair"].unique().map(lambda p: set(p[:MAX_LOSS_PAIRS]))
+    loss = loss[[pair in first_pairs[group] for group, pair in zip(loss["group"], loss["pair"], strict=True)]]
+    groups = [g for g in study.groups if g in first_pairs.index]
+    shown = groups[:MAX_LOSS_GROUPS]
+    caption = (
+        f"Loss '{term}' vs iteration for up to {MAX_LOSS_PAIRS} pairs per grid point "
+        "(log scale where a panel spans more than a decade)."
+    )
+    if len(shown) < len(groups):
+        caption += f" First {len(shown)} of {len(groups)} grid points."
+    return sink.add("loss_curves", loss_curve_grid(loss, term, shown), caption)
+
+
+def _anova_response(response: str, entry: dict, anova_dir: Path, sink: FigureSink) -> str:
+    """One response's ANOVA: message, table (significant rows highlighted), plot, Tukey tables."""
+    parts = [f"<h3>{escape(response)}</h3>"]
+    parts.append(markup.note(entry.get("message", ""), "info" if entry.get("table") else "warning"))
+    if entry.get("table"):
+        table = pd.read_csv(anova_dir / entry["table"])
+        parts.append(markup.table(table, table["significant"].astype(bool).tolist(), mark="significant"))
+    if entry.get("interaction_plot"):
+        png = (anova_dir / entry["interaction_plot"]).read_bytes()
+        caption = f"Interaction plots of {response}: mean with 95 % bootstrap CI."
+        parts.append(sink.add(f"anova_interaction_{response}", png, caption))
+    for factor, name in entry.get("tukey", {}).items():
+        parts.append(f"<h4>Tukey HSD of {escape(response)} between levels of {escape(factor)}</h4>")
+        tukey = pd.read_csv(anova_dir / name)
+        parts.append(markup.table(tukey, tukey["reject"].astype(bool).tolist(), mark="significant"))
+    return "".join(parts)
+
+
+def anova_section(study: Study, sink: FigureSink) -> str:
+    """ANOVA tables, messages, interaction plots and Tukey tables from ``anova/anova.json``."""
+    anova_dir = study.directory / "anova"
+    if not (anova_dir / "anova.json").is_file():
+        return markup.note("No ANOVA results: the study defines no ANOVA factors, or the ANOVA step did not run.")
+    summary = read_json_object(anova_dir / "anova.json", "ANOVA summary")
+    intro = markup.paragraph(
+        f"Full factorial ANOVA over {', '.join(summary.get('factors', []))} (pairs as replicates), "
+        f"{summary.get('sums_of_squares', '')} sums of squares, alpha {summary.get('alpha')}; "
+        f"{summary.get('selection', {}).get('note', '')}. Highlighted: significant terms."
+    )
+    responses = summary.get("responses", {})
+    return intro + "".join(_anova_response(r, e, anova_dir, sink) for r, e in responses.items())
+
+
+def _example_rows(study: Study) -> list[tuple[str, pd.Series]]:
+    """(kind, metrics row) for the best, median and worst pair by the primary metric (distinct rows)."""
+    if study.primary is None:
+        return [("first", study.metrics.iloc[0])]
+    metric, higher = study.primary
+    ranked = study.metrics.dropna(subset=[metric]).sort_values(metric, ascending=not higher, kind="stable")
+    picks = {"best": 0, "median": (len(ranked) - 1) // 2, "worst": len(ranked) - 1}
+    rows, seen = [], set()
+    for kind, position in picks.items():
+        if position not in seen:
+            seen.add(position)
+            rows.append((kind, ranked.iloc[position]))
+    return rows
+
+
+def _facts(row: pd.Series) -> list[str]:
+    """Text lines describing a pair for the example figure."""
+    names = ["dice_mean", "dice_mean_before", "tre_mean_mm", "hd95_mean", "neg_jac_ratio", "sdlogj", "runtime_s"]
+    lines = [f"atlas (fixed): {row['atlas']}", f"moving: {row['moving']}"]
+    return lines + [f"{n}: {row[n]:.4g}" for n in names if n in row.index and pd.notna(row[n])]
+
+
+def examples_section(study: Study, sink: FigureSink) -> str:
+    """Best, median and worst pair: images, differences, deformation grid, Jacobian determinant."""
+    intro = markup.paragraph(
+        f"Pairs ranked by {_primary_text(study)} over all methods and grid points. The fixed image is the "
+        "atlas; the grid shows where each fixed-grid point x is sent (x + u(x), in the moving image); the "
+        "Jacobian determinant uses a diverging colour map centred at 1 (blue < 1 < red, <= 0: folding)."
+    )
+    parts = [intro]
+    for kind, row in _example_rows(study):
+        example = load_example(Path(row["reg_dir"]), Path(row["log"]))
+        title = f"{kind} pair: {row['group']}, {row['atlas']} ← {row['moving']}"
+        parts.append(f"<h3>{escape(kind.capitalize())} pair</h3>")
+        parts.append(sink.add(f"example_{kind}", example_figure(example, title, _facts(row)), title))
+    return "".join(parts)
+
+
+def _provenance_logs(study: Study) -> list[tuple[str, dict]]:
+    """(group, log.json) of the first pair of each grid point."""
+    firsts = study.metrics.drop_duplicates("group")
+    return [(g, read_json_object(Path(p), "registration log")) for g, p in zip(firsts["group"], firsts["log"], strict=True)]
+
+
+def provenance_section(study: Study, sink: FigureSink) -> str:
+    """Software versions, devices, resolved parameters and the command that built the report."""
+    logs = _provenance_logs(study)
+    versions: dict[str, set[str]] = {}
+    for _, log in logs:
+        for package, version in (log.get("versions") or {}).items():
+            versions.setdefault(package, set()).add(str(version))
+    version_table = pd.DataFrame({"package": list(versions), "version(s)": [", ".join(sorted(v)) for v in versions.values()]})
+    devices = study.metrics["device"].astype(str).value_counts().rename_axis("device").reset_index(name="jobs")
+    params = pd.DataFrame(
+        {
+            "method · grid point": [g for g, _ in logs],
+            "seed": [str(log.get("seed")) for _, log in logs],
+            "resolved parameters": [json.dumps(log.get("params"), sort_keys=True) for _, log in logs],
+        }
+    )
+    command = shlex.join([Path(sys.executable).name, *sys.argv])
+    builder = (
+        f"registration_core {registration_core.__version__}, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.machine()}"
+    )
+    return "".join(
+        [
+            "<h3>Software versions (registration logs, first pair of each grid point)</h3>",
+            markup.table(version_table) if versions else markup.note("The logs record no versions.", "warning"),
+            "<h3>Devices</h3>",
+            markup.table(devices),
+            "<h3>Resolved parameters</h3>",
+            markup.table(params),
+            "<h3>Report</h3>",
+            markup.paragraph(f"Built with {builder} by:"),
+            f"<pre>{escape(command)}</pre>",
+        ]
+    )
+
+
+Section = Callable[[Study, FigureSink], str]
+SECTIONS: tuple[tuple[str, str, Section], ...] = (
+    ("config", "Study configuration", config_section),
+    ("summary", "Summary", summary_section),
+    ("dice", "Dice", dice_section),
+    ("runtime", "Runtime", runtime_section),
+    ("loss", "Loss curves", loss_section),
+    ("anova", "ANOVA", anova_section),
+    ("examples", "Examples", examples_section),
+    ("provenance", "Provenance", provenance_section),
+)
+
+
+def _header(study: Study) -> str:
+    """Study name, date and counts."""
+    metrics = study.metrics
+    counts = [
+        ("pairs", len(metrics[["atlas", "moving"]].drop_duplicates())),
+        ("methods", metrics["method"].nunique()),
+        ("grid points", len(study.groups)),
+        ("registrations", len(metrics)),
+    ]
+    badges = "".join(f'<span class="count"><b>{n}</b> {escape(label)}</span>' for label, n in counts)
+    date = datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (
+        f"<h1>Registration study: {escape(study.name)}</h1>"
+        f'<p class="meta">Report generated {date} from {escape(str(study.directory))}</p>'
+        f'<p class="counts">{badges}</p>'
+    )
+
+
+def render(study: Study, sink: FigureSink) -> str:
+    """The whole HTML page."""
+    package = resources.files("registration_core.report")
+    template = Template(package.joinpath("template.html").read_text(encoding="utf-8"))
+    sections = "".join(
+        f'<section id="{sid}"><h2>{escape(title)}</h2>{build(study, sink)}</section>' for sid, title, build in SECTIONS
+    )
+    toc = "".join(f'<li><a href="#{sid}">{escape(title)}</a></li>' for sid, title, _ in SECTIONS)
+    return template.substitute(
+        title=escape(f"{study.name}: registration study report"),
+        css=package.joinpath("style.css").read_text(encoding="utf-8"),
+        header=_header(study),
+        toc=f"<ol>{toc}</ol>",
+        sections=sections,
+    )
+
+
+def build_report(study_dir: Path, config_path: Path, out_html: Path) -> list[Path]:
+    """Write the study's self-contained HTML report and its figures.
+
+    Args:
+        study_dir: ``results/<study>`` (see the module docstring for what it must hold).
+        config_path: the study config YAML (shown verbatim; its ``study`` key names the report).
+        out_html: the page to write (atomically), e.g. ``reports/<study>/index.html``.
+
+    Returns:
+        The PNG files written to ``out_html.parent / "figures"``, in page order.
+
+    Raises:
+        InputError naming the file: a missing or malformed study table, config, log or image.
+    """
+    study = load_study(Path(study_dir), Path(config_path))
+    sink = FigureSink(Path(out_html).parent / "figures")
+    page = render(study, sink)
+    with atomic_path(out_html) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return sink.paths

@@ -1,0 +1,146 @@
+"""Tests of registration_core.report on a tiny synthetic 2D study (real files, no mocks)."""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from test_aggregate import write_study
+
+from registration_core.aggregate import aggregate_study
+from registration_core.io import load_image, save_displacement
+from registration_core.report import build_report
+from registration_core.report.examples import axial_axis
+from registration_core.stats import run_anova_study
+
+SECTION_IDS = ("config", "summary", "dice", "runtime", "loss", "anova", "examples", "provenance")
+SHAPE = (24, 20)
+CONFIG = """study: tiny
+# datasets from https://example.org are described here, not linked
+methods:
+  nodeo:
+    grid: {lr: [0.001, 0.01], kernel: [AK, GK]}
+  demons: {}
+anova: {responses: [dice_mean, neg_jac_ratio], factors: [lr, kernel], alpha: 0.05}
+"""
+
+
+def blob(center: tuple[float, float]) -> np.ndarray:
+    """(24, 20) Gaussian blob image, float32."""
+    ii, jj = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+    return np.exp(-((ii - center[0]) ** 2 + (jj - center[1]) ** 2) / 18.0).astype(np.float32)
+
+
+def write_nifti(data: np.ndarray, path: Path) -> Path:
+    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.0, 1.0, 1.0])), str(path))
+    return path
+
+
+def make_reg_dir_writer(root: Path):
+    """A ``write_reg_dir`` for write_study: shared fixed/moving images, per-job warped image and field."""
+    images = root / "images"
+    images.mkdir()
+    fixed = write_nifti(blob((12, 10)), images / "fixed.nii.gz")
+    moving = write_nifti(blob((14, 9)), images / "moving.nii.gz")
+
+    def write(reg_dir: Path, spec: dict) -> dict:
+        shift = 0.5 * (spec["pair"] + 1)
+        write_nifti(blob((12 + shift, 10)), reg_dir / "warped.nii.gz")
+        ii, jj = np.meshgrid(*(np.arange(n) for n in SHAPE), indexing="ij")
+        disp_vox = np.stack([shift * np.sin(np.pi * jj / 19), 0.5 * np.cos(np.pi * ii / 23)]).astype(np.float32)
+        save_displacement(disp_vox, load_image(fixed), reg_dir / "displacement.nii.gz")
+        return {"fixed": str(fixed), "moving": str(moving)}
+
+    return write
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """results/tiny with aggregates and ANOVA, plus its config; returns (study_dir, config)."""
+    root = tmp_path_factory.mktemp("results") / "tiny"
+    root.mkdir()
+    jobs = write_study(root, make_reg_dir_writer(root))
+    aggregate_study(jobs, root)
+    run_anova_study(root / "metrics.csv", ["dice_mean", "neg_jac_ratio"], ["lr", "kernel"], 0.05, root / "anova")
+    config = root / "config.yaml"
+    config.write_text(CONFIG)
+    return root, config
+
+
+@pytest.fixture(scope="module")
+def report(study: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list[Path], Path]:
+    out = tmp_path_factory.mktemp("reports") / "tiny" / "index.html"
+    figures = build_report(*study, out)
+    return out.read_text(encoding="utf-8"), figures, out
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", header[16:24])
+
+
+def test_report_is_self_contained(report: tuple[str, list[Path], Path]) -> None:
+    html, figures, _ = report
+    for section in SECTION_IDS:
+        assert f'<section id="{section}">' in html
+        assert f'href="#{section}"' in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html, flags=re.IGNORECASE)
+    assert "<script" not in html.lower() and "<link" not in html.lower()
+    sources = re.findall(r'<img src="([^"]*)"', html)
+    assert len(sources) == len(figures) >= 8
+    assert all(src.startswith("data:image/png;base64,") for src in sources)
+    assert "https://example.org" in html  # the config's text is shown, escaped, in a <pre>
+    assert "<h1>Registration study: tiny</h1>" in html
+
+
+def test_report_figures_written_next_to_html(report: tuple[str, list[Path], Path]) -> None:
+    _, figures, out = report
+    names = {path.name for path in figures}
+    assert {"dice_mean.png", "dice_per_label.png", "runtime.png", "loss_curves.png"} <= names
+    assert {"example_best.png", "example_median.png", "example_worst.png", "anova_interaction_dice_mean.png"} <= names
+    for path in figures:
+        assert path.parent == out.parent / "figures"
+        width, height = _png_size(path)
+        assert width > 200 and height > 100
+
+
+def test_report_content(report: tuple[str, list[Path], Path]) -> None:
+    html = report[0]
+    best_rows = re.findall(r"<tr class=best>(.*?)</tr>", html)
+    assert len(best_rows) == 2  # one best grid point per method in the summary table (+ none in ANOVA)
+    assert "<td>nodeo</td><td class=num>0.01</td><td>GK</td>" in best_rows[0]
+    assert "best pair: nodeo · lr=0.01, kernel=GK, A1 ← M3" in html
+    assert "worst pair: demons, A1 ← M2" in html
+    assert "Tukey HSD of dice_mean between levels of lr" in html
+    assert "<b>3</b> pairs" in html and "<b>2</b> methods" in html and "<b>5</b> grid points" in html
+
+
+def test_report_without_optional_parts(study: tuple[Path, Path], tmp_path: Path) -> None:
+    """No labels (no Dice), no loss history, no ANOVA: messages instead of sections' content."""
+    source, config = study
+    study_dir = tmp_path / "bare"
+    study_dir.mkdir()
+    (study_dir / "jobs.tsv").write_bytes((source / "jobs.tsv").read_bytes())
+    metrics = pd.read_csv(source / "metrics.csv").drop(columns=["dice_mean", "dice_mean_before"])
+    metrics.to_csv(study_dir / "metrics.csv", index=False)
+    summary = pd.read_csv(source / "summary.csv")
+    summary.drop(columns=[c for c in summary if c.startswith("dice_")]).to_csv(study_dir / "summary.csv", index=False)
+    out = tmp_path / "report" / "index.html"
+    figures = build_report(study_dir, config, out)
+    html = out.read_text(encoding="utf-8")
+    for section in SECTION_IDS:
+        assert f'<section id="{section}">' in html
+    assert "no label maps" in html and "No ANOVA results" in html and "logged a loss history" in html
+    assert {p.name for p in figures} == {"runtime.png", "example_first.png"}
+
+
+def test_axial_axis_follows_the_affine() -> None:
+    assert axial_axis(np.eye(4)) == 2
+    asl = np.array([[0, 0, -1, 0], [1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float)  # ASL orientation
+    assert axial_axis(asl) == 1
