@@ -6,7 +6,7 @@ this is what keeps NODEO's 15-voxel smoothing and the 21-voxel NCC window cheap 
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -23,17 +23,40 @@ def _box_sum_axis(x: torch.Tensor, axis: int, window: int) -> torch.Tensor:
     return csum.narrow(axis, window, n) - csum.narrow(axis, 0, n)
 
 
-def box_sum(x: torch.Tensor, window: int | Sequence[int]) -> torch.Tensor:
-    """Windowed sums of ``x`` (B, C, *spatial) over an odd box ``window`` (per axis or one for all)."""
-    ndim = x.dim() - 2
-    windows = [window] * ndim if isinstance(window, int) else list(window)
-    for w in windows:
-        if w < 1 or w % 2 == 0:
-            raise ValueError(f"box window must be a positive odd integer, got {w}")
+def _box_sum_all(x: torch.Tensor, windows: Sequence[int]) -> torch.Tensor:
     for axis, w in enumerate(windows, start=2):
         if w > 1:
             x = _box_sum_axis(x, axis, w)
     return x
+
+
+class _BoxSum(torch.autograd.Function):
+    """Zero-padded centred box sum; it is self-adjoint (odd windows), so its gradient is itself.
+
+    Differentiating through cumsum/narrow instead costs several full-size temporaries per axis.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, windows: tuple[int, ...]) -> torch.Tensor:
+        ctx.windows = windows
+        return _box_sum_all(x, windows)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return _BoxSum.apply(grad, ctx.windows), None
+
+
+def box_sum(x: torch.Tensor, window: int | Sequence[int]) -> torch.Tensor:
+    """Windowed sums of ``x`` (B, C, *spatial) over an odd box ``window`` (per axis or one for all).
+
+    Zero padded: near the borders the window covers fewer voxels. Differentiable (twice).
+    """
+    ndim = x.dim() - 2
+    windows = (window,) * ndim if isinstance(window, int) else tuple(window)
+    for w in windows:
+        if w < 1 or w % 2 == 0:
+            raise ValueError(f"box window must be a positive odd integer, got {w}")
+    return _BoxSum.apply(x, windows)
 
 
 def box_mean(x: torch.Tensor, window: int) -> torch.Tensor:

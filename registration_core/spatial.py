@@ -114,8 +114,9 @@ def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
 def spatial_gradients(field: torch.Tensor, scheme: Literal["central", "forward"]) -> list[torch.Tensor]:
     """Finite differences of ``field`` (B, C, *spatial) along each spatial axis, in units per voxel.
 
-    ``central``: ``np.gradient``-style (central inside, one-sided at the borders), same shape as the input.
-    ``forward``: ``f[x+1] - f[x]``, with the last slice along the axis repeated (same shape).
+    ``central``: ``np.gradient``-style (central inside, one-sided at the borders); every output has
+    the input's shape. ``forward``: ``f[x+1] - f[x]`` evaluated on the voxels whose forward neighbours
+    all exist, so every output has shape (B, C, *(n - 1)) (the last slice of each axis is dropped).
     """
     ndim = field.dim() - 2
     grads = []
@@ -128,37 +129,33 @@ def spatial_gradients(field: torch.Tensor, scheme: Literal["central", "forward"]
             grads.append(torch.cat([first, interior, last], dim=axis))
         else:
             diff = field.narrow(axis, 1, n - 1) - field.narrow(axis, 0, n - 1)
-            grads.append(torch.cat([diff, diff.narrow(axis, n - 2, 1)], dim=axis))
+            for other in range(2, ndim + 2):
+                if other != axis:
+                    diff = diff.narrow(other, 0, field.shape[other] - 1)
+            grads.append(diff)
     return grads
-
-
-def jacobian_matrix(disp_vox: torch.Tensor, scheme: Literal["central", "forward"] = "central") -> torch.Tensor:
-    """Jacobian of ``x -> x + u(x)`` for ``disp_vox`` (B, ndim, *spatial) -> (B, *spatial, ndim, ndim).
-
-    Entry ``[..., r, c] = delta_rc + d u_r / d x_c`` (dimensionless: voxels per voxel).
-    """
-    ndim = disp_vox.shape[1]
-    grads = spatial_gradients(disp_vox, scheme)  # grads[c][:, r] = d u_r / d x_c
-    jac = torch.stack(grads, dim=-1)  # (B, ndim_r, *spatial, ndim_c)
-    jac = jac.movedim(1, -2)  # (B, *spatial, ndim_r, ndim_c)
-    return jac + torch.eye(ndim, dtype=jac.dtype, device=jac.device)
 
 
 def jacobian_determinant(
     disp_vox: torch.Tensor, scheme: Literal["central", "forward"] = "central"
 ) -> torch.Tensor:
-    """Determinant of the Jacobian of ``x -> x + u(x)``: (B, ndim, *spatial) -> (B, *spatial).
+    """Determinant of the Jacobian of ``x -> x + u(x)`` for ``disp_vox`` (B, ndim, *spatial).
 
-    ``central`` matches the evaluation convention (Learn2Reg, ``np.gradient``); ``forward`` is the
-    cheaper scheme used by NODEO's folding penalty. Values <= 0 mark folding.
+    Returns (B, *spatial) for ``central`` (the evaluation convention of Learn2Reg, ``np.gradient``)
+    and (B, *(n - 1)) for ``forward`` (NODEO's folding penalty; cheaper, see :func:`spatial_gradients`).
+    Values <= 0 mark folding. Entry ``J[r][c] = delta_rc + d u_r / d x_c`` (voxels per voxel).
     """
-    jac = jacobian_matrix(disp_vox, scheme)
-    if jac.shape[-1] == 2:
-        return jac[..., 0, 0] * jac[..., 1, 1] - jac[..., 0, 1] * jac[..., 1, 0]
-    a, b, c = jac[..., 0, 0], jac[..., 0, 1], jac[..., 0, 2]
-    d, e, f = jac[..., 1, 0], jac[..., 1, 1], jac[..., 1, 2]
-    g, h, i = jac[..., 2, 0], jac[..., 2, 1], jac[..., 2, 2]
-    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+    ndim = disp_vox.shape[1]
+    # grads[c] is (B, ndim, ...) holding d u_r / d x_c for every r; unbind is cheap to differentiate
+    j = [list(g.unbind(dim=1)) for g in spatial_gradients(disp_vox, scheme)]
+    jac = [[j[c][r] + (1.0 if r == c else 0.0) for c in range(ndim)] for r in range(ndim)]
+    if ndim == 2:
+        return jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
+    return (
+        jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
+        - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
+        + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
+    )
 
 
 def disp_vox_to_mm(disp_vox: np.ndarray, affine: np.ndarray) -> np.ndarray:
