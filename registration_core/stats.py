@@ -106,7 +106,7 @@ def design_problem(data: pd.DataFrame, response: str, factors: list[str]) -> str
         return f"no observation has a finite {response!r} and every factor ({', '.join(factors)})"
     values = data[response].to_numpy(dtype=float)
     if np.ptp(values) == 0:
-        return f"response {response!r} is constant ({values[0]:g} in all {len(values)} observations): nothing to explain"
+        return f"response {response!r} is constant ({values[0]:g} in {len(values)} observations): nothing to explain"
     for factor in factors:
         levels = data[factor].unique()
         if len(levels) < 2:
@@ -307,7 +307,8 @@ def _write_result(result: AnovaResult, rows: pd.DataFrame, out_dir: Path) -> dic
     data = observations(rows, result.response, list(result.factors))
     if not data.empty:
         entry["interaction_plot"] = f"interaction_{result.response}.png"
-        save_figure(interaction_figure(data, result.response, list(result.factors)), out_dir / entry["interaction_plot"])
+        figure = interaction_figure(data, result.response, list(result.factors))
+        save_figure(figure, out_dir / entry["interaction_plot"])
     return entry
 
 

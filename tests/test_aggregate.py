@@ -131,7 +131,7 @@ def test_metrics_table_has_one_row_per_job(study: Path, tmp_path: Path) -> None:
                    "peak_rss_mb", "iterations", "best_iteration", "device"):
         assert column in metrics.columns
     assert "labels_skipped" not in metrics.columns
-    row = metrics[(metrics.method == "nodeo") & (metrics.lr == 0.01) & (metrics.kernel == "GK") & (metrics.moving == "M3")]
+    row = metrics.query("method == 'nodeo' and lr == 0.01 and kernel == 'GK' and moving == 'M3'")
     assert row["dice_mean"].item() == pytest.approx(0.70 + 0.05 + 0.02 + 0.03 + 0.05)
     assert row["runtime_s"].item() == 12.0
     assert metrics.loc[metrics.method == "demons", "lr"].isna().all()
@@ -185,7 +185,12 @@ def test_jobs_factor_columns(study: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "needle"),
-    [(None, "not found"), ("{not json", "not valid JSON"), ("[1, 2]", "JSON object"), ('{"dice_mean": "high"}', "dice_mean")],
+    [
+        (None, "not found"),
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "JSON object"),
+        ('{"dice_mean": "high"}', "dice_mean"),
+    ],
 )
 def test_bad_metrics_file_names_it(study: Path, tmp_path: Path, content: str | None, needle: str) -> None:
     jobs = pd.read_csv(study, sep="\t")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from pathlib import Path
@@ -13,9 +14,11 @@ import pytest
 from test_aggregate import write_study
 
 from registration_core.aggregate import aggregate_study
+from registration_core.errors import InputError
 from registration_core.io import load_image, save_displacement
 from registration_core.report import build_report
-from registration_core.report.examples import axial_axis
+from registration_core.report.examples import axial_axis, example_figure, load_example
+from registration_core.report.plots import png_bytes
 from registration_core.stats import run_anova_study
 
 SECTION_IDS = ("config", "summary", "dice", "runtime", "loss", "anova", "examples", "provenance")
@@ -131,6 +134,8 @@ def test_report_without_optional_parts(study: tuple[Path, Path], tmp_path: Path)
     metrics.to_csv(study_dir / "metrics.csv", index=False)
     summary = pd.read_csv(source / "summary.csv")
     summary.drop(columns=[c for c in summary if c.startswith("dice_")]).to_csv(study_dir / "summary.csv", index=False)
+    loss = pd.read_csv(source / "loss_curves.csv")
+    loss.iloc[:0].to_csv(study_dir / "loss_curves.csv", index=False)  # as aggregated from classical methods only
     out = tmp_path / "report" / "index.html"
     figures = build_report(study_dir, config, out)
     html = out.read_text(encoding="utf-8")
@@ -144,3 +149,72 @@ def test_axial_axis_follows_the_affine() -> None:
     assert axial_axis(np.eye(4)) == 2
     asl = np.array([[0, 0, -1, 0], [1, 0, 0, 0], [0, -1, 0, 0], [0, 0, 0, 1]], dtype=float)  # ASL orientation
     assert axial_axis(asl) == 1
+
+
+def _write_pair(root: Path, fixed: Path, moving: Path, warped: Path, disp_vox: np.ndarray) -> tuple[Path, Path]:
+    """A registration folder (warped image as a symlink, displacement, log.json) -> (reg_dir, log)."""
+    reg_dir = root / "reg"
+    reg_dir.mkdir()
+    (reg_dir / "warped.nii.gz").symlink_to(warped)
+    save_displacement(disp_vox, load_image(fixed), reg_dir / "displacement.nii.gz")
+    log = reg_dir / "log.json"
+    log.write_text(json.dumps({"inputs": {"fixed": str(fixed), "moving": str(moving)}}))
+    return reg_dir, log
+
+
+def test_example_of_a_3d_pair_uses_the_middle_axial_slice(tmp_path: Path) -> None:
+    shape = (10, 12, 8)
+    affine = np.array([[2.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 1.5, 0, 0], [0, 0, 0, 1]])  # array axis 1 -> S
+    rng = np.random.default_rng(0)
+    data = rng.random(shape).astype(np.float32)
+    fixed = tmp_path / "fixed.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), str(fixed))
+    disp_vox = np.zeros((3, *shape), dtype=np.float32)
+    disp_vox[0] = 0.1 * np.arange(shape[0])[:, None, None]  # stretch along axis 0: det J = 1.1 inside
+    reg_dir, log = _write_pair(tmp_path, fixed, fixed, fixed, disp_vox)
+    example = load_example(reg_dir, log)
+    assert example.plane == "axial slice 6 of array axis 1"
+    np.testing.assert_array_equal(example.fixed, data[:, 6, :])
+    assert example.disp_vox.shape == (2, 10, 8) and example.spacing_mm == (2.0, 1.0)
+    np.testing.assert_allclose(example.disp_vox[0], disp_vox[0][:, 6, :], atol=1e-5)
+    np.testing.assert_allclose(example.jac_det, 1.1, atol=1e-4)
+    figure = example_figure(example, "3D pair", ["atlas (fixed): a"])
+    assert len(figure.axes) == 8 and figure.axes[6].get_images()[0].norm.vcenter == 1.0
+
+
+def test_example_rejects_images_on_another_grid(tmp_path: Path) -> None:
+    fixed = write_nifti(blob((12, 10)), tmp_path / "fixed.nii.gz")
+    moving = tmp_path / "moving.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((10, 10), dtype=np.float32) * np.arange(10), np.eye(4)), str(moving))
+    reg_dir, log = _write_pair(tmp_path, fixed, moving, fixed, np.zeros((2, *SHAPE), dtype=np.float32))
+    with pytest.raises(InputError, match="moving image has shape"):
+        load_example(reg_dir, log)
+
+
+def test_missing_study_table_names_it(study: tuple[Path, Path], tmp_path: Path) -> None:
+    _, config = study
+    with pytest.raises(InputError, match="jobs.tsv"):
+        build_report(tmp_path, config, tmp_path / "report" / "index.html")
+    assert not (tmp_path / "report" / "index.html").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_example_of_real_brains(shared_data: Path, tmp_path: Path) -> None:
+    """Two real, affinely aligned T1w brains (160x192x224, 1 mm): a readable 3D example figure."""
+    fixed = shared_data / "aligned-brains" / "subject-a" / "t1w.nii.gz"
+    moving = shared_data / "aligned-brains" / "subject-b" / "t1w.nii.gz"
+    reference = load_image(fixed)
+    ii = np.arange(reference.shape[0], dtype=np.float32)[:, None, None]
+    disp_vox = np.zeros((3, *reference.shape), dtype=np.float32)
+    disp_vox[0] = 3.0 * np.sin(np.pi * ii / (reference.shape[0] - 1))  # 3-voxel bulge along axis 0
+    reg_dir, log = _write_pair(tmp_path, fixed, moving, moving, disp_vox)
+    example = load_example(reg_dir, log)
+    normal = axial_axis(reference.affine)
+    assert example.fixed.shape == tuple(n for a, n in enumerate(reference.shape) if a != normal)
+    slope = 3.0 * np.pi / (reference.shape[0] - 1)  # det J = 1 + du0/di, central differences inside
+    assert example.jac_det.min() == pytest.approx(1 - slope, abs=2e-3)
+    assert example.jac_det.max() == pytest.approx(1 + slope, abs=2e-3)
+    out = tmp_path / "example.png"
+    out.write_bytes(png_bytes(example_figure(example, "real brains", ["atlas (fixed): subject-a"])))
+    assert _png_size(out)[0] > 1000

@@ -23,7 +23,8 @@ def balanced_design(n_rep: int = 3, seed: int = 0) -> pd.DataFrame:
     for kernel, k_eff in (("AK", 0.0), ("GK", 0.01)):
         for lr, lr_eff in ((0.001, 0.0), (0.005, 0.08), (0.01, 0.05)):
             for rep in range(n_rep):
-                rows.append({"kernel": kernel, "lr": lr, "pair": rep, "dice": 0.7 + k_eff + lr_eff + rng.normal(0, 0.02)})
+                dice = 0.7 + k_eff + lr_eff + rng.normal(0, 0.02)
+                rows.append({"kernel": kernel, "lr": lr, "pair": rep, "dice": dice})
     return pd.DataFrame(rows)
 
 

@@ -46,7 +46,7 @@ from registration_core.report.plots import (
 )
 
 PRIMARY_METRICS = (("dice_mean", True), ("tre_mean_mm", False))  # (metric, higher is better), first available
-MAX_LABEL_GROUPS = 6  # per-label Dice plot: all grid points up to this many, else the best per method
+MAX_LABEL_BOXES = 240  # per-label Dice plot: all grid points up to this many boxes, else the best per method
 MAX_LOSS_GROUPS = 12  # loss curves: panels drawn at most
 MAX_LOSS_PAIRS = 3  # loss curves: pairs drawn per grid point
 
@@ -162,6 +162,8 @@ def best_groups(study: Study) -> dict[str, str]:
     if study.primary is None:
         return {}
     metric, higher = study.primary
+    if f"{metric}_mean" not in study.summary.columns:
+        return {}
     grouped = study.summary.dropna(subset=[f"{metric}_mean"]).groupby("method", sort=False)[f"{metric}_mean"]
     index = grouped.idxmax() if higher else grouped.idxmin()
     return {method: study.summary.loc[row, "group"] for method, row in index.items()}
@@ -213,7 +215,7 @@ def dice_section(study: Study, sink: FigureSink) -> str:
         return "".join(parts)
     groups = study.groups
     caption = "Dice per label: one box per method and grid point, over the pairs."
-    if len(groups) > MAX_LABEL_GROUPS:
+    if len(groups) * study.dice["label"].nunique() > MAX_LABEL_BOXES:
         groups = list(best_groups(study).values())
         caption = f"Dice per label for the best grid point of each method (of {len(study.groups)} grid points)."
     parts.append(sink.add("dice_per_label", dice_per_label_boxplot(study.dice, groups), caption))
@@ -237,6 +239,8 @@ def loss_section(study: Study, sink: FigureSink) -> str:
         return markup.note("No method of this study logged a loss history (e.g. classical methods only).")
     known = {*ID_COLUMNS, *study.factors, "iteration", "group"}
     terms = [c for c in study.loss.columns if c not in known]
+    if not terms:
+        return markup.note("The loss histories hold iteration numbers but no loss terms.", "warning")
     term = "total" if "total" in terms else terms[0]
     loss = study.loss.assign(pair=study.loss["atlas"] + " → " + study.loss["moving"])
     first_pairs = loss.groupby("group", sort=False)["pair"].unique().map(lambda p: set(p[:MAX_LOSS_PAIRS]))
@@ -326,7 +330,8 @@ def examples_section(study: Study, sink: FigureSink) -> str:
 def _provenance_logs(study: Study) -> list[tuple[str, dict]]:
     """(group, log.json) of the first pair of each grid point."""
     firsts = study.metrics.drop_duplicates("group")
-    return [(g, read_json_object(Path(p), "registration log")) for g, p in zip(firsts["group"], firsts["log"], strict=True)]
+    pairs = zip(firsts["group"], firsts["log"], strict=True)
+    return [(group, read_json_object(Path(log), "registration log")) for group, log in pairs]
 
 
 def provenance_section(study: Study, sink: FigureSink) -> str:
@@ -336,7 +341,9 @@ def provenance_section(study: Study, sink: FigureSink) -> str:
     for _, log in logs:
         for package, version in (log.get("versions") or {}).items():
             versions.setdefault(package, set()).add(str(version))
-    version_table = pd.DataFrame({"package": list(versions), "version(s)": [", ".join(sorted(v)) for v in versions.values()]})
+    version_table = pd.DataFrame(
+        {"package": list(versions), "version(s)": [", ".join(sorted(v)) for v in versions.values()]}
+    )
     devices = study.metrics["device"].astype(str).value_counts().rename_axis("device").reset_index(name="jobs")
     params = pd.DataFrame(
         {

@@ -10,6 +10,7 @@ vertical (origin lower left), with the aspect ratio of the voxel spacing.
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from registration_core.io import Image, load_displacement, load_image
 from registration_core.spatial import jacobian_determinant
 
 GRID_LINES = 24  # about this many deformation-grid lines per axis
+FACT_WIDTH = 32  # characters per line of the facts panel
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,7 @@ class ExampleSlices:
         disp_vox: (2, n_a, n_b) in-plane displacement in voxels along axes a and b.
         jac_det: (n_a, n_b) Jacobian determinant of x -> x + u(x).
         spacing_mm: (spacing along a, spacing along b).
-        plane: description of the view (``"2D image"`` or ``"axial slice k=80 of axis 2"``).
+        plane: description of the view (``"2D image"`` or ``"axial slice 80 of array axis 2"``).
     """
 
     fixed: np.ndarray
@@ -55,7 +57,9 @@ def axial_axis(affine: np.ndarray) -> int:
 
 def _same_grid(image: Image, fixed: Image, what: str) -> None:
     if image.shape != fixed.shape:
-        raise InputError(f"{image.path}: {what} has shape {image.shape}; the fixed image {fixed.path} has {fixed.shape}")
+        raise InputError(
+            f"{image.path}: {what} has shape {image.shape}; the fixed image {fixed.path} has {fixed.shape}"
+        )
 
 
 def load_example(reg_dir: Path, log_path: Path) -> ExampleSlices:
@@ -80,7 +84,7 @@ def load_example(reg_dir: Path, log_path: Path) -> ExampleSlices:
         normal = axial_axis(fixed.affine)
         index = fixed.shape[normal] // 2
         axes = tuple(a for a in range(3) if a != normal)
-        plane = f"middle axial slice (index {index} of array axis {normal})"
+        plane = f"axial slice {index} of array axis {normal}"
         cut = tuple(index if a == normal else slice(None) for a in range(3))
     return ExampleSlices(
         fixed=fixed.data[cut],
@@ -159,6 +163,7 @@ def example_figure(example: ExampleSlices, title: str, facts: list[str]) -> Figu
     )
     figure.colorbar(shown, cax=axes[6].inset_axes((1.03, 0.0, 0.05, 1.0)))
     axes[7].axis("off")
-    axes[7].text(0.2, 1, "\n".join([*facts, example.plane]), va="top", fontsize=9, family="monospace")
+    lines = [wrapped for line in [*facts, example.plane] for wrapped in textwrap.wrap(line, FACT_WIDTH)]
+    axes[7].text(0.15, 1, "\n".join(lines), va="top", fontsize=8.5, family="monospace")
     figure.suptitle(title, fontsize=11)
     return figure

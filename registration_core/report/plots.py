@@ -8,10 +8,12 @@ a :class:`matplotlib.figure.Figure`; nothing touches pyplot's global state.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib import MatplotlibDeprecationWarning
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -32,6 +34,13 @@ def png_bytes(figure: Figure, dpi: int = 110) -> bytes:
     return buffer.getvalue()
 
 
+def _boxplot(**kwargs: object) -> None:
+    """``seaborn.boxplot`` without seaborn 0.13's deprecation warning under matplotlib >= 3.11 (``vert``)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="vert: bool was deprecated", category=MatplotlibDeprecationWarning)
+        sns.boxplot(**kwargs)
+
+
 def _spans_decades(values: pd.Series, ratio: float = 20.0) -> bool:
     """True when all values are positive and max/min exceeds ``ratio`` (a log axis helps)."""
     values = values.dropna()
@@ -48,7 +57,7 @@ def metric_boxplot(metrics: pd.DataFrame, metric: str, groups: list[str]) -> Fig
     """
     figure = Figure(figsize=(8, 1.2 + 0.4 * len(groups)), layout="constrained")
     ax = figure.subplots()
-    sns.boxplot(data=metrics, x=metric, y="group", order=groups, color="#bcd4e6", fliersize=0, ax=ax)
+    _boxplot(data=metrics, x=metric, y="group", order=groups, color="#bcd4e6", fliersize=0, ax=ax)
     sns.stripplot(data=metrics, x=metric, y="group", order=groups, color="#1f3b57", size=3, alpha=0.7, ax=ax)
     ax.set_ylabel("")
     ax.grid(axis="x", alpha=0.3)
@@ -64,10 +73,10 @@ def dice_per_label_boxplot(dice: pd.DataFrame, groups: list[str]) -> Figure:
     """
     labels = [str(label) for label in sorted(dice["label"].unique())]
     data = dice[dice["group"].isin(groups)].assign(label=lambda d: d["label"].astype(str))
-    height = 1.5 + 0.22 * len(labels) * max(1.0, len(groups) / 2)
+    height = 1.5 + 0.1 * len(labels) * (len(groups) + 1)
     figure = Figure(figsize=(9, height), layout="constrained")
     ax = figure.subplots()
-    sns.boxplot(
+    _boxplot(
         data=data, x="dice", y="label", hue="group", order=labels, hue_order=groups, palette=PALETTE,
         fliersize=2, linewidth=0.8, ax=ax,
     )
