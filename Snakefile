@@ -1,0 +1,35 @@
+# Deformable registration study: config -> demo/raw data -> preprocessing -> one registration per
+# method x grid point x (atlas, moving) pair -> evaluation -> tables -> ANOVA -> HTML report.
+#
+#   snakemake                                         # the embedded demo (config/config.yaml)
+#   snakemake --configfile config/studies/oasis-trt-2d.yaml
+#
+# All science lives in the registration_core package; the rules only wire files to its CLI.
+# Fixed image = atlas; displacement fields are in the atlas grid (see README "Outputs").
+
+from pathlib import Path
+
+
+if not workflow.overwrite_configfiles:
+    # Only when no --configfile is given: a command-line config replaces the demo entirely
+    # instead of being merged into it.
+    configfile: Path(workflow.basedir) / "config" / "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/preprocess.smk"
+include: "workflow/rules/register.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+include: "workflow/rules/anova.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        STUDY.path("report"),

@@ -1,0 +1,47 @@
+# Study tables: the resolved config, the jobs table and the aggregated metrics.
+
+
+rule resolved_config:
+    output:
+        config=report(STUDY.path("config"), category="1. Study", caption="../report/config.rst"),
+    params:
+        config=STUDY.config,
+    log:
+        f"{LOGS}/resolved_config.log",
+    run:
+        write_config(params.config, output.config)
+
+
+rule plan:
+    input:
+        config=STUDY.path("config"),
+    output:
+        jobs=STUDY.path("jobs"),
+    log:
+        f"{LOGS}/plan.log",
+    conda:
+        ENV
+    shell:
+        "python -m registration_core plan --config {input.config} --out {output.jobs} > {log} 2>&1"
+
+
+rule aggregate:
+    input:
+        jobs=STUDY.path("jobs"),
+        metrics=[job.path("metrics") for job in STUDY.jobs],
+        logs=[f"{job.path('reg_dir')}/log.json" for job in STUDY.jobs],
+    output:
+        metrics=report(STUDY.path("metrics_table"), category="2. Results", caption="../report/metrics.rst"),
+        dice=report(STUDY.path("dice_table"), category="2. Results", caption="../report/dice.rst"),
+        summary=report(STUDY.path("summary_table"), category="2. Results", caption="../report/summary.rst"),
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
+    log:
+        f"{LOGS}/aggregate.log",
+    threads: threads_of("aggregate")
+    resources:
+        **resources_of("aggregate"),
+    conda:
+        ENV
+    shell:
+        "python -m registration_core aggregate --jobs {input.jobs} --out-dir {params.out_dir} > {log} 2>&1"

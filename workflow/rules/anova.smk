@@ -1,0 +1,29 @@
+# Factorial ANOVA over the grid factors, pairs as replicates (skipped when there are no factors).
+
+
+if RUN_ANOVA:
+
+    rule anova:
+        input:
+            metrics=STUDY.path("metrics_table"),
+        output:
+            tables=report(
+                directory(STUDY.path("anova_dir")),
+                patterns=["{name}.png"],
+                category="3. ANOVA",
+                caption="../report/anova.rst",
+            ),
+        params:
+            responses=",".join(ANOVA["responses"]),
+            factors=",".join(ANOVA["factors"]),
+            alpha=ANOVA["alpha"],
+        log:
+            f"{LOGS}/anova.log",
+        threads: threads_of("aggregate")
+        resources:
+            **resources_of("aggregate"),
+        conda:
+            ENV
+        shell:
+            "python -m registration_core anova --metrics {input.metrics} --responses {params.responses}"
+            " --factors {params.factors} --alpha {params.alpha} --out-dir {output.tables} > {log} 2>&1"

@@ -1,0 +1,20 @@
+# The self-contained HTML report of the study.
+
+
+rule report:
+    input:
+        unpack(report_inputs),
+    output:
+        html=report(STUDY.path("report"), category="4. Report", caption="../report/report.rst"),
+    params:
+        study_dir=lambda wildcards, input: os.path.dirname(input.metrics),
+    log:
+        f"{LOGS}/report.log",
+    threads: threads_of("aggregate")
+    resources:
+        **resources_of("aggregate"),
+    conda:
+        ENV
+    shell:
+        "python -m registration_core report --study-dir {params.study_dir} --config {input.config}"
+        " --out {output.html} > {log} 2>&1"
