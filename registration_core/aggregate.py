@@ -113,16 +113,19 @@ def job_name(job: pd.Series) -> str:
 
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """Load a JSON file whose top level must be an object; InputError naming the file otherwise."""
+    """Load a JSON file whose top level must be an object; InputError naming the file otherwise.
+
+    ``what`` names the file in messages, e.g. ``"metrics file of job nodeo/default/a__b"``.
+    """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: {what} file not found")
+        raise InputError(f"{path}: {what} not found")
     try:
         content = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: {what} file is not valid JSON ({exc})") from exc
+        raise InputError(f"{path}: {what} is not valid JSON ({exc})") from exc
     if not isinstance(content, dict):
-        raise InputError(f"{path}: {what} file must hold a JSON object, found {type(content).__name__}")
+        raise InputError(f"{path}: {what} must hold a JSON object, found {type(content).__name__}")
     return content
 
 
@@ -231,8 +234,8 @@ def collect(jobs: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, pd.Da
     metric_rows, label_tables, loss_tables = [], [], []
     for _, job in jobs.iterrows():
         metrics_path, log_path = Path(job["metrics"]), Path(job["log"])
-        metrics = read_json_object(metrics_path, f"metrics of job {job_name(job)}")
-        log = read_json_object(log_path, f"log of job {job_name(job)}")
+        metrics = read_json_object(metrics_path, f"metrics file of job {job_name(job)}")
+        log = read_json_object(log_path, f"log file of job {job_name(job)}")
         metric_rows.append({**scalar_metrics(metrics, metrics_path), **log_fields(log, log_path)})
         label_tables.append(_with_job(per_label_metrics(metrics, metrics_path), job, keep))
         loss_tables.append(_with_job(loss_history(log, log_path), job, keep))

@@ -94,8 +94,12 @@ class FigureSink:
         return markup.figure(png, caption)
 
 
-def _read_table(path: Path, required: bool) -> pd.DataFrame | None:
-    """A CSV of the study (id columns as strings); None when optional and absent or without rows."""
+def _read_table(path: Path, required: bool, columns: tuple[str, ...]) -> pd.DataFrame | None:
+    """A CSV of the study with a ``group`` column (id columns as strings).
+
+    Returns None when the table is optional and absent or without rows. Raises InputError naming
+    the file when it is required and absent or empty, unreadable, or lacks one of ``columns``.
+    """
     if not path.is_file():
         if required:
             raise InputError(f"{path}: study table not found (run the aggregate step first)")
@@ -104,10 +108,13 @@ def _read_table(path: Path, required: bool) -> pd.DataFrame | None:
         table = pd.read_csv(path, dtype={c: str for c in JOB_COLUMNS})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read as a CSV table ({exc})".splitlines()[0]) from exc
-    if required and not {"method", "grid_id"} <= set(table.columns):
-        raise InputError(f"{path}: needs columns 'method' and 'grid_id'")
+    missing = [c for c in ("method", "grid_id", *columns) if c not in table.columns]
+    if missing:
+        raise InputError(f"{path}: missing column(s) {', '.join(missing)}")
     if table.empty:
-        return None if not required else table
+        if required:
+            raise InputError(f"{path}: has no rows")
+        return None
     return table.assign(group=[group_label(m, g) for m, g in zip(table["method"], table["grid_id"], strict=True)])
 
 
@@ -136,11 +143,9 @@ def load_study(study_dir: Path, config_path: Path) -> Study:
         raise InputError(f"{config_path}: study config not found")
     config_text = config_path.read_text()
     _, factors = read_jobs(study_dir / "jobs.tsv")
-    metrics = _read_table(study_dir / "metrics.csv", required=True)
-    summary = _read_table(study_dir / "summary.csv", required=True)
-    if metrics.empty or summary.empty:
-        raise InputError(f"{study_dir}: metrics.csv or summary.csv has no rows")
-    dice = _read_table(study_dir / "dice_per_label.csv", required=False)
+    metrics = _read_table(study_dir / "metrics.csv", True, (*JOB_COLUMNS, "runtime_s", "device"))
+    summary = _read_table(study_dir / "summary.csv", True, ("n_pairs",))
+    dice = _read_table(study_dir / "dice_per_label.csv", False, ("label", "dice"))
     if dice is not None and not dice["dice"].notna().any():
         dice = None
     return Study(
@@ -152,7 +157,7 @@ def load_study(study_dir: Path, config_path: Path) -> Study:
         metrics=metrics,
         summary=summary,
         dice=dice,
-        loss=_read_table(study_dir / "loss_curves.csv", required=False),
+        loss=_read_table(study_dir / "loss_curves.csv", False, ("atlas", "moving", "iteration")),
         primary=_primary_metric(metrics),
     )
 
@@ -279,7 +284,7 @@ def anova_section(study: Study, sink: FigureSink) -> str:
     anova_dir = study.directory / "anova"
     if not (anova_dir / "anova.json").is_file():
         return markup.note("No ANOVA results: the study defines no ANOVA factors, or the ANOVA step did not run.")
-    summary = read_json_object(anova_dir / "anova.json", "ANOVA summary")
+    summary = read_json_object(anova_dir / "anova.json", "ANOVA summary file")
     intro = markup.paragraph(
         f"Full factorial ANOVA over {', '.join(summary.get('factors', []))} (pairs as replicates), "
         f"{summary.get('sums_of_squares', '')} sums of squares, alpha {summary.get('alpha')}; "
@@ -331,7 +336,7 @@ def _provenance_logs(study: Study) -> list[tuple[str, dict]]:
     """(group, log.json) of the first pair of each grid point."""
     firsts = study.metrics.drop_duplicates("group")
     pairs = zip(firsts["group"], firsts["log"], strict=True)
-    return [(group, read_json_object(Path(log), "registration log")) for group, log in pairs]
+    return [(group, read_json_object(Path(log), "registration log file")) for group, log in pairs]
 
 
 def provenance_section(study: Study, sink: FigureSink) -> str:

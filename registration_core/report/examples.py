@@ -69,7 +69,7 @@ def load_example(reg_dir: Path, log_path: Path) -> ExampleSlices:
         InputError naming the file: missing/unreadable files, missing ``inputs`` keys, images not
         on the fixed grid.
     """
-    inputs = read_json_object(log_path, "registration log").get("inputs")
+    inputs = read_json_object(log_path, "registration log file").get("inputs")
     if not isinstance(inputs, dict) or not all(isinstance(inputs.get(k), str) for k in ("fixed", "moving")):
         raise InputError(f"{log_path}: key 'inputs' must hold the 'fixed' and 'moving' image paths")
     fixed = load_image(inputs["fixed"])
