@@ -97,18 +97,19 @@ def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
 
 
 def _key_path(path: Sequence[Any]) -> str:
-    """``["methods", "nodeo", "grid", "lr", 0]`` -> ``methods.nodeo.grid.lr[0]``."""
+    """``["methods", "nodeo", "grid", "lr", 0]`` -> ``config key methods.nodeo.grid.lr[0]``;
+    the root is ``config``."""
     text = ""
     for part in path:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "config"
+    return f"config key {text}" if text else "config"
 
 
 def _allowed_keys(schema: Mapping[str, Any], instance: Any, validator: Any) -> list[str]:
     """Keys ``schema`` defines for ``instance``: its properties and those of matching if/then branches."""
     keys = list(schema.get("properties", {}))
     for branch in schema.get("allOf", []):
-        if "if" in branch and validator.is_valid(instance, branch["if"]):
+        if "if" in branch and validator.evolve(schema=branch["if"]).is_valid(instance):
             keys += list(branch.get("then", {}).get("properties", {}))
     return sorted(set(keys))
 
@@ -128,8 +129,9 @@ def _describe(error: jsonschema.ValidationError, validator: Any) -> str:
     if error.validator == "enum":
         return f"{where}: {error.instance!r} is not allowed (allowed: {', '.join(map(str, error.validator_value))})"
     description = schema.get("description")
-    hint = f" ({description.strip()})" if isinstance(description, str) and error.validator in ("anyOf", "oneOf") else ""
-    return f"{where}: {error.message}{hint}"
+    if error.validator in ("anyOf", "oneOf") and isinstance(description, str):
+        return f"{where}: not a valid value; expected: {description.strip()}"
+    return f"{where}: {error.message}"
 
 
 def validate_config(raw: Mapping[str, Any], schema: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -145,7 +147,7 @@ def validate_config(raw: Mapping[str, Any], schema: Mapping[str, Any] | None = N
     errors = list(validator.iter_errors(config))
     if errors:
         best = jsonschema.exceptions.best_match(errors)
-        raise InputError(f"config key {_describe(best, validator)}")
+        raise InputError(_describe(best, validator))
     return config
 
 

@@ -1,0 +1,284 @@
+"""Study planning (registration_core.study): config validation, subjects, pairs, grid points, jobs."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from registration_core.errors import InputError
+from registration_core.study import (
+    GRID_ID_PATTERN,
+    ID_PATTERN,
+    JOB_COLUMNS,
+    Study,
+    format_value,
+    grid_id,
+    load_config,
+    validate_config,
+    write_jobs_table,
+)
+
+DEMO = {
+    "study": "unit",
+    "datasets": {"synthetic": {"adapter": "demo", "n_subjects": 4}},
+    "pairs": {"atlases": ["demo-00"], "moving": "rest"},
+    "methods": {"nodeo": {"params": {"iterations": 5}, "grid": {"smoothing_kernel": ["AK", "GK"], "lr": [0.005, 0.01]}}},
+}
+
+
+def config(**changes) -> dict:
+    """The demo config with top-level keys replaced."""
+    return {**copy.deepcopy(DEMO), **changes}
+
+
+def folder_dataset(root: Path, subjects: list[str], labels: bool = True) -> Path:
+    """A folder dataset with tiny (empty) files: <root>/<subject>/t1.nii.gz and labels.nii.gz."""
+    for subject in subjects:
+        (root / subject).mkdir(parents=True)
+        (root / subject / "t1.nii.gz").write_bytes(b"")
+        if labels:
+            (root / subject / "labels.nii.gz").write_bytes(b"")
+    return root
+
+
+def folder_config(root: Path, **pairs) -> dict:
+    spec = {"adapter": "folder", "path": str(root), "image": "{subject}/t1.nii.gz", "labels": "{subject}/labels.nii.gz"}
+    return config(datasets={"brains": spec}, pairs=pairs or {"atlases": ["s01"], "moving": "rest"})
+
+
+def error_of(cfg: dict, base_dir: Path | str = ".") -> str:
+    with pytest.raises(InputError) as info:
+        Study(cfg, base_dir)
+    return str(info.value)
+
+
+# ----------------------------------------------------------------------------- grid ids
+
+
+def test_grid_id_follows_config_key_order_and_formats_values() -> None:
+    assert grid_id({"smoothing_kernel": "AK", "lr": 0.005, "iterations": 20}) == "smoothing_kernel~AK__lr~0.005__iterations~20"
+    assert grid_id({"lr": 1e-05, "adjoint": True}) == "lr~1e-05__adjoint~true"
+    assert grid_id({}) == "default"
+    assert re.fullmatch(GRID_ID_PATTERN, "smoothing_kernel~AK__lr~0.005__iterations~20")
+    assert re.fullmatch(GRID_ID_PATTERN, "default")
+    assert not re.fullmatch(GRID_ID_PATTERN, "lr~0.1/x")
+
+
+def test_format_value_rejects_text_unfit_for_paths() -> None:
+    assert format_value(False) == "false"
+    assert format_value(60) == "60"
+    for bad in ("a/b", "a b", "x~y", float("nan")):
+        with pytest.raises(InputError):
+            format_value(bad)
+
+
+def test_subject_ids_cannot_hide_the_pair_separator() -> None:
+    assert re.fullmatch(ID_PATTERN, "sub-01") and re.fullmatch(ID_PATTERN, "OAS1_0001_MR1")
+    assert not re.fullmatch(ID_PATTERN, "a__b") and not re.fullmatch(ID_PATTERN, "a_") and not re.fullmatch(ID_PATTERN, "a/b")
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def test_jobs_are_method_x_grid_x_pairs_in_nesting_order() -> None:
+    study = Study(config())
+    assert study.dataset.subjects == ("demo-00", "demo-01", "demo-02", "demo-03")
+    assert study.pairs == [("demo-00", "demo-01"), ("demo-00", "demo-02"), ("demo-00", "demo-03")]
+    ids = [p.grid_id for p in study.grid["nodeo"]]
+    assert ids == [
+        "smoothing_kernel~AK__lr~0.005", "smoothing_kernel~AK__lr~0.01",
+        "smoothing_kernel~GK__lr~0.005", "smoothing_kernel~GK__lr~0.01",
+    ]
+    assert len(study.jobs) == 4 * 3
+    assert [(j.grid_id, j.moving) for j in study.jobs[:4]] == [
+        (ids[0], "demo-01"), (ids[0], "demo-02"), (ids[0], "demo-03"), (ids[1], "demo-01"),
+    ]
+    point = study.grid_point("nodeo", ids[3])
+    assert point.params == {"iterations": 5, "smoothing_kernel": "GK", "lr": 0.01}
+    assert point.resolved["lr"] == 0.01 and point.resolved["iterations"] == 5
+    assert study.jobs_by_rule() == {"demo_subject": 4, "prepare": 4, "register": 12, "evaluate": 12}
+
+
+def test_method_without_grid_has_one_default_point() -> None:
+    study = Study(config(methods={"nodeo": {}}))
+    assert [p.grid_id for p in study.grid["nodeo"]] == ["default"]
+    assert study.factors == [] and study.config["anova"]["factors"] == []
+    assert study.jobs[0].path("reg_dir") == "results/unit/reg/nodeo/default/demo-00__demo-01"
+
+
+def test_paths_follow_the_file_contract() -> None:
+    study = Study(config())
+    job = study.jobs[0]
+    assert job.path("metrics") == "results/unit/eval/nodeo/smoothing_kernel~AK__lr~0.005/demo-00__demo-01.json"
+    assert study.path("reg_dir") == "results/unit/reg/{method}/{grid_id}/{atlas}__{moving}"
+    assert study.path("prep_image", subject="demo-02") == "results/unit/prep/demo-02/image.nii.gz"
+    assert study.dataset.files["demo-01"] == {
+        "image": "results/unit/data/demo-01/image.nii.gz", "labels": "results/unit/data/demo-01/labels.nii.gz",
+    }
+
+
+def test_defaults_are_filled_in() -> None:
+    resolved = Study(config()).config
+    assert resolved["metrics"] == {"labels": "all"}
+    assert resolved["anova"] == {"responses": ["dice_mean", "neg_jac_ratio"], "factors": ["smoothing_kernel", "lr"], "alpha": 0.05}
+    assert resolved["resources"]["register"] == {"threads": 1, "mem_mb": 4000, "runtime": 120}
+    assert resolved["datasets"]["synthetic"] == {
+        "adapter": "demo", "n_subjects": 4, "preprocess": [], "seed": 0, "spacing_mm": 2.0, "max_disp_mm": 8.0,
+    }
+    assert resolved["use_gpu"] is False and resolved["max_jobs"] == 20000
+    assert "params" in resolved["methods"]["nodeo"] and DEMO["methods"]["nodeo"].get("resources") is None
+
+
+def test_partial_resources_keep_the_other_defaults_and_methods_override() -> None:
+    cfg = config(resources={"register": {"threads": 2}})
+    cfg["methods"]["nodeo"]["resources"] = {"mem_mb": 900}
+    study = Study(cfg)
+    assert study.register_resources("nodeo") == {"threads": 2, "mem_mb": 900, "runtime": 120, "gpu": 0}
+
+
+def test_use_gpu_requests_a_gpu_and_cuda_for_torch_methods() -> None:
+    study = Study(config(use_gpu=True))
+    assert study.register_resources("nodeo")["gpu"] == 1
+    assert all(p.params["device"] == "cuda" for p in study.grid["nodeo"])
+
+
+def test_explicit_pairs_and_moving_lists() -> None:
+    study = Study(config(pairs={"list": [["demo-01", "demo-02"], ["demo-03", "demo-00"]]}))
+    assert study.pairs == [("demo-01", "demo-02"), ("demo-03", "demo-00")]
+    study = Study(config(pairs={"atlases": ["demo-00", "demo-01"], "moving": ["demo-02", "demo-03"]}))
+    assert study.pairs == [("demo-00", "demo-02"), ("demo-00", "demo-03"), ("demo-01", "demo-02"), ("demo-01", "demo-03")]
+    assert len(study.jobs) == 4 * 4
+
+
+def test_jobs_table_has_the_contract_columns(tmp_path: Path) -> None:
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config(), sort_keys=False))
+    out = tmp_path / "out" / "jobs.tsv"
+    assert write_jobs_table(path, out) == 12
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert list(rows[0]) == [*JOB_COLUMNS, "smoothing_kernel", "lr"]
+    assert rows[5]["grid_id"] == "smoothing_kernel~AK__lr~0.01" and rows[5]["lr"] == "0.01"
+    assert rows[5]["log"] == f"{rows[5]['reg_dir']}/log.json"
+    assert {r["smoothing_kernel"] for r in rows} == {"AK", "GK"}
+
+
+def test_folder_dataset_discovers_subjects(tmp_path: Path) -> None:
+    root = folder_dataset(tmp_path / "data", ["s01", "s02", "s03"])
+    study = Study(folder_config(root))
+    assert study.dataset.subjects == ("s01", "s02", "s03")
+    assert study.dataset.files["s02"]["labels"] == str(root / "s02" / "labels.nii.gz")
+    assert study.pairs == [("s01", "s02"), ("s01", "s03")]
+    cfg = folder_config(root)
+    cfg["datasets"]["brains"]["subjects"] = ["s03", "s01"]
+    assert Study(cfg).pairs == [("s01", "s03")]
+
+
+def test_relative_dataset_paths_start_at_base_dir(tmp_path: Path) -> None:
+    folder_dataset(tmp_path / "data", ["s01", "s02"])
+    cfg = folder_config(Path("data"))
+    assert Study(cfg, tmp_path).dataset.files["s02"]["image"] == str(tmp_path / "data" / "s02" / "t1.nii.gz")
+
+
+def test_large_study_needs_confirmation() -> None:
+    message = error_of(config(max_jobs=10))
+    assert "max_jobs" in message and "12 registration jobs" in message and "confirm_large_study" in message
+    assert len(Study(config(max_jobs=10, confirm_large_study=True)).jobs) == 12
+
+
+def test_label_arguments_of_evaluate(tmp_path: Path) -> None:
+    assert Study(config()).evaluate_label_args() == []
+    assert Study(config(metrics={"labels": [2, 3]})).evaluate_label_args() == ["--labels", "2,3"]
+    (tmp_path / "labels.txt").write_text("2\n3\n")
+    study = Study(config(metrics={"labels": "labels.txt"}), tmp_path)
+    assert study.evaluate_label_args() == ["--labels-file", str(tmp_path / "labels.txt")]
+    with pytest.raises(InputError, match="metrics.labels"):
+        Study(config(metrics={"labels": "missing.txt"}), tmp_path).evaluate_label_args()
+
+
+# ----------------------------------------------------------------------------- errors name the key
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"colour": "red"}, r"^config: unknown key colour \(allowed: anova, confirm_large_study, datasets, max_jobs"),
+        ({"study": "a/b"}, r"^config key study: 'a/b' does not match"),
+        ({"methods": {"nodeo": {"grid": {"lr": [0.01, -1]}}}}, r"^config key methods\.nodeo\.grid\.lr: .*'lr' must be a number > 0, got -1"),
+        ({"methods": {"nodeo": {"grid": {"lr": 0.01}}}}, r"^config key methods\.nodeo\.grid\.lr: 0\.01 is not of type 'array'"),
+        ({"methods": {"nodeo": {"grid": {"lrr": [0.01]}}}}, r"^config key methods\.nodeo\.grid\.lrr: unknown parameter of method nodeo \(allowed: .*lr,"),
+        ({"methods": {"nodeo": {"params": {"ode_method": "magic"}}}}, r"^config key methods\.nodeo\.params: .*'ode_method' must be one of"),
+        ({"methods": {"nodeo": {"params": {"lr": 0.1}, "grid": {"lr": [0.01]}}}}, r"^config key methods\.nodeo\.grid\.lr: also set in methods\.nodeo\.params"),
+        ({"methods": {"nodeo": {"grid": {"smoothing_kernel": ["AK", "AK"]}}}}, r"^config key methods\.nodeo\.grid\.smoothing_kernel: .*non-unique"),
+        ({"methods": {"nodeo": {"grids": {}}}}, r"^config key methods\.nodeo: unknown key grids \(allowed: grid, params, resources\)"),
+        ({"methods": {"magic": {}}}, r"^config key methods\.magic: unknown method \(available: .*nodeo"),
+        ({"anova": {"factors": ["iterations"]}}, r"^config key anova\.factors: 'iterations' is not a grid key \(allowed: smoothing_kernel, lr, method\)"),
+        ({"anova": {"responses": ["dice"]}}, r"^config key anova\.responses\[0\]: 'dice' is not allowed \(allowed: dice_mean,"),
+        ({"anova": {"alpha": 1.5}}, r"^config key anova\.alpha: 1\.5 is greater than or equal to the maximum of 1"),
+        ({"pairs": {"atlases": ["demo-00"], "moving": ["demo-00", "demo-01"]}}, r"^config key pairs\.moving: atlas 'demo-00' is among its own moving images"),
+        ({"pairs": {"atlases": ["demo-09"], "moving": "rest"}}, r"^config key pairs\.atlases: subject 'demo-09' is not in dataset synthetic"),
+        ({"pairs": {"list": [["demo-01", "demo-01"]]}}, r"^config key pairs\.list\[0\]: 'demo-01' is paired with itself"),
+        ({"pairs": {"list": [["demo-01", "demo-02"], ["demo-01", "demo-02"]]}}, r"^config key pairs\.list: a pair is listed twice"),
+        ({"pairs": {"atlases": ["demo-00"], "moving": "rest", "list": [["demo-01", "demo-02"]]}}, r"^config key pairs: not a valid value; expected: Which images are registered"),
+        ({"pairs": {"dataset": "other", "atlases": ["demo-00"], "moving": "rest"}}, r"^config key pairs\.dataset: 'other' is not a dataset \(datasets: synthetic\)"),
+        ({"datasets": {"synthetic": {"adapter": "demo", "n_subject": 4}}}, r"^config key datasets\.synthetic: unknown key n_subject \(allowed: adapter, max_disp_mm, n_subjects,"),
+        ({"datasets": {"synthetic": {"adapter": "zip"}}}, r"^config key datasets\.synthetic\.adapter: 'zip' is not allowed \(allowed: folder, demo\)"),
+        ({"datasets": {"synthetic": {"adapter": "demo", "preprocess": [{"step": "slice", "axis": 3}]}}}, r"^config key datasets\.synthetic\.preprocess: .*steps\[0\] \(slice\): setting 'axis'"),
+        ({"resources": {"register": {"threads": 0}}}, r"^config key resources\.register\.threads: 0 is less than the minimum of 1"),
+    ],
+)
+def test_bad_config_names_the_key(changes: dict, expected: str) -> None:
+    assert re.search(expected, error_of(config(**changes))), error_of(config(**changes))
+
+
+def test_folder_dataset_errors_name_the_dataset(tmp_path: Path) -> None:
+    root = folder_dataset(tmp_path / "data", ["s01", "s02"], labels=False)
+    assert re.search(r"^config key datasets\.brains: subject 's01': labels file .* not found", error_of(folder_config(root)))
+    cfg = folder_config(root)
+    del cfg["datasets"]["brains"]["labels"]
+    assert error_of(cfg) == "config key datasets.brains: 'labels' is a required property"
+    bad_id = folder_dataset(tmp_path / "ids", ["a__b", "c"])
+    assert "subject id 'a__b'" in error_of(folder_config(bad_id, atlases=["c"], moving="rest"))
+
+
+def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+    (tmp_path / "bad.yaml").write_text("study: [unclosed\n")
+    with pytest.raises(InputError, match="bad.yaml is not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(InputError, match="empty.yaml is empty"):
+        load_config(tmp_path / "empty.yaml")
+    (tmp_path / "unknown.yaml").write_text(yaml.safe_dump(config(extra=1)))
+    with pytest.raises(InputError, match=r"unknown.yaml: config: unknown key extra"):
+        load_config(tmp_path / "unknown.yaml")
+
+
+def test_validation_does_not_modify_its_input() -> None:
+    raw = config()
+    validate_config(raw)
+    assert raw == DEMO
+
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_config_plans_the_demo_design() -> None:
+    study = Study(load_config(REPO_ROOT / "config" / "config.yaml"), REPO_ROOT)
+    assert study.dataset.adapter == "demo" and len(study.pairs) == 4
+    assert len(study.grid["nodeo"]) == 8 and len(study.jobs) == 32
+    assert study.config["anova"]["factors"] == ["smoothing_kernel", "lr", "iterations"]
+
+
+@pytest.mark.realdata
+def test_example_studies_are_valid(shared_data: Path) -> None:
+    paths = sorted((REPO_ROOT / "config" / "studies").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        assert Study(load_config(path), REPO_ROOT).jobs, path
