@@ -19,6 +19,9 @@ Outputs (all written atomically):
   rounded to the standard deviation's second significant digit);
 * ``loss_curves.csv``: long table, one row per job x logged iteration: job id columns, grid
   factors, ``iteration`` and one column per loss term (union over methods).
+
+A metric, log field or loss term named like a jobs column (a grid factor ``iterations`` vs the
+logged ``iterations``) gets the prefix ``metric_``, ``log_`` or ``loss_``; the factor keeps its name.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -224,25 +228,52 @@ def _with_job(table: pd.DataFrame, job: pd.Series, columns: Iterable[str]) -> pd
     return pd.concat([prefix, table], axis=1)
 
 
-def collect(jobs: pd.DataFrame, factors: list[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Read every job's metrics.json and log.json.
+@dataclass(frozen=True)
+class StudyTables:
+    """The aggregated tables of a study (see the module docstring) and the metrics to summarise."""
 
-    Returns:
-        (metrics, dice_per_label, loss_curves) tables as described in the module docstring.
+    metrics: pd.DataFrame
+    summary_columns: list[str]
+    dice_per_label: pd.DataFrame
+    loss_curves: pd.DataFrame
+
+
+def _avoid(names: Iterable[str], taken: set[str], prefix: str) -> dict[str, str]:
+    """Renames ``name -> prefix + name`` for the names already taken by other columns."""
+    return {name: f"{prefix}{name}" for name in names if name in taken}
+
+
+def collect(jobs: pd.DataFrame, factors: list[str]) -> StudyTables:
+    """Read every job's metrics.json and log.json into the study tables.
+
+    A metrics.json scalar, log field or loss term named like a jobs column (e.g. a grid factor
+    ``iterations`` and the logged ``iterations``) is renamed ``metric_<name>``, ``log_<name>`` or
+    ``loss_<name>``; the jobs column keeps its name.
     """
     keep = [*ID_COLUMNS, *factors]
-    metric_rows, label_tables, loss_tables = [], [], []
+    scalar_rows, log_rows, label_tables, histories = [], [], [], []
     for _, job in jobs.iterrows():
         metrics_path, log_path = Path(job["metrics"]), Path(job["log"])
         metrics = read_json_object(metrics_path, f"metrics file of job {job_name(job)}")
         log = read_json_object(log_path, f"log file of job {job_name(job)}")
-        metric_rows.append({**scalar_metrics(metrics, metrics_path), **log_fields(log, log_path)})
+        scalar_rows.append(scalar_metrics(metrics, metrics_path))
+        log_rows.append(log_fields(log, log_path))
         label_tables.append(_with_job(per_label_metrics(metrics, metrics_path), job, keep))
-        loss_tables.append(_with_job(loss_history(log, log_path), job, keep))
-    values = pd.DataFrame(metric_rows, index=jobs.index).astype({"iterations": "Int64", "best_iteration": "Int64"})
-    metric_columns = [c for c in values.columns if c not in LOG_COLUMNS] + list(LOG_COLUMNS)
-    table = pd.concat([jobs, values[metric_columns]], axis=1)
-    return table, pd.concat(label_tables, ignore_index=True), pd.concat(loss_tables, ignore_index=True)
+        histories.append((job, loss_history(log, log_path)))
+    scalars = pd.DataFrame(scalar_rows, index=jobs.index)
+    scalars = scalars.rename(columns=_avoid(scalars.columns, set(jobs.columns), "metric_"))
+    log_names = {c: c for c in LOG_COLUMNS} | _avoid(LOG_COLUMNS, {*jobs.columns, *scalars.columns}, "log_")
+    logs = pd.DataFrame(log_rows, index=jobs.index).astype({"iterations": "Int64", "best_iteration": "Int64"})
+    logs = logs.rename(columns=log_names)
+    loss_names = _avoid({c for _, h in histories for c in h.columns if c != "iteration"}, set(keep), "loss_")
+    losses = [_with_job(history.rename(columns=loss_names), job, keep) for job, history in histories]
+    summary_logs = [log_names[c] for c in SUMMARY_LOG_METRICS if logs[log_names[c]].notna().any()]
+    return StudyTables(
+        metrics=pd.concat([jobs, scalars, logs], axis=1),
+        summary_columns=[*scalars.columns, *summary_logs],
+        dice_per_label=pd.concat(label_tables, ignore_index=True),
+        loss_curves=pd.concat(losses, ignore_index=True),
+    )
 
 
 def format_mean_std(mean: float, std: float, n: int, n_pairs: int) -> str:
@@ -288,13 +319,6 @@ def summarise(metrics: pd.DataFrame, factors: list[str], metric_names: list[str]
     return summary.drop(columns="_rank").reset_index(drop=True)
 
 
-def metric_columns(metrics: pd.DataFrame, factors: list[str]) -> list[str]:
-    """Numeric metric columns of a metrics.csv table to summarise: scalar metrics + runtime/memory."""
-    excluded = {*JOB_COLUMNS, *factors, *LOG_COLUMNS}
-    scalars = [c for c in metrics.columns if c not in excluded]
-    return scalars + [c for c in SUMMARY_LOG_METRICS if metrics[c].notna().any()]
-
-
 def aggregate_study(jobs_tsv: Path, out_dir: Path) -> None:
     """Write metrics.csv, dice_per_label.csv, summary.csv and loss_curves.csv of a study to ``out_dir``.
 
@@ -303,10 +327,10 @@ def aggregate_study(jobs_tsv: Path, out_dir: Path) -> None:
         log.json (nothing is written then).
     """
     jobs, factors = read_jobs(Path(jobs_tsv))
-    metrics, dice_per_label, loss_curves = collect(jobs, factors)
-    summary = summarise(metrics, factors, metric_columns(metrics, factors))
+    tables = collect(jobs, factors)
+    summary = summarise(tables.metrics, factors, tables.summary_columns)
     out_dir = Path(out_dir)
-    write_table(metrics, out_dir / "metrics.csv")
-    write_table(dice_per_label, out_dir / "dice_per_label.csv")
+    write_table(tables.metrics, out_dir / "metrics.csv")
+    write_table(tables.dice_per_label, out_dir / "dice_per_label.csv")
     write_table(summary, out_dir / "summary.csv")
-    write_table(loss_curves, out_dir / "loss_curves.csv")
+    write_table(tables.loss_curves, out_dir / "loss_curves.csv")

@@ -167,6 +167,18 @@ def test_summary_means_and_order(study: Path, tmp_path: Path) -> None:
     assert "runtime_s_text" in summary.columns and "device_mean" not in summary.columns
 
 
+def test_factor_named_like_a_log_field(study: Path, tmp_path: Path) -> None:
+    """A grid factor "iterations" keeps its name; the logged iteration count becomes log_iterations."""
+    jobs = pd.read_csv(study, sep="\t", dtype=str, keep_default_na=False)
+    jobs.rename(columns={"kernel": "iterations"}).replace({"AK": "20", "GK": "60"}).to_csv(study, sep="\t", index=False)
+    aggregate_study(study, tmp_path / "out")
+    metrics = pd.read_csv(tmp_path / "out" / "metrics.csv")
+    assert metrics.columns.is_unique
+    assert set(metrics["iterations"].dropna()) == {20, 60} and (metrics["log_iterations"] == N_ITERATIONS).all()
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert list(summary["iterations"].iloc[:4]) == [20, 60, 20, 60] and "runtime_s_mean" in summary.columns
+
+
 def test_format_mean_std() -> None:
     assert format_mean_std(0.77912, 0.02613, 45, 45) == "0.779 ± 0.026"
     assert format_mean_std(123.4, 15.2, 3, 3) == "123 ± 15"
