@@ -57,8 +57,10 @@ PATHS: dict[str, str] = {
     "metrics_table": "results/{study}/metrics.csv",
     "dice_table": "results/{study}/dice_per_label.csv",
     "summary_table": "results/{study}/summary.csv",
+    "loss_table": "results/{study}/loss_curves.csv",
     "anova_dir": "results/{study}/anova",
     "report": "reports/{study}/index.html",
+    "report_figures": "reports/{study}/figures",
     "logs": "logs/{study}",
 }
 """Output locations relative to the working directory (the file contract of the workflow)."""

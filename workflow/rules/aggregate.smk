@@ -34,6 +34,7 @@ rule aggregate:
         metrics=report(STUDY.path("metrics_table"), category="2. Results", caption="../report/metrics.rst"),
         dice=report(STUDY.path("dice_table"), category="2. Results", caption="../report/dice.rst"),
         summary=report(STUDY.path("summary_table"), category="2. Results", caption="../report/summary.rst"),
+        loss=STUDY.path("loss_table"),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     log:

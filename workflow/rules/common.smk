@@ -114,9 +114,11 @@ def report_inputs(wildcards):
     """Everything the HTML report reads: config, tables, ANOVA results (registration outputs come with the metrics)."""
     inputs = {
         "config": STUDY.path("config"),
+        "jobs": STUDY.path("jobs"),
         "metrics": STUDY.path("metrics_table"),
         "dice": STUDY.path("dice_table"),
         "summary": STUDY.path("summary_table"),
+        "loss": STUDY.path("loss_table"),
     }
     if RUN_ANOVA:
         inputs["anova"] = STUDY.path("anova_dir")

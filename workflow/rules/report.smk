@@ -6,6 +6,13 @@ rule report:
         unpack(report_inputs),
     output:
         html=report(STUDY.path("report"), category="4. Report", caption="../report/report.rst"),
+        figures=report(
+            directory(STUDY.path("report_figures")),
+            patterns=["{name}.png"],
+            category="4. Report",
+            subcategory="Figures",
+            caption="../report/figures.rst",
+        ),
     params:
         study_dir=lambda wildcards, input: os.path.dirname(input.metrics),
     log:

@@ -1,0 +1,175 @@
+"""The Snakemake workflow, run through the real Snakemake command line in temporary folders.
+
+End to end on a tiny demo study, a dry run of a 4,050-job study, a real-data 2D study on
+../shared/data/oasis-trt, the linter, and config errors reported before anything runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO_ROOT / "Snakefile"
+REPORT_SECTIONS = ("config", "summary", "dice", "runtime", "loss", "anova", "examples", "provenance")
+
+
+def snakemake_command() -> list[str]:
+    """The snakemake executable next to this interpreter (the project's venv), else ``python -m snakemake``."""
+    executable = Path(sys.executable).parent / "snakemake"
+    return [str(executable)] if executable.is_file() else [sys.executable, "-m", "snakemake"]
+
+
+def run_snakemake(workdir: Path, config: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run the workflow on ``config`` (written to ``workdir/study.yaml``) in ``workdir``; the
+    result's ``stdout`` holds both output streams (Snakemake logs to either)."""
+    config_file = workdir / "study.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [
+        *snakemake_command(), "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
+        "--configfile", str(config_file), "--cores", "2", "--retries", "0", *args,
+    ]
+    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The "Job stats" table of a Snakemake run or dry run: rule -> number of jobs."""
+    table = output[output.index("Job stats:"):]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def demo_study(name: str, n_subjects: int, grid: dict, iterations: int) -> dict:
+    """A demo-adapter study at a coarse 3 mm spacing (2D middle axial slice of 66x78 voxels; NODEO
+    needs at least 64 voxels per axis)."""
+    return {
+        "study": name,
+        "datasets": {
+            "demo": {
+                "adapter": "demo", "n_subjects": n_subjects, "spacing_mm": 3.0,
+                "preprocess": [{"step": "slice", "axis": 2, "index": "middle"}, {"step": "normalize", "mode": "minmax"}],
+            }
+        },
+        "pairs": {"atlases": ["demo-00"], "moving": "rest"},
+        "methods": {"nodeo": {"params": {"iterations": iterations, "seed": 0}, "grid": grid}},
+        "anova": {"responses": ["dice_mean", "neg_jac_ratio"]},
+    }
+
+
+def fake_folder_dataset(root: Path, n_subjects: int) -> list[str]:
+    """``n_subjects`` subjects with empty image and label files (enough for planning and dry runs)."""
+    subjects = [f"s{i:02d}" for i in range(1, n_subjects + 1)]
+    for subject in subjects:
+        (root / subject).mkdir(parents=True)
+        for name in ("t1.nii.gz", "labels.nii.gz"):
+            (root / subject / name).write_bytes(b"")
+    return subjects
+
+
+def assert_report(html_path: Path) -> str:
+    """The report exists, has every section and references nothing outside itself."""
+    html = html_path.read_text()
+    for section in REPORT_SECTIONS:
+        assert f'<section id="{section}">' in html, section
+    assert not re.search(r'(src|href)="(https?:)?//', html)
+    return html
+
+
+@pytest.mark.slow
+def test_tiny_demo_study_end_to_end(tmp_path: Path) -> None:
+    config = demo_study("tiny", n_subjects=3, grid={"smoothing_kernel": ["AK", "GK"]}, iterations=3)
+    start = time.perf_counter()
+    result = run_snakemake(tmp_path, config)
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout[-4000:]
+    counts = job_counts(result.stdout)
+    assert counts["register"] == 2 * 2 and counts["evaluate"] == 4 and counts["demo_subject"] == 3
+    results = tmp_path / "results" / "tiny"
+    assert len(list(results.glob("reg/nodeo/*/demo-00__*/displacement.nii.gz"))) == 4
+
+    metrics = pd.read_csv(results / "metrics.csv")
+    assert len(metrics) == 4
+    assert sorted(metrics["smoothing_kernel"]) == ["AK", "AK", "GK", "GK"]
+    assert metrics["dice_mean"].between(0, 1).all()
+    assert len(pd.read_csv(results / "summary.csv")) == 2
+    jobs = pd.read_csv(results / "jobs.tsv", sep="\t")
+    assert list(jobs["metrics"]) == list(metrics["metrics"])
+
+    anova = json.loads((results / "anova" / "anova.json").read_text())
+    assert anova["factors"] == ["smoothing_kernel"]
+    table = pd.read_csv(results / "anova" / "dice_mean.csv")
+    assert "smoothing_kernel" in set(table["term"])
+    assert {"sum_sq", "df", "F"} <= set(table.columns)
+
+    assert_report(tmp_path / "reports" / "tiny" / "index.html")
+    assert (tmp_path / "logs" / "tiny" / "register").is_dir()
+    resolved = yaml.safe_load((results / "config.yaml").read_text())
+    assert resolved["anova"]["factors"] == ["smoothing_kernel"] and resolved["metrics"] == {"labels": "all"}
+
+    rerun = run_snakemake(tmp_path, config, "--dry-run")
+    assert rerun.returncode == 0 and "Nothing to be done" in rerun.stdout
+
+    report = run_snakemake(tmp_path, config, "--report", str(tmp_path / "snakemake-report.zip"))
+    assert report.returncode == 0, report.stdout[-4000:]
+    assert (tmp_path / "snakemake-report.zip").stat().st_size > 0
+    print(f"tiny demo study: {elapsed:.1f} s")
+
+
+@pytest.mark.slow
+def test_dry_run_of_4050_registrations(tmp_path: Path) -> None:
+    subjects = fake_folder_dataset(tmp_path / "data", 50)
+    config = {
+        "study": "large",
+        "datasets": {"brains": {"adapter": "folder", "path": "data", "image": "{subject}/t1.nii.gz", "labels": "{subject}/labels.nii.gz"}},
+        "pairs": {"atlases": [subjects[i] for i in (0, 9, 19, 29, 39)], "moving": "rest"},
+        "methods": {"nodeo": {"grid": {"smoothing_kernel": ["AK", "GK"], "lr": [0.001, 0.005, 0.01], "iterations": [5, 10, 20]}}},
+    }
+    start = time.perf_counter()
+    result = run_snakemake(tmp_path, config, "--dry-run", "--quiet", "rules")
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0, result.stdout[-4000:]
+    counts = job_counts(result.stdout)
+    assert counts["register"] == 5 * 45 * 18 == 4050
+    assert counts["evaluate"] == 4050 and counts["prepare"] == 50 and counts["aggregate"] == 1
+    assert "jobs per rule: prepare 50, register 4050, evaluate 4050" in result.stdout
+    print(f"dry run of 4,050 registrations: {elapsed:.1f} s")
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_data_2d_study(tmp_path: Path, shared_data: Path) -> None:
+    config = yaml.safe_load((REPO_ROOT / "config" / "studies" / "oasis-trt-2d.yaml").read_text())
+    dataset = config["datasets"]["oasis-trt"]
+    dataset["path"] = str(shared_data / "oasis-trt")
+    dataset["subjects"] = ["sub-01", "sub-02", "sub-03"]
+    config["study"] = "oasis-2d"
+    config["methods"] = {"nodeo": {"params": {"iterations": 10, "seed": 0}}}
+    del config["anova"]
+    result = run_snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stdout[-4000:]
+    metrics = pd.read_csv(tmp_path / "results" / "oasis-2d" / "metrics.csv")
+    assert list(metrics["moving"]) == ["sub-02", "sub-03"] and set(metrics["grid_id"]) == {"default"}
+    assert metrics["dice_mean"].between(0, 1).all() and metrics["dice_mean_before"].between(0, 1).all()
+    assert (metrics["n_labels"] > 20).all()
+    assert not (tmp_path / "results" / "oasis-2d" / "anova").exists()
+    assert_report(tmp_path / "reports" / "oasis-2d" / "index.html")
+
+
+def test_lint_is_clean(tmp_path: Path) -> None:
+    result = run_snakemake(tmp_path, demo_study("lint", 3, {}, 1), "--lint")
+    assert result.returncode == 0 and "Congratulations" in result.stdout, result.stdout
+
+
+def test_bad_config_fails_before_running_with_the_key(tmp_path: Path) -> None:
+    config = demo_study("bad", 3, {"lr": [0.01, -1]}, 1)
+    result = run_snakemake(tmp_path, config, "--dry-run")
+    assert result.returncode != 0
+    assert "config key methods.nodeo.grid.lr: method 'nodeo': parameter 'lr' must be a number > 0, got -1" in result.stdout
+    assert not (tmp_path / "results").exists()
