@@ -183,11 +183,23 @@ def tukey_table(data: pd.DataFrame, response: str, factor: str, alpha: float) ->
     """Tukey HSD of ``response`` between the levels of one factor (pooled over the other factors).
 
     Returns:
-        Columns group1, group2, meandiff (group2 - group1), p_adj, lower, upper, reject.
+        Columns group1, group2 (levels as text), meandiff (mean of group2 - mean of group1),
+        p_adj (full precision, unlike statsmodels' rounded summary), lower, upper (CI of
+        meandiff at 1 - alpha), reject.
     """
     result = pairwise_tukeyhsd(data[response].to_numpy(dtype=float), data[factor].astype(str).to_numpy(), alpha=alpha)
-    header, *rows = result.summary().data
-    return pd.DataFrame(rows, columns=header).rename(columns={"p-adj": "p_adj"})
+    first, second = np.triu_indices(len(result.groupsunique), 1)  # statsmodels' pair order
+    return pd.DataFrame(
+        {
+            "group1": result.groupsunique[first],
+            "group2": result.groupsunique[second],
+            "meandiff": result.meandiffs,
+            "p_adj": result.pvalues,
+            "lower": result.confint[:, 0],
+            "upper": result.confint[:, 1],
+            "reject": result.reject,
+        }
+    )
 
 
 def run_anova(df: pd.DataFrame, response: str, factors: list[str], alpha: float) -> AnovaResult:

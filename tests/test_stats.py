@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
 from registration_core.errors import InputError
 from registration_core.stats import TABLE_COLUMNS, anova_table, run_anova, run_anova_study
@@ -89,6 +90,9 @@ def test_run_anova_tukey_on_significant_main_effect() -> None:
     expected = df[df.lr == 0.005].dice.mean() - df[df.lr == 0.001].dice.mean()
     assert row.meandiff == pytest.approx(expected, abs=1e-4) and row.reject
     assert set(result.tukey) <= {t for t in result.significant_terms if ":" not in t}
+    summary = pairwise_tukeyhsd(df.dice, df.lr.astype(str), alpha=ALPHA).summary().data[1:]  # rounded to 4 digits
+    np.testing.assert_allclose(tukey[["meandiff", "p_adj", "lower", "upper"]], [r[2:6] for r in summary], atol=1e-4)
+    assert [(r[0], r[1]) for r in summary] == list(zip(tukey.group1, tukey.group2, strict=True))
 
 
 def test_three_factor_term_names() -> None:

@@ -8,6 +8,7 @@ a :class:`matplotlib.figure.Figure`; nothing touches pyplot's global state.
 from __future__ import annotations
 
 import io
+import textwrap
 import warnings
 
 import numpy as np
@@ -74,7 +75,8 @@ def dice_per_label_boxplot(dice: pd.DataFrame, groups: list[str]) -> Figure:
     labels = [str(label) for label in sorted(dice["label"].unique())]
     data = dice[dice["group"].isin(groups)].assign(label=lambda d: d["label"].astype(str))
     height = 1.5 + 0.1 * len(labels) * (len(groups) + 1)
-    figure = Figure(figsize=(9, height), layout="constrained")
+    legend_width = 0.8 + 0.065 * max(len(g) for g in groups)  # inches, 8 pt text in one column
+    figure = Figure(figsize=(7 + legend_width, max(height, 0.25 * len(groups) + 1)), layout="constrained")
     ax = figure.subplots()
     _boxplot(
         data=data, x="dice", y="label", hue="group", order=labels, hue_order=groups, palette=PALETTE,
@@ -83,7 +85,7 @@ def dice_per_label_boxplot(dice: pd.DataFrame, groups: list[str]) -> Figure:
     ax.set_xlabel("Dice")
     ax.set_ylabel("label")
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(title=None, loc="upper center", bbox_to_anchor=(0.5, -0.6 / height), ncols=min(3, len(groups)))
+    ax.legend(title=None, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return figure
 
 
@@ -107,7 +109,7 @@ def _loss_panel(ax: Axes, curves: pd.DataFrame, term: str, title: str) -> None:
     )
     if _spans_decades(curves[term], ratio=10.0):
         ax.set_yscale("log")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 48)), fontsize=8.5)
     ax.legend(fontsize=7, title=None)
     ax.grid(alpha=0.3)
 
