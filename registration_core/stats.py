@@ -356,6 +356,9 @@ def run_anova_study(
             )
     if not factors or not responses:
         raise InputError("anova: at least one factor and one response are required")
+    text = [r for r in responses if not pd.api.types.is_numeric_dtype(metrics[r])]
+    if text:
+        raise InputError(f"{metrics_csv}: ANOVA response(s) {', '.join(text)} are not numeric columns")
     rows, selection = select_rows(metrics, factors, method)
     summary = {
         "alpha": alpha,

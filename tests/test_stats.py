@@ -164,3 +164,6 @@ def test_run_anova_study_unknown_factor_names_columns(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"epochs not found; available columns: kernel, lr, pair, dice"):
         run_anova_study(_study_metrics(tmp_path), ["dice"], ["epochs"], ALPHA, tmp_path / "anova")
     assert not (tmp_path / "anova").exists()
+    with pytest.raises(InputError, match="method are not numeric"):
+        run_anova_study(_study_metrics(tmp_path), ["dice", "method"], ["kernel"], ALPHA, tmp_path / "anova")
+    assert not (tmp_path / "anova").exists()
