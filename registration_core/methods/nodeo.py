@@ -48,6 +48,7 @@ class VelocityNet(nn.Module):
     padding, ReLU after all but the last) -> linear to ``bottleneck`` (ReLU) -> linear to a velocity
     on a grid ``2**upsample_levels`` times coarser -> linear upsampling by 2 per level to ``shape`` ->
     ``smoothing_passes`` passes of a box (AK) or Gaussian (GK) filter of ``smoothing_window`` voxels.
+    The last layer starts at zero (the reference initialises it randomly), so the flow starts at the identity.
     """
 
     def __init__(
@@ -79,6 +80,9 @@ class VelocityNet(nn.Module):
         ]
         self.lin1 = nn.Linear(channels * math.prod(encoded), bottleneck)
         self.lin2 = nn.Linear(bottleneck, ndim * math.prod(self.coarse_shapes[0]))
+        # zero velocity at the start: iterate 0 is the identity, so the best iterate is never worse
+        nn.init.zeros_(self.lin2.weight)
+        nn.init.zeros_(self.lin2.bias)
         self.smoothing_kernel = smoothing_kernel
         self.smoothing_window = smoothing_window
         self.smoothing_passes = smoothing_passes
