@@ -25,6 +25,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -259,7 +260,7 @@ def save_figure(figure: Figure, path: Path, dpi: int = 110) -> None:
         figure.savefig(tmp, format="png", dpi=dpi)
 
 
-def select_rows(metrics: pd.DataFrame, factors: list[str], method: str | None) -> tuple[pd.DataFrame, dict]:
+def select_rows(metrics: pd.DataFrame, factors: list[str], method: str | None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Rows for the ANOVA and a description of the selection.
 
     With ``method`` given: that method's rows. Otherwise the rows of every method whose rows
@@ -300,9 +301,9 @@ def _read_metrics(metrics_csv: Path) -> pd.DataFrame:
     return metrics
 
 
-def _write_result(result: AnovaResult, rows: pd.DataFrame, out_dir: Path) -> dict:
+def _write_result(result: AnovaResult, rows: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
     """Write one response's table, Tukey tables and interaction plot; return its anova.json entry."""
-    entry: dict = {
+    entry: dict[str, Any] = {
         "message": result.message,
         "n_obs": result.n_obs,
         "significant_terms": result.significant_terms,

@@ -25,6 +25,7 @@ from html import escape
 from importlib import resources
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import pandas as pd
 import yaml
@@ -261,7 +262,7 @@ def loss_section(study: Study, sink: FigureSink) -> str:
     return sink.add("loss_curves", loss_curve_grid(loss, term, shown), caption)
 
 
-def _anova_response(response: str, entry: dict, anova_dir: Path, sink: FigureSink) -> str:
+def _anova_response(response: str, entry: dict[str, Any], anova_dir: Path, sink: FigureSink) -> str:
     """One response's ANOVA: message, table (significant rows highlighted), plot, Tukey tables."""
     parts = [f"<h3>{escape(response)}</h3>"]
     parts.append(markup.note(entry.get("message", ""), "info" if entry.get("table") else "warning"))
@@ -332,7 +333,7 @@ def examples_section(study: Study, sink: FigureSink) -> str:
     return "".join(parts)
 
 
-def _provenance_logs(study: Study) -> list[tuple[str, dict]]:
+def _provenance_logs(study: Study) -> list[tuple[str, dict[str, Any]]]:
     """(group, log.json) of the first pair of each grid point."""
     firsts = study.metrics.drop_duplicates("group")
     pairs = zip(firsts["group"], firsts["log"], strict=True)
