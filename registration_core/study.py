@@ -44,6 +44,7 @@ GRID_ID_PATTERN = rf"default|[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*~{VALUE_PATTERN}(?:__
 """Grid ids: ``default`` or ``key~value`` items joined by ``__``."""
 DEFAULT_GRID_ID = "default"
 DEMO_PREFIX = "demo-"
+"""Demo subjects are ``demo-00``, ``demo-01``, ...; subject ``demo-00`` is the undeformed template."""
 
 PATHS: dict[str, str] = {
     "config": "results/{study}/config.yaml",
@@ -64,8 +65,6 @@ PATHS: dict[str, str] = {
     "logs": "logs/{study}",
 }
 """Output locations relative to the working directory (the file contract of the workflow)."""
-REG_FILES = ("warped.nii.gz", "warped_labels.nii.gz", "displacement.nii.gz", "log.json")
-"""Files a registration job writes into its ``reg_dir``."""
 JOB_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving", "reg_dir", "metrics", "log")
 """Leading columns of the jobs table; one column per grid factor follows."""
 
@@ -302,6 +301,19 @@ class Dataset:
     demo: dict[str, Any]
 
 
+def demo_subject_id(index: int) -> str:
+    """Id of demo subject ``index``: ``demo-00``, ``demo-01``, ..."""
+    return f"{DEMO_PREFIX}{index:02d}"
+
+
+def demo_subject_index(subject: str) -> int:
+    """Index of a demo subject id (inverse of :func:`demo_subject_id`); InputError otherwise."""
+    match = re.fullmatch(rf"{DEMO_PREFIX}(\d+)", subject)
+    if match is None:
+        raise InputError(f"subject '{subject}' is not a demo subject id ({DEMO_PREFIX}NN)")
+    return int(match.group(1))
+
+
 def _build_dataset(study: str, name: str, spec: Mapping[str, Any], base_dir: Path) -> Dataset:
     where = f"datasets.{name}"
     steps = tuple(dict(step) for step in spec["preprocess"])
@@ -310,7 +322,7 @@ def _build_dataset(study: str, name: str, spec: Mapping[str, Any], base_dir: Pat
     except InputError as exc:
         raise InputError(f"config key {where}.preprocess: {exc}") from None
     if spec["adapter"] == "demo":
-        subjects = tuple(f"{DEMO_PREFIX}{i:02d}" for i in range(spec["n_subjects"]))
+        subjects = tuple(demo_subject_id(i) for i in range(spec["n_subjects"]))
         files = {
             s: {kind: PATHS[f"demo_{kind}"].format(study=study, subject=s) for kind in ("image", "labels")}
             for s in subjects
@@ -489,6 +501,15 @@ class Study:
         if self.dataset.adapter == "demo":
             counts = {"demo_subject": len(subjects), **counts}
         return counts
+
+    def describe(self) -> str:
+        """One line: subjects, pairs, grid points per method and jobs per rule."""
+        grids = ", ".join(f"{method} {len(points)} grid points" for method, points in self.grid.items())
+        counts = ", ".join(f"{rule} {count}" for rule, count in self.jobs_by_rule().items())
+        return (
+            f"study {self.name}: {len(self.dataset.subjects)} subjects, {len(self.pairs)} pairs, {grids}; "
+            f"jobs per rule: {counts}"
+        )
 
     def jobs_table(self) -> list[dict[str, str]]:
         """One row per job: :data:`JOB_COLUMNS` then one column per grid factor (union over

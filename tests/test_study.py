@@ -16,6 +16,8 @@ from registration_core.study import (
     ID_PATTERN,
     JOB_COLUMNS,
     Study,
+    demo_subject_id,
+    demo_subject_index,
     format_value,
     grid_id,
     load_config,
@@ -102,6 +104,10 @@ def test_jobs_are_method_x_grid_x_pairs_in_nesting_order() -> None:
     assert point.params == {"iterations": 5, "smoothing_kernel": "GK", "lr": 0.01}
     assert point.resolved["lr"] == 0.01 and point.resolved["iterations"] == 5
     assert study.jobs_by_rule() == {"demo_subject": 4, "prepare": 4, "register": 12, "evaluate": 12}
+    assert study.describe() == (
+        "study unit: 4 subjects, 3 pairs, nodeo 4 grid points; "
+        "jobs per rule: demo_subject 4, prepare 4, register 12, evaluate 12"
+    )
 
 
 def test_method_without_grid_has_one_default_point() -> None:
@@ -282,3 +288,9 @@ def test_example_studies_are_valid(shared_data: Path) -> None:
     assert paths
     for path in paths:
         assert Study(load_config(path), REPO_ROOT).jobs, path
+
+
+def test_demo_subject_ids_round_trip() -> None:
+    assert [demo_subject_index(demo_subject_id(i)) for i in (0, 7, 42)] == [0, 7, 42]
+    with pytest.raises(InputError, match="not a demo subject"):
+        demo_subject_index("sub-01")

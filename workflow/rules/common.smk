@@ -10,7 +10,15 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from registration_core.errors import InputError
-from registration_core.study import GRID_ID_PATTERN, ID_PATTERN, Study, value_text, write_config
+from registration_core.study import (
+    DEMO_PREFIX,
+    GRID_ID_PATTERN,
+    ID_PATTERN,
+    Study,
+    demo_subject_index,
+    value_text,
+    write_config,
+)
 
 
 # The rules call `python -m registration_core`: the interpreter running Snakemake (its virtual
@@ -26,13 +34,9 @@ except InputError as error:
 LOGS = STUDY.path("logs")
 REG_DIR = STUDY.path("reg_dir")
 ENV = "../../envs/registration.yaml"
+DEMO_SUBJECT_PATTERN = rf"{DEMO_PREFIX}\d+"
 
-logger.info(
-    f"study {STUDY.name}: {len(STUDY.dataset.subjects)} subjects, {len(STUDY.pairs)} pairs, "
-    + ", ".join(f"{method} {len(points)} grid points" for method, points in STUDY.grid.items())
-    + "; jobs per rule: "
-    + ", ".join(f"{rule} {count}" for rule, count in STUDY.jobs_by_rule().items())
-)
+logger.info(STUDY.describe())
 
 
 wildcard_constraints:

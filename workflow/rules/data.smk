@@ -7,12 +7,12 @@ rule demo_subject:
         image=STUDY.path("demo_image"),
         labels=STUDY.path("demo_labels"),
     params:
-        index=lambda wildcards: int(wildcards.subject.removeprefix("demo-")),
+        index=lambda wildcards: demo_subject_index(wildcards.subject),
         seed=STUDY.dataset.demo.get("seed"),
         spacing_mm=STUDY.dataset.demo.get("spacing_mm"),
         max_disp_mm=STUDY.dataset.demo.get("max_disp_mm"),
     wildcard_constraints:
-        subject=r"demo-\d+",
+        subject=DEMO_SUBJECT_PATTERN,
     log:
         f"{LOGS}/demo_subject/{{subject}}.log",
     threads: threads_of("prepare")
