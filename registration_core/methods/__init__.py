@@ -27,7 +27,7 @@ class RegistrationResult:
 
     ``disp_vox``: (ndim, *spatial) float32 displacement in voxels of the fixed grid, mapping a fixed
     point ``x`` to the moving point ``x + u(x)``. ``loss_history``: one dict per evaluated iterate
-    (``iteration``, ``total`` and one entry per loss term). ``best_iteration``: the iterate whose
+    (``iteration``, ``elapsed_s`` since the start, ``total`` and one entry per loss term). ``best_iteration``: the iterate whose
     field is returned, chosen by ``best_criterion``.
     """
 

@@ -21,6 +21,7 @@ not depend on the window, which is most of the speed-up over the reference's den
 from __future__ import annotations
 
 import math
+import time
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -223,6 +224,7 @@ class Nodeo(Method):
         optimizer = torch.optim.Adam(net.parameters(), lr=params["lr"], amsgrad=True)
 
         history: list[dict[str, float]] = []
+        start = time.perf_counter()
         best_total, best_disp, best_iteration = math.inf, None, -1
         for iteration in range(params["iterations"] + 1):
             last = iteration == params["iterations"]
@@ -239,7 +241,7 @@ class Nodeo(Method):
                     "df": diffusion_loss(disp_vox),
                 }
                 total = terms["sim"] + sum(weights[k] * terms[k] for k in weights)
-            record = {"iteration": iteration, "total": float(total.detach())}
+            record = {"iteration": iteration, "elapsed_s": time.perf_counter() - start, "total": float(total.detach())}
             record.update({k: float(v.detach()) for k, v in terms.items()})
             history.append(record)
             if not math.isfinite(record["total"]):
