@@ -15,12 +15,21 @@ from scipy import stats
 
 
 def _box_sum_axis(x: torch.Tensor, axis: int, window: int) -> torch.Tensor:
-    """Sum over a centred window of odd length ``window`` along ``axis``, zero padded."""
-    half = window // 2
-    pad = [0, 0] * (x.dim() - 1 - axis) + [half + 1, half]
-    csum = torch.cumsum(F.pad(x, pad), dim=axis)
+    """Sum over a centred window of odd length ``window`` along ``axis``, zero padded (no autograd).
+
+    With ``c`` the cumulative sum, ``out[i] = c[min(i + h, n - 1)] - c[i - h - 1]`` (0 for a negative
+    index), written into one fresh tensor without padding copies.
+    """
     n = x.shape[axis]
-    return csum.narrow(axis, window, n) - csum.narrow(axis, 0, n)
+    half = window // 2
+    csum = torch.cumsum(x, dim=axis)
+    out = torch.empty_like(x)
+    reach = min(half, n - 1)
+    out.narrow(axis, 0, n - reach).copy_(csum.narrow(axis, reach, n - reach))
+    out.narrow(axis, n - reach, reach).copy_(csum.narrow(axis, n - 1, 1).expand_as(out.narrow(axis, n - reach, reach)))
+    if half + 1 < n:
+        out.narrow(axis, half + 1, n - half - 1).sub_(csum.narrow(axis, 0, n - half - 1))
+    return out
 
 
 def _box_sum_all(x: torch.Tensor, windows: Sequence[int]) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from .filters import box_sum
-from .spatial import jacobian_determinant
+from .spatial import forward_differences, jacobian_determinant
 
 
 class LocalNCC:
@@ -55,13 +55,14 @@ def mse_loss(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
 
 
 def diffusion_loss(disp_vox: torch.Tensor) -> torch.Tensor:
-    """Sum over axes of the mean squared forward difference of ``disp_vox`` (B, ndim, *spatial), voxel^2/voxel^2."""
-    ndim = disp_vox.dim() - 2
+    """Sum over axes of the mean squared forward difference of ``disp_vox`` (B, ndim, *spatial), voxel^2/voxel^2.
+
+    Each mean runs over the differences that exist (n - 1 along the differenced axis).
+    """
     total = disp_vox.new_zeros(())
-    for axis in range(2, ndim + 2):
+    for axis, diff in enumerate(forward_differences(disp_vox), start=2):
         n = disp_vox.shape[axis]
-        diff = disp_vox.narrow(axis, 1, n - 1) - disp_vox.narrow(axis, 0, n - 1)
-        total = total + (diff * diff).mean()
+        total = total + diff.pow(2).sum() / (diff.numel() * (n - 1) / n)
     return total
 
 

@@ -14,7 +14,7 @@ Conventions
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -111,28 +111,58 @@ def compose(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
     return inner + warp(outer, inner, mode="linear")
 
 
+class _ForwardDifference(torch.autograd.Function):
+    """``out[x] = f[x + 1] - f[x]`` along one axis, ``0`` on the last slice; same shape as ``f``.
+
+    Written as a Function because differentiating through slices allocates and zero-fills a
+    full-size tensor per slice, which dominated the cost of NODEO's regularisers in 3D.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, field: torch.Tensor, axis: int) -> torch.Tensor:
+        ctx.axis = axis
+        n = field.shape[axis]
+        out = torch.empty_like(field)
+        torch.sub(field.narrow(axis, 1, n - 1), field.narrow(axis, 0, n - 1), out=out.narrow(axis, 0, n - 1))
+        out.narrow(axis, n - 1, 1).zero_()
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        axis = ctx.axis
+        n = grad.shape[axis]
+        # adjoint: out[0] = -g[0], out[x] = g[x - 1] - g[x], out[n - 1] = g[n - 2]
+        out = torch.empty_like(grad)
+        torch.sub(grad.narrow(axis, 0, n - 2), grad.narrow(axis, 1, n - 2), out=out.narrow(axis, 1, n - 2))
+        torch.neg(grad.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
+        out.narrow(axis, n - 1, 1).copy_(grad.narrow(axis, n - 2, 1))
+        return out, None
+
+
+def forward_differences(field: torch.Tensor) -> list[torch.Tensor]:
+    """``f[x + 1] - f[x]`` of ``field`` (B, C, *spatial) along each spatial axis, each (B, C, *spatial).
+
+    The last slice along the differenced axis is 0 (no forward neighbour); callers that need only
+    valid values drop it.
+    """
+    return [_ForwardDifference.apply(field, axis) for axis in range(2, field.dim())]
+
+
 def spatial_gradients(field: torch.Tensor, scheme: Literal["central", "forward"]) -> list[torch.Tensor]:
     """Finite differences of ``field`` (B, C, *spatial) along each spatial axis, in units per voxel.
 
-    ``central``: ``np.gradient``-style (central inside, one-sided at the borders); every output has
-    the input's shape. ``forward``: ``f[x+1] - f[x]`` evaluated on the voxels whose forward neighbours
-    all exist, so every output has shape (B, C, *(n - 1)) (the last slice of each axis is dropped).
+    ``central``: ``np.gradient``-style (central inside, one-sided at the borders). ``forward``:
+    :func:`forward_differences`. Every output has the input's shape.
     """
-    ndim = field.dim() - 2
+    if scheme == "forward":
+        return forward_differences(field)
     grads = []
-    for axis in range(2, ndim + 2):
+    for axis in range(2, field.dim()):
         n = field.shape[axis]
-        if scheme == "central":
-            interior = (field.narrow(axis, 2, n - 2) - field.narrow(axis, 0, n - 2)) / 2.0
-            first = field.narrow(axis, 1, 1) - field.narrow(axis, 0, 1)
-            last = field.narrow(axis, n - 1, 1) - field.narrow(axis, n - 2, 1)
-            grads.append(torch.cat([first, interior, last], dim=axis))
-        else:
-            diff = field.narrow(axis, 1, n - 1) - field.narrow(axis, 0, n - 1)
-            for other in range(2, ndim + 2):
-                if other != axis:
-                    diff = diff.narrow(other, 0, field.shape[other] - 1)
-            grads.append(diff)
+        interior = (field.narrow(axis, 2, n - 2) - field.narrow(axis, 0, n - 2)) / 2.0
+        first = field.narrow(axis, 1, 1) - field.narrow(axis, 0, 1)
+        last = field.narrow(axis, n - 1, 1) - field.narrow(axis, n - 2, 1)
+        grads.append(torch.cat([first, interior, last], dim=axis))
     return grads
 
 
@@ -150,12 +180,16 @@ def jacobian_determinant(
     j = [list(g.unbind(dim=1)) for g in spatial_gradients(disp_vox, scheme)]
     jac = [[j[c][r] + (1.0 if r == c else 0.0) for c in range(ndim)] for r in range(ndim)]
     if ndim == 2:
-        return jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
-    return (
-        jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
-        - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
-        + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
-    )
+        det = jac[0][0] * jac[1][1] - jac[0][1] * jac[1][0]
+    else:
+        det = (
+            jac[0][0] * (jac[1][1] * jac[2][2] - jac[1][2] * jac[2][1])
+            - jac[0][1] * (jac[1][0] * jac[2][2] - jac[1][2] * jac[2][0])
+            + jac[0][2] * (jac[1][0] * jac[2][1] - jac[1][1] * jac[2][0])
+        )
+    if scheme == "forward":  # keep the voxels whose forward neighbours all exist
+        det = det[(slice(None),) + tuple(slice(0, n - 1) for n in det.shape[1:])]
+    return det
 
 
 def disp_vox_to_mm(disp_vox: np.ndarray, affine: np.ndarray) -> np.ndarray:

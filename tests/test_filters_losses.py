@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from registration_core import filters, losses
 
 
-@pytest.mark.parametrize("shape,window", [((1, 2, 13, 11), 5), ((1, 1, 9, 10, 8), 3), ((2, 1, 7, 9, 6), 7)])
+@pytest.mark.parametrize("shape,window", [((1, 2, 13, 11), 5), ((1, 1, 9, 10, 8), 3), ((2, 1, 7, 9, 6), 7), ((1, 1, 6, 5), 15), ((1, 1, 4, 9), 9)])
 def test_box_sum_matches_zero_padded_convolution(shape: tuple[int, ...], window: int) -> None:
     x = torch.randn(*shape, dtype=torch.float64)
     ndim = len(shape) - 2

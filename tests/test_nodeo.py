@@ -117,8 +117,8 @@ def test_real_3d_downsampled_pair(shared_data: Path) -> None:
     moving = Image(load("subject-b/t1w.nii.gz", 1, np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     fixed_lab, moving_lab = load("subject-a/aseg.nii.gz", 0, np.int32), load("subject-b/aseg.nii.gz", 0, np.int32)
     torch.set_num_threads(2)
-    result = NODEO.register(fixed, moving, NODEO.resolve_params({"iterations": 40, "lr": 0.01, "ncc_window": 9}))
+    result = NODEO.register(fixed, moving, NODEO.resolve_params({"iterations": 100, "ncc_window": 9}))
     before = dice_summary(fixed_lab, moving_lab, labels)["mean"]
     after = dice_summary(fixed_lab, warp_array(moving_lab, result.disp_vox, "nearest"), labels)["mean"]
-    assert after > before + 0.05, (before, after)
+    assert after > before + 0.1, (before, after)
     assert jacobian_stats(result.disp_vox)["neg_jac_ratio"] < 1e-3

@@ -126,6 +126,15 @@ def test_jacobian_determinant_matches_numpy_gradient_on_a_random_field() -> None
     np.testing.assert_allclose(got, expected, rtol=1e-10, atol=1e-10)
 
 
+def test_forward_differences_and_their_gradient() -> None:
+    field = torch.randn(1, 2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    diffs = spatial.forward_differences(field)
+    torch.testing.assert_close(diffs[1][:, :, :, :-1], field[:, :, :, 1:] - field[:, :, :, :-1])
+    assert float(diffs[1][:, :, :, -1].abs().max()) == 0.0
+    for axis in range(3):
+        assert torch.autograd.gradcheck(lambda t: spatial.forward_differences(t)[axis], (field,))
+
+
 def test_mm_conversion_uses_the_affine() -> None:
     affine = np.array([[0, 0, 2.0, 5], [-1.5, 0, 0, 1], [0, 3.0, 0, 0], [0, 0, 0, 1]])
     disp = np.random.default_rng(5).normal(size=(3, 4, 5, 6)).astype(np.float32)
