@@ -28,6 +28,7 @@ test-fast: setup
 
 benchmark: setup
 	$(BIN)/python benchmarks/nodeo_speed.py
+	$(BIN)/python benchmarks/workflow_dryrun.py
 
 clean-demo:
 	rm -rf results/demo reports/demo logs/demo
