@@ -75,6 +75,86 @@ def _prepare(args: argparse.Namespace) -> None:
         save_image(labels, args.out_labels)
 
 
+def _parse_settings(items: list[str] | None) -> dict:
+    """``--set key=value`` items -> settings; values are read as YAML (numbers, lists, strings)."""
+    import yaml
+
+    settings = {}
+    for item in items or []:
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            raise InputError(f"--set '{item}' is not of the form key=value")
+        if key in settings:
+            raise InputError(f"--set '{key}' given twice")
+        try:
+            settings[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise InputError(f"--set {key}={value}: value is not a number, list or string") from None
+    return settings
+
+
+def _require(args: argparse.Namespace, step: str, needed: Sequence[str], unused: Sequence[str]) -> None:
+    """Check which ``preprocess`` options a step needs and which it does not take."""
+    for option in needed:
+        if getattr(args, option) is None:
+            raise InputError(f"preprocess {step}: --{option.replace('_', '-')} is required")
+    for option in unused:
+        if getattr(args, option) is not None:
+            raise InputError(f"preprocess {step}: --{option.replace('_', '-')} is not an option of this step")
+    for given, output in (("labels", "out_labels"), ("moving_labels", "out_labels"), ("landmarks", "out_landmarks"),
+                          ("moving_landmarks", "out_landmarks")):
+        if hasattr(args, given) and getattr(args, given) is not None and getattr(args, output) is None:
+            raise InputError(f"preprocess {step}: --{given.replace('_', '-')} needs --{output.replace('_', '-')}")
+
+
+def _preprocess_step(args: argparse.Namespace, settings: dict) -> None:
+    from .io import load_image, load_landmarks, save_image, save_landmarks
+    from .preprocess import map_landmarks, run_steps
+
+    _require(args, args.step, ["image", "out"], ["fixed", "moving", "moving_labels", "moving_landmarks"])
+    if args.landmarks is not None and args.step == "slice":
+        raise InputError("preprocess slice: landmarks cannot follow a slice extraction")
+    image = load_image(args.image, "image")
+    labels = load_image(args.labels, "labels") if args.labels else None
+    points = load_landmarks(args.landmarks, image) if args.landmarks else None
+    out, out_labels = run_steps(image, labels, [{"step": args.step.replace("-", "_"), **settings}])
+    save_image(out, args.out)
+    if out_labels is not None and args.out_labels is not None:
+        save_image(out_labels, args.out_labels)
+    if points is not None:
+        save_landmarks(map_landmarks(points, image, out), out, args.out_landmarks)
+
+
+def _affine_align(args: argparse.Namespace, settings: dict) -> None:
+    from .align import align_to_fixed, check_align_settings
+    from .io import load_image, load_landmarks, save_image, save_landmarks
+
+    _require(args, args.step, ["fixed", "moving", "out"], ["image", "labels", "landmarks"])
+    settings = check_align_settings(settings)
+    fixed, moving = load_image(args.fixed, "image"), load_image(args.moving, "image")
+    labels = load_image(args.moving_labels, "labels") if args.moving_labels else None
+    points = load_landmarks(args.moving_landmarks, moving) if args.moving_landmarks else None
+    aligned = align_to_fixed(fixed, moving, labels, points, **settings)
+    save_image(aligned.image, args.out)
+    if aligned.labels is not None:
+        save_image(aligned.labels, args.out_labels)
+    if aligned.landmarks is not None:
+        save_landmarks(aligned.landmarks, fixed, args.out_landmarks)
+
+
+def _preprocess(args: argparse.Namespace) -> None:
+    settings = _parse_settings(args.set)
+    if args.step == "affine-align":
+        _affine_align(args, settings)
+        return
+    from .preprocess import STEP_SCHEMAS
+
+    steps = [name.replace("_", "-") for name in STEP_SCHEMAS] + ["affine-align"]
+    if args.step not in steps:
+        raise InputError(f"preprocess: unknown step {args.step!r}; allowed: {', '.join(steps)}")
+    _preprocess_step(args, settings)
+
+
 def _demo_subject(args: argparse.Namespace) -> None:
     from .datasets import write_demo_subject
 
@@ -150,6 +230,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", required=True, help="JSON list of {step: name, ...} or a JSON/YAML file")
     p.add_argument("--out-image", type=Path, required=True)
     p.add_argument("--out-labels", type=Path)
+
+    p = command("preprocess", _preprocess, "run one preprocessing step on one image (and labels, landmarks)")
+    p.add_argument(
+        "step",
+        help="a preprocessing step (reorient, clip, normalize, slice, resample, crop-pad, lung-mask) or affine-align",
+    )
+    p.add_argument("--image", type=Path, help="input image (every step but affine-align)")
+    p.add_argument("--labels", type=Path, help="its label map (geometric steps carry it along)")
+    p.add_argument("--landmarks", type=Path, help="its landmarks (CSV or elastix points), mapped exactly")
+    p.add_argument("--fixed", type=Path, help="affine-align: fixed image (the atlas)")
+    p.add_argument("--moving", type=Path, help="affine-align: moving image")
+    p.add_argument("--moving-labels", type=Path, help="affine-align: moving labels (resampled nearest)")
+    p.add_argument("--moving-landmarks", type=Path, help="affine-align: moving landmarks")
+    p.add_argument("--out", type=Path, required=True, help="output image (lung-mask: the mask)")
+    p.add_argument("--out-labels", type=Path)
+    p.add_argument("--out-landmarks", type=Path, help="landmarks CSV on the output grid (i,j[,k],x,y[,z])")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="step setting, value as YAML (repeatable)")
 
     p = command("demo-subject", _demo_subject, "write one subject of the embedded demo dataset")
     p.add_argument("--index", type=int, required=True)

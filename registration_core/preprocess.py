@@ -238,6 +238,55 @@ def reorient(image: Image, orientation: Literal["RAS"] = "RAS") -> Image:
     return Image(data=np.ascontiguousarray(data), affine=image.affine @ index_map, path=None)
 
 
+def foreground_centre(mask: np.ndarray) -> np.ndarray:
+    """Centre (ndim,) in voxels of the bounding box of a non-empty boolean mask."""
+    coords = np.argwhere(mask)
+    if len(coords) == 0:
+        raise InputError("crop_pad: the foreground is empty (nothing above the threshold / no label)")
+    return (coords.min(axis=0) + coords.max(axis=0)) / 2.0
+
+
+def crop_pad(image: Image, shape: Sequence[int], centre: Sequence[float], pad_value: float = 0.0) -> Image:
+    """Crop and/or pad to ``shape`` voxels, the window centred (to the voxel) on ``centre``.
+
+    Args:
+        shape: target shape (ndim positive ints).
+        centre: window centre in voxel coordinates of ``image`` (e.g. :func:`foreground_centre`).
+        pad_value: value of voxels outside the original image (labels: use 0).
+
+    The window starts at voxel ``s = round(centre - (shape - 1) / 2)``; new voxel ``v`` is old
+    voxel ``v + s``, so the affine becomes ``affine @ translate(s)`` and every voxel keeps its
+    physical position (landmarks map exactly with :func:`map_landmarks`). The dtype is kept.
+    """
+    target = np.asarray(shape)
+    if target.shape != (image.ndim,) or not np.all(target >= 1) or not np.all(target == np.round(target)):
+        raise InputError(f"crop_pad: shape {list(shape)} must be {image.ndim} positive integers")
+    start = np.round(np.asarray(centre, dtype=np.float64) - (target - 1) / 2.0).astype(int)
+    old = np.asarray(image.shape)
+    src_lo, src_hi = np.maximum(start, 0), np.minimum(start + target, old)
+    data = np.full(tuple(int(n) for n in target), pad_value, dtype=image.data.dtype)
+    if np.all(src_hi > src_lo):
+        dst = tuple(slice(int(lo - s), int(hi - s)) for lo, hi, s in zip(src_lo, src_hi, start))
+        data[dst] = image.data[tuple(slice(int(lo), int(hi)) for lo, hi in zip(src_lo, src_hi))]
+    translate = np.eye(4)
+    translate[: image.ndim, 3] = start
+    return Image(data=data, affine=image.affine @ translate, path=None)
+
+
+def map_landmarks(points_vox: np.ndarray, source: Image, target: Image) -> np.ndarray:
+    """Voxel coordinates (N, ndim) on ``source``'s grid -> the same physical points on ``target``'s grid.
+
+    Exact (through RAS mm) for steps that keep physical positions: reorient, resample,
+    crop_pad. Not meaningful across ``slice`` (whose output forgets its position).
+    """
+    from registration_core.io import ras_to_voxel, voxel_to_ras
+
+    points_vox = np.asarray(points_vox, dtype=np.float64)
+    if points_vox.ndim != 2 or points_vox.shape[1] != source.ndim or source.ndim != target.ndim:
+        raise InputError(f"map_landmarks: points of shape {points_vox.shape} do not fit {source.ndim}D -> {target.ndim}D")
+    return ras_to_voxel(voxel_to_ras(points_vox, source.affine), target.affine)
+
+
 # ------------------------------------------------------------------------------- steps
 
 StepFunction = Callable[..., tuple[Image, Image | None]]
@@ -247,16 +296,19 @@ STEP_SCHEMAS: dict[str, dict[str, Any]] = {}
 """Step name -> JSON schema of its settings (an object; unknown keys are not allowed)."""
 
 
-def register_step(name: str, properties: dict[str, Any]) -> Callable[[StepFunction], StepFunction]:
+def register_step(
+    name: str, properties: dict[str, Any], required: Sequence[str] = ()
+) -> Callable[[StepFunction], StepFunction]:
     """Register ``function(image, labels, **settings) -> (image, labels)`` as step ``name``.
 
     ``properties`` is the JSON schema of each setting; settings are optional (function
-    defaults apply) and no other key is allowed.
+    defaults apply) unless listed in ``required``, and no other key is allowed.
     """
 
     def decorator(function: StepFunction) -> StepFunction:
         _STEP_FUNCTIONS[name] = function
-        STEP_SCHEMAS[name] = {"type": "object", "properties": properties, "additionalProperties": False}
+        schema = {"type": "object", "properties": properties, "additionalProperties": False}
+        STEP_SCHEMAS[name] = {**schema, "required": list(required)} if required else schema
         return function
 
     return decorator
@@ -331,6 +383,75 @@ def _resample_step(image: Image, labels: Image | None, **settings: Any) -> tuple
     return resample(image, **settings), None if labels is None else resample(labels, **label_settings)
 
 
+@register_step(
+    "crop_pad",
+    {
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 3},
+        "foreground": {"enum": ["image", "labels"]},
+        "threshold": {"type": "number"},
+        "pad_value": {"type": "number"},
+    },
+    required=["shape"],
+)
+def _crop_pad_step(
+    image: Image,
+    labels: Image | None,
+    shape: Sequence[int] | None = None,
+    foreground: Literal["image", "labels"] = "image",
+    threshold: float | None = None,
+    pad_value: float | None = None,
+) -> tuple[Image, Image | None]:
+    """Crop/pad image and labels to ``shape`` around the bounding box of the foreground.
+
+    The foreground is ``image > threshold`` (default: above the image's minimum) or, with
+    ``foreground: labels``, the non-zero labels. The image is padded with ``pad_value``
+    (default: its minimum), the labels with 0.
+    """
+    if shape is None:
+        raise InputError("crop_pad: setting 'shape' is required (a list of ndim positive integers)")
+    if foreground == "labels":
+        if labels is None:
+            raise InputError("crop_pad: foreground 'labels' needs a label map")
+        mask = labels.data != 0
+    else:
+        mask = image.data > (image.data.min() if threshold is None else threshold)
+    centre = foreground_centre(mask)
+    fill = float(image.data.min()) if pad_value is None else pad_value
+    cropped = crop_pad(image, shape, centre, fill)
+    return cropped, None if labels is None else crop_pad(labels, shape, centre, 0)
+
+
+@register_step(
+    "lung_mask",
+    {
+        "output": {"enum": ["mask", "masked"]},
+        "body_hu": {"type": "number"},
+        "lung_hu": {"type": "number"},
+        "airway_radius_mm": _POSITIVE,
+        "closing_radius_mm": _POSITIVE,
+        "min_lung_fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "background": {"type": "number"},
+    },
+)
+def _lung_mask_step(
+    image: Image,
+    labels: Image | None,
+    output: Literal["mask", "masked"] = "mask",
+    background: float = 0.0,
+    **settings: Any,
+) -> tuple[Image, Image | None]:
+    """Lung mask of a CT in HU (see :mod:`registration_core.lung`); labels untouched.
+
+    ``output: mask`` replaces the image by the mask (uint8, 1 right lung, 2 left lung);
+    ``output: masked`` by the CT inside the mask, ``background`` elsewhere. Run it before
+    intensity clipping (the thresholds are in HU).
+    """
+    from registration_core.lung import lung_mask, mask_image
+
+    mask = lung_mask(image, **settings)
+    return (mask if output == "mask" else mask_image(image, mask, background)), labels
+
+
 def validate_steps(steps: Sequence[dict[str, Any]]) -> None:
     """Check a step list against the registry; raise InputError naming ``steps[i]``, the key and what is allowed."""
     if not isinstance(steps, Sequence) or isinstance(steps, str):
@@ -350,16 +471,17 @@ def validate_steps(steps: Sequence[dict[str, Any]]) -> None:
                 raise InputError(f"{where} ({name}): unknown setting {key!r}; allowed: {allowed}")
         error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(settings))
         if error is not None:
-            key = error.absolute_path[0] if error.absolute_path else "settings"
-            raise InputError(f"{where} ({name}): setting {key!r}: {error.message}")
+            if not error.absolute_path:
+                raise InputError(f"{where} ({name}): {error.message}")
+            raise InputError(f"{where} ({name}): setting {error.absolute_path[0]!r}: {error.message}")
 
 
 def run_steps(image: Image, labels: Image | None, steps: Sequence[dict[str, Any]]) -> tuple[Image, Image | None]:
     """Apply ``steps`` (each ``{"step": name, **settings}``) in order to an image and its label map.
 
-    Geometric steps (reorient, slice, resample with nearest interpolation) transform the
-    labels too; intensity steps (clip, normalize) leave them unchanged. ``labels`` must lie
-    on the image's grid. Any bad step, setting or value raises InputError naming ``steps[i]``.
+    Geometric steps (reorient, slice, resample with nearest interpolation, crop_pad) transform
+    the labels too; intensity steps (clip, normalize) and lung_mask leave them unchanged.
+    ``labels`` must lie on the image's grid. Any bad step, setting or value raises InputError naming ``steps[i]``.
     """
     validate_steps(steps)
     if labels is not None and not image.same_grid(labels, atol=1e-3):

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import subprocess
+import sys
+
 import jsonschema
 import nibabel as nib
 import numpy as np
 import pytest
 
 from registration_core.errors import InputError
-from registration_core.io import Image, load_image
+from registration_core.io import Image, load_image, load_landmarks, ras_to_voxel, save_image, save_landmarks, voxel_to_ras
 from registration_core.preprocess import (
     STEP_SCHEMAS,
     clip_intensity,
+    crop_pad,
     extract_slice,
+    foreground_centre,
+    map_landmarks,
     normalize,
     reorient,
     resample,
@@ -253,7 +259,7 @@ def test_run_steps_rejects_labels_on_another_grid() -> None:
 
 
 def test_step_schemas_are_valid_json_schemas() -> None:
-    assert set(STEP_SCHEMAS) == {"reorient", "clip", "normalize", "slice", "resample"}
+    assert set(STEP_SCHEMAS) == {"reorient", "clip", "normalize", "slice", "resample", "crop_pad", "lung_mask"}
     for schema in STEP_SCHEMAS.values():
         jsonschema.Draft202012Validator.check_schema(schema)
         assert schema["additionalProperties"] is False
@@ -282,3 +288,124 @@ def test_lung_ct_preset_on_real_data(shared_data: Path) -> None:
     assert set(np.unique(labels.data)) == {0, 1} and labels.same_grid(image)
     # lungs are air: most of the mask lies on low intensities
     assert np.median(image.data[labels.data == 1]) < 0.3
+
+
+# ----------------------------------------------------------------------------- crop/pad
+
+
+def test_crop_pad_window_values_and_affine() -> None:
+    image = ramp_image()  # (8, 6, 5)
+    # centre (4, 1, 2), shape (4, 5, 3): window starts at round((4, 1, 2) - (1.5, 2, 1)) = (2, -1, 1)
+    out = crop_pad(image, (4, 5, 3), (4, 1, 2), pad_value=-7.0)
+    assert out.shape == (4, 5, 3)
+    np.testing.assert_array_equal(out.data[:, 1:, :], image.data[2:6, 0:4, 1:4])
+    assert np.all(out.data[:, 0, :] == -7.0)  # padded row j = -1
+    np.testing.assert_allclose(out.affine[:3, 3], AFFINE_LPI[:3, :3] @ [2, -1, 1] + AFFINE_LPI[:3, 3])
+    # every voxel keeps its physical position: the ramp value is the sum of its RAS coordinates
+    inside = voxel_to_ras(np.argwhere(out.data != -7.0), out.affine).sum(axis=1)
+    np.testing.assert_allclose(out.data[out.data != -7.0], inside, rtol=1e-5)
+    with pytest.raises(InputError, match="3 positive integers"):
+        crop_pad(image, (4, 5), (0, 0, 0))
+
+
+def test_crop_pad_step_follows_the_foreground_and_moves_labels() -> None:
+    data = np.zeros((20, 16), np.float32)
+    data[12:16, 3:7] = 5.0  # foreground box, centre (13.5, 4.5)
+    image = Image(data, np.diag([2.0, 3.0, 1.0, 1.0]))
+    labels = image.with_data((data > 0).astype(np.int32) * 4)
+    out, out_labels = run_steps(image, labels, [{"step": "crop_pad", "shape": [6, 10]}])
+    assert out.shape == out_labels.shape == (6, 10)
+    np.testing.assert_array_equal(foreground_centre(out.data > 0), [2.5, 4.5])  # box centred in the window
+    np.testing.assert_array_equal(out_labels.data, (out.data > 0) * 4)  # labels follow, padded with 0
+    assert out.data.min() == 0.0 and out_labels.same_grid(out)
+    by_labels, _ = run_steps(image, labels, [{"step": "crop_pad", "shape": [4, 4], "foreground": "labels"}])
+    assert np.all(by_labels.data == 5.0)
+    with pytest.raises(InputError, match="'shape' is a required property"):
+        run_steps(image, None, [{"step": "crop_pad"}])
+    with pytest.raises(InputError, match="needs a label map"):
+        run_steps(image, None, [{"step": "crop_pad", "shape": [4, 4], "foreground": "labels"}])
+    with pytest.raises(InputError, match="foreground is empty"):
+        run_steps(image, None, [{"step": "crop_pad", "shape": [4, 4], "threshold": 9}])
+
+
+# ---------------------------------------------------------------------------- landmarks
+
+
+def test_landmarks_survive_a_resampling_round_trip() -> None:
+    image = ramp_image((16, 12, 10))
+    points = np.array([[1.0, 2.0, 3.0], [7.25, 5.5, 0.0], [15.0, 11.0, 9.0], [3.3, 0.7, 6.1]])
+    coarse = resample(image, spacing=[5.0, 2.5, 4.0])
+    back = resample(coarse, shape=image.shape)
+    round_trip = map_landmarks(map_landmarks(points, image, coarse), coarse, back)
+    error_mm = np.linalg.norm(voxel_to_ras(round_trip, back.affine) - voxel_to_ras(points, image.affine), axis=1)
+    assert error_mm.max() < 0.01
+    # the resampled ramp at a mapped landmark equals the original ramp at the landmark (linear data)
+    index = np.round(map_landmarks(points[:1], image, coarse)).astype(int)[0]
+    expected = voxel_to_ras(map_landmarks(index[None].astype(float), coarse, image), image.affine).sum()
+    assert coarse.data[tuple(index)] == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.realdata
+def test_real_landmarks_survive_resampling_and_crop(shared_data: Path, tmp_path: Path) -> None:
+    folder = shared_data / "lung-ct-small"
+    ct = load_image(folder / "3DCT_lung_baseline_small.mha")
+    # physical LPS points of the full-resolution scan; keep those inside this CT's field of view
+    points_lps = np.loadtxt(folder / "3DCT_lung_baseline_landmarks.txt", skiprows=2)
+    points = ras_to_voxel(points_lps * [-1, -1, 1], ct.affine)
+    points = points[np.all((points >= 0) & (points <= np.asarray(ct.shape) - 1), axis=1)]
+    assert len(points) >= 10
+    steps = [{"step": "resample", "spacing": 1.5}, {"step": "crop_pad", "shape": [96, 128, 192], "threshold": -500}]
+    out, _ = run_steps(ct, None, steps)
+    mapped = map_landmarks(points, ct, out)
+    back = map_landmarks(mapped, out, ct)
+    assert np.abs(voxel_to_ras(back, ct.affine) - voxel_to_ras(points, ct.affine)).max() < 0.01
+    save_landmarks(mapped, out, tmp_path / "points.csv")
+    np.testing.assert_allclose(load_landmarks(tmp_path / "points.csv", out), mapped, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "registration_core", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_preprocess_step_with_labels_and_landmarks(tmp_path: Path) -> None:
+    save_image(ramp_image((16, 12, 10)), tmp_path / "image.nii.gz")
+    save_image(block_labels((16, 12, 10)), tmp_path / "labels.nii.gz")
+    (tmp_path / "points.csv").write_text("i,j,k\n1,2,3\n10.5,4,7\n")
+    result = run_cli(
+        "preprocess", "resample", "--image", tmp_path / "image.nii.gz", "--labels", tmp_path / "labels.nii.gz",
+        "--landmarks", tmp_path / "points.csv", "--out", tmp_path / "out.nii.gz",
+        "--out-labels", tmp_path / "out_labels.nii.gz", "--out-landmarks", tmp_path / "out.csv",
+        "--set", "spacing=[4, 2, 6]",
+    )
+    assert result.returncode == 0, result.stderr
+    out, out_labels = load_image(tmp_path / "out.nii.gz"), load_image(tmp_path / "out_labels.nii.gz", "labels")
+    assert out.shape == out_labels.shape == (8, 6, 5) and out.spacing == pytest.approx((4, 2, 6))
+    assert set(np.unique(out_labels.data)) <= {0, 3, 7}
+    mapped = load_landmarks(tmp_path / "out.csv", out)
+    np.testing.assert_allclose(voxel_to_ras(mapped, out.affine), voxel_to_ras([[1, 2, 3], [10.5, 4, 7]], AFFINE_LPI))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope", "--image", "IMAGE", "--out", "OUT"], "unknown step 'nope'; allowed: reorient,"),
+        (["crop-pad", "--image", "IMAGE", "--out", "OUT", "--set", "shape=[4, x]"], "setting 'shape'"),
+        (["resample", "--image", "IMAGE", "--out", "OUT", "--set", "spacing"], "not of the form key=value"),
+        (["clip", "--out", "OUT", "--set", "low=0"], "--image is required"),
+        (["clip", "--image", "IMAGE", "--labels", "IMAGE", "--out", "OUT"], "--labels needs --out-labels"),
+        (["affine-align", "--fixed", "IMAGE", "--out", "OUT"], "--moving is required"),
+        (["affine-align", "--fixed", "IMAGE", "--moving", "IMAGE", "--out", "OUT", "--set", "bins=2"], "'bins'"),
+    ],
+)
+def test_cli_preprocess_errors(tmp_path: Path, args: list[str], message: str) -> None:
+    save_image(ramp_image(), tmp_path / "image.nii.gz")
+    paths = {"IMAGE": str(tmp_path / "image.nii.gz"), "OUT": str(tmp_path / "out.nii.gz")}
+    result = run_cli("preprocess", *[paths.get(arg, arg) for arg in args])
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and message in result.stderr
+    assert not (tmp_path / "out.nii.gz").exists()
