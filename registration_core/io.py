@@ -275,6 +275,22 @@ def _disk_dtype(data: np.ndarray) -> type:
     return np.int32 if np.issubdtype(data.dtype, np.integer) else np.float32
 
 
+def write_sitk_checked(itk_image: sitk.Image, path: Path) -> None:
+    """Write with SimpleITK, then read the file back and compare the voxels.
+
+    ITK's writers can leave a truncated file without reporting it (a full disk or a file-size
+    limit), and its readers then return garbage without an error: only comparing the data read
+    back catches it. Raises OSError naming ``path``.
+    """
+    sitk.WriteImage(itk_image, str(path), useCompression=True)
+    try:
+        back = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    except RuntimeError as exc:
+        raise OSError(f"{path}: the written file cannot be read back (disk full?)") from exc
+    if not np.array_equal(back, sitk.GetArrayViewFromImage(itk_image)):
+        raise OSError(f"{path}: the written file does not hold the data written (disk full?)")
+
+
 def save_image(image: Image, path: str | os.PathLike[str]) -> None:
     """Write ``image`` atomically: NIfTI via nibabel, .mha/.mhd/.nrrd via SimpleITK.
 
@@ -292,7 +308,7 @@ def save_image(image: Image, path: str | os.PathLike[str]) -> None:
             nifti.header.set_xyzt_units("mm")
             nib.save(nifti, str(tmp))
         else:
-            sitk.WriteImage(image_to_sitk(Image(data=data, affine=image.affine)), str(tmp), useCompression=True)
+            write_sitk_checked(image_to_sitk(Image(data=data, affine=image.affine)), tmp)
 
 
 # ----------------------------------------------------------------------------- landmarks
@@ -455,7 +471,7 @@ def save_displacement(disp_vox: np.ndarray, reference: Image, path: str | os.Pat
     field.SetSpacing(spacing)
     field.SetDirection(direction)
     with atomic_path(path) as tmp:
-        sitk.WriteImage(field, str(tmp), useCompression=True)
+        write_sitk_checked(field, tmp)
 
 
 def _read_itk_field(path: Path, reference: Image) -> sitk.Image:
