@@ -283,7 +283,9 @@ def map_landmarks(points_vox: np.ndarray, source: Image, target: Image) -> np.nd
 
     points_vox = np.asarray(points_vox, dtype=np.float64)
     if points_vox.ndim != 2 or points_vox.shape[1] != source.ndim or source.ndim != target.ndim:
-        raise InputError(f"map_landmarks: points of shape {points_vox.shape} do not fit {source.ndim}D -> {target.ndim}D")
+        raise InputError(
+            f"map_landmarks: points of shape {points_vox.shape} do not fit {source.ndim}D -> {target.ndim}D"
+        )
     return ras_to_voxel(voxel_to_ras(points_vox, source.affine), target.affine)
 
 

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from registration_core.errors import InputError
-from registration_core.io import Image, load_image, load_landmarks, ras_to_voxel, save_image, save_landmarks, voxel_to_ras
+from registration_core.io import Image, load_image, load_landmarks, ras_to_voxel, save_image, save_landmarks
+from registration_core.io import voxel_to_ras
 from registration_core.preprocess import (
     STEP_SCHEMAS,
     clip_intensity,
