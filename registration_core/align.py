@@ -88,7 +88,8 @@ def affine_align(
         iterations: at most this many gradient-descent iterations per level and stage.
         sampling: fraction of fixed voxels sampled (random, seeded) for the metric, in (0, 1].
         bins: histogram bins of the Mattes metric.
-        seed: seed of the metric's voxel sampling (same seed, same result).
+        seed: seed of the metric's voxel sampling; ITK's multi-threaded metric sums can still
+            change the result slightly between runs (e.g. subcortical Dice 0.600 vs 0.601).
 
     The transform is centred by the images' intensity moments (centres of mass), optimised
     as a rigid transform, then (for "affine") as an affine transform starting from it.
