@@ -1,0 +1,168 @@
+"""SimpleITK plumbing shared by the classical methods (``affine``, ``demons``, ``bspline``); no torch.
+
+Conventions
+-----------
+* :func:`registration_core.io.image_to_sitk` gives ITK images whose index ``(x, y[, z])`` is our
+  array index ``(i, j[, k])`` and whose physical space is LPS mm.
+* A transform ``T`` estimated by ``sitk.ImageRegistrationMethod`` with the atlas as the *fixed*
+  image maps a fixed physical point ``p`` to the moving point ``T(p)``; ITK demons return a field
+  ``d`` with ``warped(p) = moving(p + d(p))``. Both are our convention; their displacement
+  ``d(p)`` (LPS mm) becomes ``disp_vox = (D diag(s))^-1 d(p)`` (D: direction, s: spacing), i.e.
+  voxels of the fixed grid, channel d along array axis d.
+* Multi-resolution schedules are comma-separated strings (``"4,2,1"``) so that they fit the
+  scalar parameter machinery and grid values; YAML lists written as ``[4, 2, 1]`` are accepted.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Mapping
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..errors import InputError
+from ..io import Image, image_to_sitk
+from ..params import Param
+from . import Method
+
+METRICS = ("mattes_mi", "correlation", "mean_squares")
+
+
+def as_sitk_float(image: Image) -> sitk.Image:
+    """An :class:`Image` as a float32 SimpleITK image (LPS geometry; 2D: its in-plane block)."""
+    return sitk.Cast(image_to_sitk(image), sitk.sitkFloat32)
+
+
+def field_to_disp_vox(field: sitk.Image) -> np.ndarray:
+    """ITK displacement field (vector image, LPS mm) -> disp_vox (ndim, *spatial) float32 voxels of its grid."""
+    ndim = field.GetDimension()
+    vectors = sitk.GetArrayFromImage(field).astype(np.float64)  # (*reversed spatial, ndim)
+    disp_lps = np.moveaxis(vectors.transpose(*reversed(range(ndim)), ndim), -1, 0)
+    index_to_lps = np.asarray(field.GetDirection()).reshape(ndim, ndim) @ np.diag(field.GetSpacing())
+    return np.einsum("rc,c...->r...", np.linalg.inv(index_to_lps), disp_lps).astype(np.float32)
+
+
+def transform_to_disp_vox(transform: sitk.Transform, reference: sitk.Image) -> np.ndarray:
+    """Displacement ``T(p) - p`` of an ITK transform sampled on ``reference``'s grid -> disp_vox (ndim, *spatial)."""
+    field = sitk.TransformToDisplacementField(
+        transform, sitk.sitkVectorFloat64, reference.GetSize(), reference.GetOrigin(),
+        reference.GetSpacing(), reference.GetDirection(),
+    )
+    return field_to_disp_vox(field)
+
+
+def parse_list(owner: str, name: str, raw: Any, kind: type, minimum: float) -> tuple[Any, ...]:
+    """Parse ``"4,2,1"`` (or ``[4, 2, 1]``, or one number) into a tuple of ``kind`` values >= ``minimum``."""
+    text = str(raw).strip().strip("[]()")
+    bad = InputError(
+        f"{owner}: parameter '{name}' must be comma-separated {'integers' if kind is int else 'numbers'} "
+        f">= {minimum:g} (e.g. 4,2,1), got {raw!r}"
+    )
+    try:
+        values = tuple(kind(float(v)) if kind is float else kind(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise bad from None
+    if not values or any(not np.isfinite(v) or v < minimum for v in values):
+        raise bad
+    return values
+
+
+def schedule(owner: str, params: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    """The checked ``(shrink_factors, smoothing_sigmas)`` pair: one entry per pyramid level, coarse to fine."""
+    shrink = parse_list(owner, "shrink_factors", params["shrink_factors"], int, 1)
+    sigmas = parse_list(owner, "smoothing_sigmas", params["smoothing_sigmas"], float, 0.0)
+    if len(shrink) != len(sigmas):
+        raise InputError(
+            f"{owner}: parameters 'shrink_factors' ({len(shrink)} levels) and 'smoothing_sigmas' "
+            f"({len(sigmas)} levels) must have the same length"
+        )
+    return shrink, sigmas
+
+
+def pyramid_params(shrink: str, sigmas: str) -> list[Param]:
+    """The multi-resolution parameters (strings, coarse to fine) with the given defaults."""
+    return [
+        Param("shrink_factors", str, shrink, "downsampling factor per level, coarse to fine (e.g. 4,2,1)"),
+        Param("smoothing_sigmas", str, sigmas, "Gaussian sigma in mm per level before downsampling (e.g. 2,1,0)"),
+    ]
+
+
+def metric_params(metric: str, sampling: float) -> list[Param]:
+    """Similarity metric, histogram bins, random sampling fraction and its seed."""
+    return [
+        Param("metric", str, metric, "similarity metric", choices=METRICS),
+        Param("histogram_bins", int, 50, "Mattes mutual information histogram bins", minimum=4),
+        Param("sampling_percentage", float, sampling, "fraction of voxels sampled per iteration (1: all, dense)",
+              minimum=0.0, maximum=1.0, exclusive_minimum=True),
+        Param("seed", int, 0, "seed of the random sampling (ITK receives seed + 1: its 0 means the clock)", minimum=0),
+    ]
+
+
+class PyramidMethod(Method):
+    """A method with ``shrink_factors`` / ``smoothing_sigmas`` parameters, checked when resolved."""
+
+    def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        values = super().resolve_params(raw)
+        schedule(f"method '{self.name}'", values)
+        return values
+
+
+class IterationLog:
+    """Per-iteration optimiser metric: ``{"iteration", "elapsed_s", "total", "level"}`` dicts.
+
+    ``iteration`` counts over all levels from 0; ``total`` is the value the optimiser reported at
+    that iteration (for ImageRegistrationMethod: at the position before the step; lower is better
+    for every metric ITK optimises); ``level`` is the pyramid level (0 = coarsest).
+    """
+
+    def __init__(self) -> None:
+        self.records: list[dict[str, float]] = []
+        self._start = time.perf_counter()
+
+    def add(self, total: float, level: int) -> None:
+        self.records.append({
+            "iteration": len(self.records), "elapsed_s": time.perf_counter() - self._start,
+            "total": float(total), "level": level,
+        })
+
+
+def configure_metric(method: sitk.ImageRegistrationMethod, params: Mapping[str, Any]) -> None:
+    """Set the metric, linear interpolation and (seeded) random sampling of ``method`` from ``params``."""
+    if params["metric"] == "mattes_mi":
+        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=params["histogram_bins"])
+    elif params["metric"] == "correlation":
+        method.SetMetricAsCorrelation()
+    else:
+        method.SetMetricAsMeanSquares()
+    if params["sampling_percentage"] < 1.0:
+        method.SetMetricSamplingStrategy(method.RANDOM)
+        method.SetMetricSamplingPercentage(params["sampling_percentage"], params["seed"] + 1)
+    else:
+        method.SetMetricSamplingStrategy(method.NONE)
+    method.SetInterpolator(sitk.sitkLinear)
+
+
+def configure_pyramid(method: sitk.ImageRegistrationMethod, owner: str, params: Mapping[str, Any]) -> None:
+    """Shrink factors and smoothing sigmas (mm) per level of ``method``."""
+    shrink, sigmas = schedule(owner, params)
+    method.SetShrinkFactorsPerLevel(list(shrink))
+    method.SetSmoothingSigmasPerLevel(list(sigmas))
+    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+
+
+def record_iterations(method: sitk.ImageRegistrationMethod) -> IterationLog:
+    """Attach an :class:`IterationLog` to ``method``'s iteration events."""
+    log = IterationLog()
+    method.AddCommand(sitk.sitkIterationEvent, lambda: log.add(method.GetMetricValue(), method.GetCurrentLevel()))
+    return log
+
+
+def check_grid_size(owner: str, image: Image, shrink: tuple[int, ...]) -> None:
+    """InputError when the coarsest level would have fewer than 4 voxels along an axis."""
+    coarsest = [n // max(shrink) for n in image.shape]
+    if min(coarsest) < 4:
+        raise InputError(
+            f"{owner}: shrink factor {max(shrink)} leaves {coarsest} voxels at the coarsest level of an image of "
+            f"shape {image.shape}; use smaller 'shrink_factors'"
+        )
