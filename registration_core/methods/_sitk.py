@@ -88,11 +88,11 @@ def pyramid_params(shrink: str, sigmas: str) -> list[Param]:
     ]
 
 
-def metric_params(metric: str, sampling: float) -> list[Param]:
+def metric_params(metric: str, sampling: float, bins: int) -> list[Param]:
     """Similarity metric, histogram bins, random sampling fraction and its seed."""
     return [
         Param("metric", str, metric, "similarity metric", choices=METRICS),
-        Param("histogram_bins", int, 50, "Mattes mutual information histogram bins", minimum=4),
+        Param("histogram_bins", int, bins, "Mattes mutual information histogram bins", minimum=4),
         Param("sampling_percentage", float, sampling, "fraction of voxels sampled per iteration (1: all, dense)",
               minimum=0.0, maximum=1.0, exclusive_minimum=True),
         Param("seed", int, 0, "seed of the random sampling (ITK receives seed + 1: its 0 means the clock)", minimum=0),

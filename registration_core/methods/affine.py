@@ -29,7 +29,7 @@ PARAMS: dict[str, Param] = {
         Param("init", str, "moments", "initial translation: align image centres (geometry) or centres of mass (moments)",
               choices=("geometry", "moments")),
         *pyramid_params("4,2,1", "2,1,0"),
-        *metric_params("mattes_mi", 0.25),
+        *metric_params("mattes_mi", 0.25, 50),
         Param("iterations", int, 200, "gradient descent iterations per level (at most)", minimum=1),
         Param("max_step_mm", float, 2.0, "first step: largest voxel shift it causes, in mm (halved on each reversal)",
               minimum=0.0, exclusive_minimum=True),

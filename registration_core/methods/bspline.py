@@ -35,10 +35,11 @@ PARAMS: dict[str, Param] = {
               minimum=0.0, exclusive_minimum=True),
         Param("grid_scale_factors", str, "1,2,4", "control-grid refinement per level relative to the first (e.g. 1,2,4)"),
         *pyramid_params("4,2,1", "2,1,0"),
-        *metric_params("mattes_mi", 0.25),
+        # 32 bins: ITK's Mattes derivative holds bins x bins x (all B-spline parameters) per thread
+        *metric_params("mattes_mi", 0.25, 32),
         Param("optimizer", str, "lbfgs", "lbfgs (L-BFGS, libLBFGS) or gradient_descent (regular step)",
               choices=("lbfgs", "gradient_descent")),
-        Param("iterations", int, 100, "optimizer iterations per level (at most)", minimum=1),
+        Param("iterations", int, 40, "optimizer iterations per level (at most)", minimum=1),
         Param("max_step_mm", float, 1.0, "gradient_descent: first step as the largest control-point shift in mm",
               minimum=0.0, exclusive_minimum=True),
     ]
