@@ -20,15 +20,16 @@ from registration_core.metrics import dice_summary, jacobian_stats
 from registration_core.preprocess import extract_slice
 from registration_core.registration import run_registration
 from registration_core.spatial import warp_array
+from registration_core.study import method_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSICAL = ("affine", "demons", "bspline")
 # a 2D grid with anisotropic spacing, a flipped first axis and an origin: exercises LPS/RAS and mm -> voxels
 AFFINE_2D = np.array([[-1.5, 0, 0, 40.0], [0, 0.8, 0, -12.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 FAST_3D = {
-    "affine": {"shrink_factors": "2,1", "smoothing_sigmas": "1,0"},
-    "demons": {"shrink_factors": "2,1", "smoothing_sigmas": "1,0", "iterations": "40"},
-    "bspline": {"shrink_factors": "2,1", "smoothing_sigmas": "1,0", "grid_scale_factors": "1,2", "iterations": 20,
+    "affine": {"shrink_factors": "2x1", "smoothing_sigmas": "1x0"},
+    "demons": {"shrink_factors": "2x1", "smoothing_sigmas": "1x0", "iterations": "40"},
+    "bspline": {"shrink_factors": "2x1", "smoothing_sigmas": "1x0", "grid_scale_factors": "1x2", "iterations": 20,
                 "control_spacing_mm": 12.0, "sampling_percentage": 0.1},
 }
 
@@ -125,6 +126,11 @@ def test_bad_parameters_raise_input_errors_naming_them(name: str, raw: dict[str,
         get_method(name).resolve_params(raw)
 
 
+def test_list_parameters_are_grid_values() -> None:
+    points = method_grid("demons", {"grid": {"shrink_factors": ["4x2x1", "2x1x1"], "iterations": [50, "100x50x20"]}})
+    assert len(points) == 4
+
+
 def test_list_parameters_accept_yaml_lists_and_one_iteration_count_per_level() -> None:
     demons = get_method("demons")
     params = demons.resolve_params({"shrink_factors": [2, 1], "smoothing_sigmas": [1.0, 0], "iterations": "5,3"})
@@ -207,7 +213,6 @@ def test_demons_through_the_cli_raises_dice_on_a_real_brain_slice(shared_data: P
 
 
 @pytest.mark.realdata
-@pytest.mark.slow
 def test_bspline_raises_dice_on_a_real_brain_slice(shared_data: Path) -> None:
     fixed, moving, fixed_labels, moving_labels, labels = brain_slices(shared_data)
     method = get_method("bspline")

@@ -9,8 +9,9 @@ Conventions
   ``d`` with ``warped(p) = moving(p + d(p))``. Both are our convention; their displacement
   ``d(p)`` (LPS mm) becomes ``disp_vox = (D diag(s))^-1 d(p)`` (D: direction, s: spacing), i.e.
   voxels of the fixed grid, channel d along array axis d.
-* Multi-resolution schedules are comma-separated strings (``"4,2,1"``) so that they fit the
-  scalar parameter machinery and grid values; YAML lists written as ``[4, 2, 1]`` are accepted.
+* Multi-resolution schedules are strings with one value per level, coarse to fine, separated by
+  ``x`` as in ANTs (``"4x2x1"``; grid folder names allow no commas) or by commas; YAML lists
+  (``[4, 2, 1]``) are accepted as fixed parameters.
 """
 
 from __future__ import annotations
@@ -53,11 +54,11 @@ def transform_to_disp_vox(transform: sitk.Transform, reference: sitk.Image) -> n
 
 
 def parse_list(owner: str, name: str, raw: Any, kind: type, minimum: float) -> tuple[Any, ...]:
-    """Parse ``"4,2,1"`` (or ``[4, 2, 1]``, or one number) into a tuple of ``kind`` values >= ``minimum``."""
-    text = str(raw).strip().strip("[]()")
+    """Parse ``"4x2x1"`` (or ``"4,2,1"``, ``[4, 2, 1]``, one number) into a tuple of ``kind`` values >= ``minimum``."""
+    text = str(raw).strip().strip("[]()").replace("x", ",")
     bad = InputError(
-        f"{owner}: parameter '{name}' must be comma-separated {'integers' if kind is int else 'numbers'} "
-        f">= {minimum:g} (e.g. 4,2,1), got {raw!r}"
+        f"{owner}: parameter '{name}' must be {'integers' if kind is int else 'numbers'} "
+        f">= {minimum:g}, one per level separated by x (e.g. 4x2x1), got {raw!r}"
     )
     try:
         values = tuple(kind(float(v)) if kind is float else kind(v) for v in text.split(",") if v.strip())
@@ -83,8 +84,8 @@ def schedule(owner: str, params: Mapping[str, Any]) -> tuple[tuple[int, ...], tu
 def pyramid_params(shrink: str, sigmas: str) -> list[Param]:
     """The multi-resolution parameters (strings, coarse to fine) with the given defaults."""
     return [
-        Param("shrink_factors", str, shrink, "downsampling factor per level, coarse to fine (e.g. 4,2,1)"),
-        Param("smoothing_sigmas", str, sigmas, "Gaussian sigma in mm per level before downsampling (e.g. 2,1,0)"),
+        Param("shrink_factors", str, shrink, "downsampling factor per level, coarse to fine (e.g. 4x2x1)"),
+        Param("smoothing_sigmas", str, sigmas, "Gaussian sigma in mm per level before downsampling (e.g. 2x1x0)"),
     ]
 
 

@@ -28,7 +28,7 @@ PARAMS: dict[str, Param] = {
         Param("transform", str, "affine", "rigid (rotation + translation) or affine", choices=("rigid", "affine")),
         Param("init", str, "moments", "initial translation: align image centres (geometry) or centres of mass (moments)",
               choices=("geometry", "moments")),
-        *pyramid_params("4,2,1", "2,1,0"),
+        *pyramid_params("4x2x1", "2x1x0"),
         *metric_params("mattes_mi", 0.25, 50),
         Param("iterations", int, 200, "gradient descent iterations per level (at most)", minimum=1),
         Param("max_step_mm", float, 2.0, "first step: largest voxel shift it causes, in mm (halved on each reversal)",

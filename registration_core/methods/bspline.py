@@ -33,8 +33,8 @@ PARAMS: dict[str, Param] = {
     for p in [
         Param("control_spacing_mm", float, 10.0, "control-point spacing of the finest level, mm",
               minimum=0.0, exclusive_minimum=True),
-        Param("grid_scale_factors", str, "1,2,4", "control-grid refinement per level relative to the first (e.g. 1,2,4)"),
-        *pyramid_params("4,2,1", "2,1,0"),
+        Param("grid_scale_factors", str, "1x2x4", "control-grid refinement per level relative to the first (e.g. 1x2x4)"),
+        *pyramid_params("4x2x1", "2x1x0"),
         # 32 bins: ITK's Mattes derivative holds bins x bins x (all B-spline parameters) per thread
         *metric_params("mattes_mi", 0.25, 32),
         Param("optimizer", str, "lbfgs", "lbfgs (L-BFGS, libLBFGS) or gradient_descent (regular step)",

@@ -38,8 +38,8 @@ PARAMS: dict[str, Param] = {
     p.name: p
     for p in [
         Param("variant", str, "diffeomorphic", "demons variant", choices=tuple(_FILTERS)),
-        *pyramid_params("4,2,1", "2,1,0"),
-        Param("iterations", str, "100", "demons iterations per level: one number for every level or one per level (e.g. 200,100,50)"),
+        *pyramid_params("4x2x1", "2x1x0"),
+        Param("iterations", str, "100", "demons iterations per level: one number for every level or one per level (e.g. 200x100x50)"),
         Param("field_sigma", float, 1.5, "Gaussian sigma smoothing the displacement field, voxels of each level (0: off)", minimum=0.0),
         Param("update_sigma", float, 0.0, "Gaussian sigma smoothing each update (fluid-like), voxels of each level (0: off)", minimum=0.0),
         Param("max_step", float, 2.0, "largest update per iteration, in voxels of the level",
