@@ -61,7 +61,7 @@ def parse_list(owner: str, name: str, raw: Any, kind: type, minimum: float) -> t
         f">= {minimum:g}, one per level separated by x (e.g. 4x2x1), got {raw!r}"
     )
     try:
-        values = tuple(kind(float(v)) if kind is float else kind(v) for v in text.split(",") if v.strip())
+        values = tuple(kind(v) for v in text.split(",") if v.strip())
     except ValueError:
         raise bad from None
     if not values or any(not np.isfinite(v) or v < minimum for v in values):
