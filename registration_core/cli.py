@@ -191,6 +191,18 @@ def _report(args: argparse.Namespace) -> None:
     build_report(args.study_dir, args.config, args.out)
 
 
+def _methods(args: argparse.Namespace) -> None:
+    from .methods import available_methods, get_method
+
+    for name in args.names or available_methods():
+        method = get_method(name)
+        presets = f" (presets: {', '.join(method.presets)})" if method.presets else ""
+        print(f"{name}{presets}")
+        for param in method.params.values():
+            default = "none" if param.default is None else param.default
+            print(f"  {param.name} = {default}  [{param.allowed()}]  {param.help}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all commands."""
     parser = argparse.ArgumentParser(prog="python -m registration_core", description=__doc__.splitlines()[0])
@@ -271,6 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--method", help="restrict to one method")
     p.add_argument("--out-dir", type=Path, required=True)
+
+    p = command("methods", _methods, "list the registered methods and their parameters")
+    p.add_argument("names", nargs="*", help="methods to describe (default: all)")
 
     p = command("report", _report, "build the self-contained HTML report of a study")
     p.add_argument("--study-dir", type=Path, required=True)

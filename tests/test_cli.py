@@ -132,3 +132,12 @@ def test_bad_inputs_fail_cleanly(pair: dict[str, Path], tmp_path: Path) -> None:
     proc = run_cli("register", "--method", "elastix9", "--fixed", pair["fixed"], "--moving", pair["moving"],
                    "--out", tmp_path / "job")
     assert proc.returncode == 2 and "unknown method 'elastix9'" in proc.stderr
+
+
+def test_methods_lists_every_method_with_its_parameters() -> None:
+    proc = run_cli("methods")
+    assert proc.returncode == 0, proc.stderr
+    for name in ("nodeo (presets: reference, default)", "demons", "bspline", "affine"):
+        assert name in proc.stdout
+    assert "  lr = 0.005  [a number > 0]" in proc.stdout
+    assert run_cli("methods", "nope").returncode == 2
