@@ -217,6 +217,7 @@ def test_label_arguments_of_evaluate(tmp_path: Path) -> None:
         ({"study": "a/b"}, r"^config key study: 'a/b' does not match"),
         ({"methods": {"nodeo": {"grid": {"lr": [0.01, -1]}}}}, r"^config key methods\.nodeo\.grid\.lr: .*'lr' must be a number > 0, got -1"),
         ({"methods": {"nodeo": {"grid": {"lr": 0.01}}}}, r"^config key methods\.nodeo\.grid\.lr: 0\.01 is not of type 'array'"),
+        ({"methods": {"nodeo": {"grid": {"lr": []}}}}, r"^config key methods\.nodeo\.grid\.lr: \[\] should be non-empty"),
         ({"methods": {"nodeo": {"grid": {"lrr": [0.01]}}}}, r"^config key methods\.nodeo\.grid\.lrr: unknown parameter of method nodeo \(allowed: .*lr,"),
         ({"methods": {"nodeo": {"params": {"ode_method": "magic"}}}}, r"^config key methods\.nodeo\.params: .*'ode_method' must be one of"),
         ({"methods": {"nodeo": {"params": {"lr": 0.1}, "grid": {"lr": [0.01]}}}}, r"^config key methods\.nodeo\.grid\.lr: also set in methods\.nodeo\.params"),
