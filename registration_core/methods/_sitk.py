@@ -16,8 +16,10 @@ Conventions
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import time
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -97,6 +99,8 @@ def metric_params(metric: str, sampling: float, bins: int) -> list[Param]:
         Param("sampling_percentage", float, sampling, "fraction of voxels sampled per iteration (1: all, dense)",
               minimum=0.0, maximum=1.0, exclusive_minimum=True),
         Param("seed", int, 0, "seed of the random sampling (ITK receives seed + 1: its 0 means the clock)", minimum=0),
+        Param("threads", int, 1, "ITK threads of the optimisation: 1 repeats exactly run to run; "
+              "0 uses every core (faster, the metric's parallel sums then vary in the last digits)", minimum=0),
     ]
 
 
@@ -126,6 +130,22 @@ class IterationLog:
             "iteration": len(self.records), "elapsed_s": time.perf_counter() - self._start,
             "total": float(total), "level": level,
         })
+
+
+@contextmanager
+def itk_threads(threads: int) -> Iterator[None]:
+    """Run ITK with ``threads`` threads (0: leave ITK's default), restoring the global default after.
+
+    The registration method's own thread setting does not reach its pyramid filters and metric
+    internals; only the global default makes sampled-metric optimisations repeat exactly.
+    """
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    if threads > 0:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
 
 
 def configure_metric(method: sitk.ImageRegistrationMethod, params: Mapping[str, Any]) -> None:

@@ -18,7 +18,7 @@ from ..io import Image
 from ..params import Param
 from . import RegistrationResult
 from ._sitk import (
-    PyramidMethod, as_sitk_float, check_grid_size, configure_metric, configure_pyramid, metric_params,
+    PyramidMethod, as_sitk_float, check_grid_size, configure_metric, configure_pyramid, itk_threads, metric_params,
     pyramid_params, record_iterations, schedule, transform_to_disp_vox,
 )
 
@@ -72,7 +72,8 @@ class Affine(PyramidMethod):
         method.SetOptimizerScalesFromPhysicalShift()
         method.SetInitialTransform(_transform(fixed_itk, moving_itk, params), inPlace=False)
         history = record_iterations(method)
-        transform = method.Execute(fixed_itk, moving_itk)
+        with itk_threads(params["threads"]):
+            transform = method.Execute(fixed_itk, moving_itk)
         return RegistrationResult(
             disp_vox=transform_to_disp_vox(transform, fixed_itk),
             loss_history=history.records,

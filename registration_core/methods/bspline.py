@@ -24,7 +24,7 @@ from ..io import Image
 from ..params import Param
 from . import RegistrationResult
 from ._sitk import (
-    PyramidMethod, as_sitk_float, check_grid_size, configure_metric, configure_pyramid, metric_params, parse_list,
+    PyramidMethod, as_sitk_float, check_grid_size, configure_metric, configure_pyramid, itk_threads, metric_params, parse_list,
     pyramid_params, record_iterations, schedule, transform_to_disp_vox,
 )
 
@@ -99,7 +99,8 @@ class BSpline(PyramidMethod):
         # from physical shifts costs one metric evaluation per parameter)
         method.SetInitialTransformAsBSpline(initial, inPlace=True, scaleFactors=list(scales))
         history = record_iterations(method)
-        transform = method.Execute(fixed_itk, moving_itk)
+        with itk_threads(params["threads"]):
+            transform = method.Execute(fixed_itk, moving_itk)
         return RegistrationResult(
             disp_vox=transform_to_disp_vox(transform, fixed_itk),
             loss_history=history.records,
