@@ -27,7 +27,7 @@ import SimpleITK as sitk
 from ..errors import InputError
 from ..io import Image, image_to_sitk
 from ..params import Param
-from . import Method
+from . import Method, RegistrationResult
 
 METRICS = ("mattes_mi", "correlation", "mean_squares")
 
@@ -187,3 +187,25 @@ def check_grid_size(owner: str, image: Image, shrink: tuple[int, ...]) -> None:
             f"{owner}: shrink factor {max(shrink)} leaves {coarsest} voxels at the coarsest level of an image of "
             f"shape {image.shape}; use smaller 'shrink_factors'"
         )
+
+
+def execute(
+    method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, params: Mapping[str, Any],
+    **extra: Any,
+) -> RegistrationResult:
+    """Run a configured ``ImageRegistrationMethod`` (with ``params['threads']``) into a RegistrationResult.
+
+    The optimiser's final transform at the finest level is returned (no selection); ``extra`` goes to
+    the log together with the optimiser's stop condition.
+    """
+    history = record_iterations(method)
+    with itk_threads(params["threads"]):
+        transform = method.Execute(fixed, moving)
+    return RegistrationResult(
+        disp_vox=transform_to_disp_vox(transform, fixed),
+        loss_history=history.records,
+        best_iteration=None,
+        best_criterion="the optimiser's final transform at the finest level (no selection)",
+        device="cpu",
+        extra={"stop_condition": method.GetOptimizerStopConditionDescription(), **extra},
+    )

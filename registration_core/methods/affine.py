@@ -18,8 +18,8 @@ from ..io import Image
 from ..params import Param
 from . import RegistrationResult
 from ._sitk import (
-    PyramidMethod, as_sitk_float, check_grid_size, configure_metric, configure_pyramid, itk_threads, metric_params,
-    pyramid_params, record_iterations, schedule, transform_to_disp_vox,
+    PyramidMethod, as_sitk_float, check_grid_size, configure_metric, configure_pyramid, execute, metric_params,
+    pyramid_params, schedule,
 )
 
 PARAMS: dict[str, Param] = {
@@ -71,17 +71,6 @@ class Affine(PyramidMethod):
         )
         method.SetOptimizerScalesFromPhysicalShift()
         method.SetInitialTransform(_transform(fixed_itk, moving_itk, params), inPlace=False)
-        history = record_iterations(method)
-        with itk_threads(params["threads"]):
-            transform = method.Execute(fixed_itk, moving_itk)
-        return RegistrationResult(
-            disp_vox=transform_to_disp_vox(transform, fixed_itk),
-            loss_history=history.records,
-            best_iteration=None,
-            best_criterion="the optimiser's final transform at the finest level (no selection)",
-            device="cpu",
-            extra={"stop_condition": method.GetOptimizerStopConditionDescription()},
-        )
-
+        return execute(method, fixed_itk, moving_itk, params)
 
 METHOD = Affine()

@@ -24,8 +24,8 @@ from ..io import Image
 from ..params import Param
 from . import RegistrationResult
 from ._sitk import (
-    PyramidMethod, as_sitk_float, check_grid_size, configure_metric, configure_pyramid, itk_threads, metric_params, parse_list,
-    pyramid_params, record_iterations, schedule, transform_to_disp_vox,
+    PyramidMethod, as_sitk_float, check_grid_size, configure_metric, configure_pyramid, execute, metric_params,
+    parse_list, pyramid_params, schedule,
 )
 
 PARAMS: dict[str, Param] = {
@@ -98,18 +98,7 @@ class BSpline(PyramidMethod):
         # unit scales: every B-spline parameter is a control-point shift in mm (estimating scales
         # from physical shifts costs one metric evaluation per parameter)
         method.SetInitialTransformAsBSpline(initial, inPlace=True, scaleFactors=list(scales))
-        history = record_iterations(method)
-        with itk_threads(params["threads"]):
-            transform = method.Execute(fixed_itk, moving_itk)
-        return RegistrationResult(
-            disp_vox=transform_to_disp_vox(transform, fixed_itk),
-            loss_history=history.records,
-            best_iteration=None,
-            best_criterion="the optimiser's final transform at the finest level (no selection)",
-            device="cpu",
-            extra={"stop_condition": method.GetOptimizerStopConditionDescription(),
-                   "control_mesh_final": [int(n * scales[-1]) for n in initial.GetTransformDomainMeshSize()]},
-        )
-
+        mesh_final = [int(n * scales[-1]) for n in initial.GetTransformDomainMeshSize()]
+        return execute(method, fixed_itk, moving_itk, params, control_mesh_final=mesh_final)
 
 METHOD = BSpline()
