@@ -28,6 +28,7 @@ from scipy import ndimage
 
 from registration_core import spatial
 from registration_core.errors import InputError
+from registration_core.io import Image
 
 # Scaling and squaring starts from ``v / 2**n`` with its largest step at most this many voxels.
 _MAX_INITIAL_STEP_VOX = 0.25
@@ -248,6 +249,66 @@ def random_smooth_displacement(
     field_mm = smooth_field(field_mm, spacing, smooth_sigma_mm)
     field_vox = field_mm / spacing.reshape(-1, *([1] * len(shape_t)))
     return scale_to_max_displacement(field_vox, spacing, max_disp_mm, diffeomorphic=diffeomorphic)
+
+
+def respiratory_displacement(
+    reference: Image,
+    rng: np.random.Generator,
+    lung_mask: np.ndarray | None = None,
+    shift_mm: float = 30.0,
+    contraction: float = 0.12,
+    local_max_disp_mm: float = 3.0,
+) -> np.ndarray:
+    """RegNet-style respiratory motion on a 3D CT grid: inhale (fixed) -> exhale (moving).
+
+    With ``z`` the superior (RAS S) coordinate, ``z_d`` the inferior end of the lungs (the
+    diaphragm) and ``z_a`` their apex, the weight ``w = clip((z_a - z) / (z_a - z_d), 0, 1)`` is 1 at
+    and below the diaphragm and falls linearly to 0 at the apex. As the map ``x -> x + u(x)``:
+
+    * cranio-caudal: ``u_S = w * shift_mm * U(0.8, 1.1)`` (the diaphragm rises towards the apex);
+    * transversal: ``u_RA = -w * contraction * U(0.8, 1.1) * (x_RA - c_RA)`` (the chest narrows
+      towards the lungs' centre ``c``);
+    * plus a single-frequency field (:func:`random_smooth_displacement`, 40 mm grid) of maximum
+      ``local_max_disp_mm`` (0: none).
+
+    Args:
+        reference: the CT (its grid and affine; the S axis is found from the affine).
+        rng: ``numpy.random.Generator``.
+        lung_mask: (*shape) nonzero inside the lungs; None uses the whole image extent.
+        shift_mm, contraction, local_max_disp_mm: nominal amplitudes (mm, fraction, mm).
+
+    Returns:
+        float32 ``disp_vox`` (3, *shape) in voxels of the reference grid.
+
+    Raises:
+        InputError: not 3D, an empty or mis-shaped mask, bad amplitudes, or a field that folds.
+    """
+    if reference.ndim != 3:
+        raise InputError(f"respiratory_displacement needs a 3D image, got {reference.ndim}D")
+    _check_rng(rng)
+    shift_mm = _check_positive("shift_mm", shift_mm, allow_zero=True)
+    contraction = _check_positive("contraction", contraction, allow_zero=True)
+    local_max_disp_mm = _check_positive("local_max_disp_mm", local_max_disp_mm, allow_zero=True)
+    mask = np.ones(reference.shape, bool) if lung_mask is None else np.asarray(lung_mask) > 0
+    if mask.shape != reference.shape or not mask.any():
+        raise InputError(f"lung_mask must be a non-empty array of shape {reference.shape}, got {mask.shape}")
+    affine = np.asarray(reference.affine, dtype=np.float64)
+    ijk = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in reference.shape], indexing="ij"))
+    ras = np.einsum("rc,c...->r...", affine[:3, :3], ijk) + affine[:3, 3].reshape(3, 1, 1, 1)
+    z_inside = ras[2][mask]
+    z_d, z_a = float(z_inside.min()), float(z_inside.max())
+    weight = np.clip((z_a - ras[2]) / max(z_a - z_d, 1e-6), 0.0, 1.0)
+    shift = shift_mm * rng.uniform(0.8, 1.1)
+    scale = contraction * rng.uniform(0.8, 1.1)
+    centre = [float(ras[d][mask].mean()) for d in range(2)]
+    disp_ras = np.stack([-weight * scale * (ras[0] - centre[0]), -weight * scale * (ras[1] - centre[1]), weight * shift])
+    disp = spatial.disp_mm_to_vox(disp_ras, affine).astype(np.float64)
+    if local_max_disp_mm > 0:
+        disp += random_smooth_displacement(reference.shape, reference.spacing, rng, max_disp_mm=local_max_disp_mm)
+    min_det = min_jacobian_determinant(disp)
+    if min_det <= 0:
+        raise InputError(f"the respiratory field folds the grid (min det J = {min_det:.3f}); lower shift_mm or contraction")
+    return disp.astype(np.float32)
 
 
 def random_intensity_transform(

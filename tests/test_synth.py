@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from registration_core.io import Image
 from registration_core import synth
 from registration_core.errors import InputError
 
@@ -177,3 +178,44 @@ def test_displacement_rejects_bad_parameters(kwargs: dict, message: str) -> None
 def test_intensity_transform_rejects_bad_input(image: np.ndarray, kwargs: dict, message: str) -> None:
     with pytest.raises(InputError, match=message):
         synth.random_intensity_transform(image, np.random.default_rng(0), **kwargs)
+
+
+def _lpi_reference() -> tuple[Image, np.ndarray]:
+    """A 3D grid stored L-P-I (flipped i, j, k) at 2 x 2 x 2.5 mm, with a box 'lung' mask."""
+    affine = np.diag([-2.0, -2.0, -2.5, 1.0])
+    affine[:3, 3] = [60.0, 50.0, 90.0]
+    shape = (40, 36, 48)
+    mask = np.zeros(shape, bool)
+    mask[8:32, 8:28, 10:40] = True
+    return Image(np.zeros(shape, np.float32), affine), mask
+
+
+def test_respiratory_field_rises_at_the_diaphragm_and_vanishes_at_the_apex() -> None:
+    reference, mask = _lpi_reference()
+    disp = synth.respiratory_displacement(reference, np.random.default_rng(4), mask, local_max_disp_mm=0.0)
+    mm = np.einsum("rc,c...->r...", reference.affine[:3, :3], disp.astype(np.float64))  # RAS mm
+    # k = 39 is the most inferior lung slice (the affine flips k: S = 90 - 2.5 k), k = 10 the apex
+    shift = mm[2][:, :, 39]
+    assert np.allclose(shift, shift.flat[0]) and 30.0 * 0.8 <= shift.flat[0] <= 30.0 * 1.1
+    assert np.allclose(mm[2][:, :, 10], 0.0, atol=1e-6)
+    np.testing.assert_allclose(mm[2][0, 0, 10:40], shift.flat[0] * np.arange(30) / 29, atol=1e-4)
+    assert np.allclose(mm[2][:, :, 45], shift.flat[0])  # below the diaphragm: the full shift
+    # transversal contraction towards the mask's centre, proportional to the weight
+    x_ras = 60.0 - 2.0 * np.arange(40)
+    centre = x_ras[8:32].mean()
+    ratio = mm[0][:, 5, 39] / (x_ras - centre)
+    assert np.allclose(ratio, ratio[0]) and -0.12 * 1.1 <= ratio[0] <= -0.12 * 0.8
+    assert synth.min_jacobian_determinant(disp) > 0
+
+
+def test_respiratory_field_is_seeded_and_checks_its_input() -> None:
+    reference, mask = _lpi_reference()
+    first = synth.respiratory_displacement(reference, np.random.default_rng(5), mask)
+    np.testing.assert_array_equal(first, synth.respiratory_displacement(reference, np.random.default_rng(5), mask))
+    assert synth.min_jacobian_determinant(first) > 0
+    with pytest.raises(InputError, match="3D"):
+        synth.respiratory_displacement(Image(np.zeros((8, 8), np.float32), np.eye(4)), np.random.default_rng(0))
+    with pytest.raises(InputError, match="lung_mask"):
+        synth.respiratory_displacement(reference, np.random.default_rng(0), np.zeros(reference.shape, bool))
+    with pytest.raises(InputError, match="folds"):
+        synth.respiratory_displacement(reference, np.random.default_rng(0), mask, shift_mm=400.0, local_max_disp_mm=0.0)
