@@ -22,8 +22,6 @@ Undefined numbers are written as JSON ``null`` (never ``NaN``).
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -155,24 +153,9 @@ def _landmark_metrics(
 # --------------------------------------------------------------------------- JSON
 
 
-def _json_value(value: Any) -> Any:
-    """Recursively convert to JSON types: NaN/inf -> None, numpy scalars -> Python, keys -> str."""
-    if isinstance(value, dict):
-        return {str(key): _json_value(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(item) for item in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_metrics(result: dict[str, Any], out: Path) -> None:
     """Write ``result`` as strict JSON (undefined numbers as null) to ``out`` atomically."""
-    text = json.dumps(_json_value(result), indent=2, allow_nan=False)
-    with io.atomic_path(out) as tmp:
-        tmp.write_text(text + "\n")
+    io.write_json(result, out)
 
 
 # --------------------------------------------------------------------------- entry point

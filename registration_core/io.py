@@ -15,6 +15,8 @@ Conventions (shared by the whole package):
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import tempfile
@@ -22,7 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -273,6 +275,26 @@ def _disk_dtype(data: np.ndarray) -> type:
     if data.dtype == np.bool_:
         return np.uint8
     return np.int32 if np.issubdtype(data.dtype, np.integer) else np.float32
+
+
+def _json_value(value: Any) -> Any:
+    """Recursively convert to JSON types: NaN/inf -> None, numpy scalars -> Python, keys -> str."""
+    if isinstance(value, dict):
+        return {str(key): _json_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_value(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
+    """Write ``obj`` as strict JSON (undefined numbers as null, no NaN tokens) to ``path`` atomically."""
+    text = json.dumps(_json_value(obj), indent=1, allow_nan=False)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text + "\n")
 
 
 def write_sitk_checked(itk_image: sitk.Image, path: Path) -> None:

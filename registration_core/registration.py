@@ -12,7 +12,6 @@ far are removed so a failed job leaves nothing that looks finished):
 
 from __future__ import annotations
 
-import json
 import platform
 import resource
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
-from .io import Image, atomic_path, load_image, load_landmarks, save_displacement, save_image
+from .io import Image, load_image, load_landmarks, save_displacement, save_image, write_json
 from .methods import RegistrationResult, get_method
 from .spatial import warp_array
 
@@ -118,17 +117,6 @@ def _peak_memory_mb() -> tuple[float, float | None]:
     return rss, cuda
 
 
-def _to_json(value: Any) -> Any:
-    """Replace non-finite floats by None so the log stays valid JSON."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
-    return value
-
-
 def write_outputs(out_dir: Path, pair: PairInputs, result: RegistrationResult, log: dict[str, Any]) -> None:
     """Write warped image/labels, displacement and log.json into ``out_dir``; all or nothing."""
     written: list[Path] = []
@@ -143,8 +131,7 @@ def write_outputs(out_dir: Path, pair: PairInputs, result: RegistrationResult, l
             written.append(out_dir / "warped_labels.nii.gz")
         save_displacement(result.disp_vox, pair.fixed, out_dir / "displacement.nii.gz")
         written.append(out_dir / "displacement.nii.gz")
-        with atomic_path(out_dir / "log.json") as tmp:
-            tmp.write_text(json.dumps(_to_json(log), indent=1))
+        write_json(log, out_dir / "log.json")
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
