@@ -121,3 +121,120 @@ def test_neurite_oasis_errors(oasis_root: Path) -> None:
     (oasis_root / "OASIS_OAS1_0002_MR1/aligned_seg35.nii.gz").unlink()
     with pytest.raises(InputError, match=r"labels file .*OAS1_0002_MR1/aligned_seg35.nii.gz not found"):
         manifest("neurite-oasis", oasis_root)
+
+
+# --------------------------------------------------------------------------------- DIR-Lab
+
+CASE1_SHAPE = (256, 256, 94)  # published geometry of case 1: 0.97 x 0.97 x 2.5 mm
+MARKED_VOXEL = (10, 20, 30)  # (i, j, k) = (column, row, slice), 0-based
+MARKED_STORED = 1234  # stored value = HU + 1024
+
+
+def write_dirlab_case1(root: Path) -> Path:
+    """Case1Pack as published: Images/case1_T{00,50}_s.img (little-endian int16, column fastest)
+    and ExtremePhases/Case1_300_T{00,50}_xyz.txt (1-based x y z)."""
+    images, points = root / "Case1Pack" / "Images", root / "Case1Pack" / "ExtremePhases"
+    images.mkdir(parents=True)
+    points.mkdir(parents=True)
+    for phase, shift in (("T00", 0), ("T50", 2)):
+        volume = np.zeros(CASE1_SHAPE[::-1], dtype="<i2")  # (slices, rows, columns): C order, column fastest
+        i, j, k = MARKED_VOXEL
+        volume[k + shift, j, i] = MARKED_STORED  # the exhale phase is shifted by 2 slices
+        volume.tofile(images / f"case1_{phase}_s.img")
+        x, y, z = i + 1, j + 1, k + shift + 1
+        (points / f"Case1_300_{phase}_xyz.txt").write_text(f"{x}\t{y}\t{z}\n1\t1\t1\n")
+    return root
+
+
+def test_dirlab_manifest(tmp_path: Path) -> None:
+    root = write_dirlab_case1(tmp_path)
+    result = manifest("dirlab", root)
+    assert result.subjects == ("case1-T00", "case1-T50")
+    assert result.pairs == (("case1-T00", "case1-T50"),)
+    raw = result.raw_imports["case1-T50"]
+    assert raw == RawImport(
+        str(root / "Case1Pack/Images/case1_T50_s.img"), CASE1_SHAPE, (0.97, 0.97, 2.5), "<i2", "LPI", -1024.0
+    )
+    assert result.files["case1-T50"].image == raw.raw
+    assert result.landmark_imports["case1-T00"] == LandmarkImport(
+        str(root / "Case1Pack/ExtremePhases/Case1_300_T00_xyz.txt"), "dirlab-xyz"
+    )
+    assert result.files["case1-T00"].landmarks == result.landmark_imports["case1-T00"].source
+    swapped = manifest("dirlab", root, fixed_phase="T50", cases=[1])
+    assert swapped.pairs == (("case1-T50", "case1-T00"),)
+
+
+def test_dirlab_import_geometry_and_landmarks(tmp_path: Path) -> None:
+    """A known stored value at a known index lands at that index with HU = stored - 1024, the
+    published spacing, the LPI orientation, and the 1-based landmark on the same voxel."""
+    root = write_dirlab_case1(tmp_path / "data")
+    result = manifest("dirlab", root)
+    out = tmp_path / "out"
+    datasets.import_raw(result.raw_imports["case1-T00"], out / "image.nii.gz")
+    image = load_image(out / "image.nii.gz")
+    assert image.shape == CASE1_SHAPE
+    np.testing.assert_allclose(image.spacing, (0.97, 0.97, 2.5), atol=1e-6)
+    np.testing.assert_allclose(image.affine, np.diag([-0.97, -0.97, -2.5, 1.0]), atol=1e-6)
+    assert image.data[MARKED_VOXEL] == MARKED_STORED - 1024
+    assert np.count_nonzero(image.data != -1024) == 1
+    datasets.import_landmarks(result.landmark_imports["case1-T00"], image, out / "landmarks.csv")
+    points = load_landmarks(out / "landmarks.csv", image)
+    np.testing.assert_array_equal(points, [MARKED_VOXEL, (0, 0, 0)])
+    # RAS mm of the marked voxel: columns toward the left (-x), rows posterior (-y), slices inferior (-z)
+    ras = np.loadtxt(out / "landmarks.csv", delimiter=",", skiprows=1)[0, 3:]
+    np.testing.assert_allclose(ras, [-9.7, -19.4, -75.0], atol=1e-9)
+
+
+def test_dirlab_import_through_the_cli(tmp_path: Path) -> None:
+    root = write_dirlab_case1(tmp_path / "data")
+    result = manifest("dirlab", root)
+    raw, points = result.raw_imports["case1-T50"], result.landmark_imports["case1-T50"]
+    assert main(["import-raw", *raw.cli_args(), "--out", str(tmp_path / "t50.nii.gz")]) == 0
+    image = load_image(tmp_path / "t50.nii.gz")
+    i, j, k = MARKED_VOXEL
+    assert image.data[i, j, k + 2] == MARKED_STORED - 1024
+    args = ["import-landmarks", *points.cli_args(), "--reference", str(tmp_path / "t50.nii.gz")]
+    assert main([*args, "--out", str(tmp_path / "t50.csv")]) == 0
+    np.testing.assert_array_equal(load_landmarks(tmp_path / "t50.csv", image)[0], (i, j, k + 2))
+
+
+@pytest.mark.parametrize(
+    ("name", "case", "phase"),
+    [("case1_T00_s.img", 1, "T00"), ("case2_T50-ssm.img", 2, "T50"), ("case10_T90.img", 10, "T90"),
+     ("Case8_T00_s.img", 8, "T00")],
+)
+def test_dirlab_image_names(name: str, case: int, phase: str) -> None:
+    match = datasets.DIRLAB_IMAGE_NAME.fullmatch(name)
+    assert match and (int(match.group("case")), match.group("phase")) == (case, phase)
+
+
+@pytest.mark.parametrize(
+    ("name", "case", "phase"),
+    [("Case1_300_T00_xyz.txt", 1, "T00"), ("case6_dirLab300_T50_xyz.txt", 6, "T50")],
+)
+def test_dirlab_landmark_names(name: str, case: int, phase: str) -> None:
+    match = datasets.DIRLAB_LANDMARK_NAME.fullmatch(name)
+    assert match and (int(match.group("case")), match.group("phase")) == (case, phase)
+    assert datasets.DIRLAB_LANDMARK_NAME.fullmatch("case1_4D-75_T00.txt") is None
+
+
+def test_dirlab_errors(tmp_path: Path) -> None:
+    root = write_dirlab_case1(tmp_path)
+    with pytest.raises(InputError, match=r"config key datasets.d.cases: case 11 is not allowed; .*cases 1-10"):
+        manifest("dirlab", root, cases=[11])
+    with pytest.raises(InputError, match=r"config key datasets.d.phases: 'T05' is not allowed"):
+        manifest("dirlab", root, phases=["T00", "T05"])
+    with pytest.raises(InputError, match=r"config key datasets.d.path: no image caseN_T20\*.img of case 1"):
+        manifest("dirlab", root, phases=["T00", "T20"])
+    with pytest.raises(InputError, match=r"config key datasets.d.fixed_phase: 'T20' is not allowed; allowed: T00, T50"):
+        manifest("dirlab", root, fixed_phase="T20")
+    (root / "Case1Pack/ExtremePhases/Case1_300_T50_xyz.txt").unlink()
+    with pytest.raises(InputError, match=r"no landmark file case1_300_T50_xyz.txt .*landmarks: false"):
+        manifest("dirlab", root)
+    assert "case1-T50" not in manifest("dirlab", root, landmarks=False).landmark_imports
+    with (root / "Case1Pack/Images/case1_T00_s.img").open("ab") as f:
+        f.write(b"\0\0")
+    with pytest.raises(InputError, match=r"case1_T00_s.img: holds 12320770 bytes; a 256x256x94 volume of <i2 needs"):
+        manifest("dirlab", root, landmarks=False)
+    with pytest.raises(InputError, match=r"config key datasets.d.path: no DIR-Lab image"):
+        manifest("dirlab", tmp_path / "Case1Pack" / "ExtremePhases")
