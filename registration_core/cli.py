@@ -31,6 +31,16 @@ def _register(args: argparse.Namespace) -> None:
     )
 
 
+def _train(args: argparse.Namespace) -> None:
+    from .params import parse_assignments
+    from .training import train_method
+
+    train_method(
+        args.method, args.images, args.out, parse_assignments(args.param),
+        labels=args.labels, val_images=args.val_images, val_labels=args.val_labels,
+    )
+
+
 def _evaluate(args: argparse.Namespace) -> None:
     from .evaluation import evaluate_pair, parse_label_spec
 
@@ -164,6 +174,33 @@ def _demo_subject(args: argparse.Namespace) -> None:
     )
 
 
+def _import_raw(args: argparse.Namespace) -> None:
+    from .datasets import RawImport, import_raw
+
+    raw = RawImport(str(args.raw), tuple(args.shape), tuple(args.spacing), args.dtype, args.orientation, args.intercept)
+    import_raw(raw, args.out)
+
+
+def _import_landmarks(args: argparse.Namespace) -> None:
+    from .datasets import LandmarkImport, import_landmarks
+    from .io import load_image
+
+    import_landmarks(LandmarkImport(str(args.points), args.format), load_image(args.reference), args.out)
+
+
+def _qc(args: argparse.Namespace) -> None:
+    from .io import load_image
+    from .qc import save_qc_png
+
+    def optional(path: Path | None, kind: str):
+        return load_image(path, kind) if path is not None else None
+
+    save_qc_png(
+        load_image(args.raw_image), load_image(args.image), args.out, raw_labels=optional(args.raw_labels, "labels"),
+        prepared_labels=optional(args.labels, "labels"), prepared_mask=optional(args.mask, "labels"), title=args.title,
+    )
+
+
 def _plan(args: argparse.Namespace) -> None:
     from .study import write_jobs_table
 
@@ -197,7 +234,8 @@ def _methods(args: argparse.Namespace) -> None:
     for name in args.names or available_methods():
         method = get_method(name)
         presets = f" (presets: {', '.join(method.presets)})" if method.presets else ""
-        print(f"{name}{presets}")
+        trained = " (trained: `train` first, then register with checkpoint=DIR/model.pt)" if method.trainable else ""
+        print(f"{name}{presets}{trained}")
         for param in method.params.values():
             default = "none" if param.default is None else param.default
             print(f"  {param.name} = {default}  [{param.allowed()}]  {param.help}")
@@ -222,6 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-landmarks", type=Path)
     p.add_argument("--moving-landmarks", type=Path)
     p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+
+    p = command("train", _train, "train a learned method on a set of images; writes OUT/model.pt and OUT/log.json")
+    p.add_argument("--method", required=True, help="a learned method (see `methods`)")
+    p.add_argument("--images", type=Path, nargs="+", required=True, help="training images, all on one grid")
+    p.add_argument("--labels", type=Path, nargs="+", help="their label maps (same order), for label supervision")
+    p.add_argument("--val-images", type=Path, nargs="+", help="validation images (default: validate on training pairs)")
+    p.add_argument("--val-labels", type=Path, nargs="+", help="their label maps")
+    p.add_argument("--out", type=Path, required=True, help="output folder (model.pt, log.json, checkpoint.pt)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
 
     p = command("evaluate", _evaluate, "metrics of one registered pair")
@@ -267,6 +314,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-disp-mm", type=float, default=8.0)
     p.add_argument("--out-image", type=Path, required=True)
     p.add_argument("--out-labels", type=Path, required=True)
+
+    p = command("import-raw", _import_raw, "convert a raw volume (DIR-Lab .img) or a picture (JPEG: green channel) to NIfTI")
+    p.add_argument("--raw", type=Path, required=True, help="headerless binary file, or .jpg/.png/.tif picture")
+    p.add_argument("--shape", type=int, nargs="+", required=True, help="sizes along i j [k], i fastest in the file")
+    p.add_argument("--spacing", type=float, nargs="+", required=True, help="voxel size (mm) along i j [k]")
+    p.add_argument("--dtype", required=True, help="numpy dtype with byte order, e.g. '<i2' (pictures: u1)")
+    p.add_argument("--orientation", default="LPS", help="direction of axes i j k, e.g. LPI (default LPS)")
+    p.add_argument("--intercept", type=float, default=0.0, help="added to every stored value (DIR-Lab: -1024)")
+    p.add_argument("--out", type=Path, required=True, help="output image (.nii.gz)")
+
+    p = command("import-landmarks", _import_landmarks, "convert a dataset's point file to a landmark CSV")
+    p.add_argument("--points", type=Path, required=True)
+    p.add_argument("--format", required=True, help="dirlab-xyz, learn2reg-csv, fire-fixed or fire-moving")
+    p.add_argument("--reference", type=Path, required=True, help="the image the points belong to (as imported)")
+    p.add_argument("--out", type=Path, required=True, help="landmarks CSV (i,j[,k],x,y[,z])")
+
+    p = command("qc", _qc, "QC picture: mid-slices before and after preprocessing with label/mask outlines")
+    p.add_argument("--raw-image", type=Path, required=True, help="the image as read from the dataset")
+    p.add_argument("--raw-labels", type=Path)
+    p.add_argument("--image", type=Path, required=True, help="the prepared image")
+    p.add_argument("--labels", type=Path, help="the prepared labels")
+    p.add_argument("--mask", type=Path, help="the prepared mask")
+    p.add_argument("--title", default="", help="caption above the panels (e.g. the subject id)")
+    p.add_argument("--out", type=Path, required=True, help="PNG")
 
     p = command("plan", _plan, "write the jobs table of a study config")
     p.add_argument("--config", type=Path, required=True)

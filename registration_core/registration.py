@@ -7,14 +7,13 @@ far are removed so a failed job leaves nothing that looks finished):
 * ``warped_labels.nii.gz``: the moving labels resampled on the fixed grid (nearest), when given;
 * ``displacement.nii.gz``: ITK vector image, physical mm (LPS), on the fixed grid; it maps a fixed
   point ``p`` to the moving point ``p + d(p)`` (the fixed image is the atlas);
+* ``inverse_displacement.nii.gz``: the same for the inverse map (moving point ``q`` -> ``q + e(q)``),
+  from methods that estimate it (nephi);
 * ``log.json``: parameters, loss history, best iterate, runtime, peak memory, device, versions.
 """
 
 from __future__ import annotations
 
-import platform
-import resource
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import __version__
 from .errors import InputError
 from .io import Image, load_image, load_landmarks, save_displacement, save_image, write_json
 from .methods import RegistrationResult, get_method
+from .provenance import peak_memory_mb, software_versions
 from .spatial import warp_array
 
 
@@ -83,40 +82,6 @@ def load_pair(
     return PairInputs(fixed_img, moving_img, labels[0], labels[1], points[0], points[1])
 
 
-def software_versions() -> dict[str, str]:
-    """Versions of Python and the numerical libraries a result depends on."""
-    import nibabel
-    import scipy
-    import SimpleITK
-
-    versions = {
-        "python": platform.python_version(),
-        "registration_core": __version__,
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "nibabel": nibabel.__version__,
-        "SimpleITK": SimpleITK.Version_VersionString(),
-    }
-    if "torch" in sys.modules:
-        import torch
-        import torchdiffeq
-
-        versions.update(torch=torch.__version__, torchdiffeq=torchdiffeq.__version__)
-    return versions
-
-
-def _peak_memory_mb() -> tuple[float, float | None]:
-    """Peak resident set size of this process and peak CUDA allocation (None without CUDA), in MiB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-    cuda = None
-    if "torch" in sys.modules:
-        import torch
-
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            cuda = torch.cuda.max_memory_allocated() / 2**20
-    return rss, cuda
-
-
 def write_outputs(out_dir: Path, pair: PairInputs, result: RegistrationResult, log: dict[str, Any]) -> None:
     """Write warped image/labels, displacement and log.json into ``out_dir``; all or nothing."""
     written: list[Path] = []
@@ -131,6 +96,9 @@ def write_outputs(out_dir: Path, pair: PairInputs, result: RegistrationResult, l
             written.append(out_dir / "warped_labels.nii.gz")
         save_displacement(result.disp_vox, pair.fixed, out_dir / "displacement.nii.gz")
         written.append(out_dir / "displacement.nii.gz")
+        if result.inverse_disp_vox is not None:
+            save_displacement(result.inverse_disp_vox, pair.fixed, out_dir / "inverse_displacement.nii.gz")
+            written.append(out_dir / "inverse_displacement.nii.gz")
         write_json(log, out_dir / "log.json")
     except BaseException:
         for path in written:
@@ -160,7 +128,7 @@ def run_registration(
     start = time.perf_counter()
     result = reg_method.register(pair.fixed, pair.moving, resolved)
     runtime = time.perf_counter() - start
-    peak_rss, peak_cuda = _peak_memory_mb()
+    peak_rss, peak_cuda = peak_memory_mb()
     log = {
         "method": method,
         "params": resolved,

@@ -28,7 +28,9 @@ class RegistrationResult:
     ``disp_vox``: (ndim, *spatial) float32 displacement in voxels of the fixed grid, mapping a fixed
     point ``x`` to the moving point ``x + u(x)``. ``loss_history``: one dict per evaluated iterate
     (``iteration``, ``elapsed_s`` since the start, ``total`` and one entry per loss term). ``best_iteration``: the iterate whose
-    field is returned, chosen by ``best_criterion``.
+    field is returned, chosen by ``best_criterion``. ``inverse_disp_vox``: (ndim, *spatial) the
+    inverse map's displacement (moving point ``y`` -> fixed point ``y + v(y)``, voxels, on the same
+    grid), for methods that estimate one; written as ``inverse_displacement.nii.gz``.
     """
 
     disp_vox: np.ndarray
@@ -36,6 +38,7 @@ class RegistrationResult:
     best_iteration: int | None = None
     best_criterion: str | None = None
     device: str = "cpu"
+    inverse_disp_vox: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -46,6 +49,8 @@ class Method(ABC):
     params: ClassVar[Mapping[str, Param]]
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     uses_torch: ClassVar[bool] = False
+    trainable: ClassVar[bool] = False
+    """True for methods trained over a dataset first (see :mod:`registration_core.training`)."""
 
     def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults + preset + ``raw`` overrides, validated (InputError names the parameter)."""

@@ -35,6 +35,7 @@ from ..filters import box_mean, gaussian_smooth
 from ..io import Image
 from ..losses import LocalNCC, diffusion_loss, neg_jacobian_loss, velocity_magnitude_loss
 from ..params import Param
+from ..provenance import resolve_device
 from ..spatial import disp_norm_to_vox, identity_grid_norm, sample
 from . import Method, RegistrationResult
 
@@ -174,15 +175,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Fixed architecture of the reference: five stride-2 convolutions, velocity predicted 4x coarser.
 _N_CONVS = 5
 _UPSAMPLE_LEVELS = 2
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an InputError."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("parameter 'device' is cuda but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 class Nodeo(Method):
