@@ -238,3 +238,203 @@ def test_dirlab_errors(tmp_path: Path) -> None:
         manifest("dirlab", root, landmarks=False)
     with pytest.raises(InputError, match=r"config key datasets.d.path: no DIR-Lab image"):
         manifest("dirlab", tmp_path / "Case1Pack" / "ExtremePhases")
+
+
+# ------------------------------------------------------------------------------- Learn2Reg
+
+
+def write_learn2reg(root: Path) -> Path:
+    """NLST-like layout: imagesTr/, masksTr/, keypointsTr/ (headerless x,y,z CSV) and NLST_dataset.json."""
+    training = []
+    for case in (1, 2):
+        for scan in (0, 1):
+            name = f"NLST_{case:04d}_{scan:04d}"
+            write_nifti(root / "imagesTr" / f"{name}.nii.gz", (10, 11, 12), seed=case * 2 + scan)
+            write_nifti(root / "masksTr" / f"{name}.nii.gz", (10, 11, 12), labels=True)
+            (root / "keypointsTr").mkdir(exist_ok=True)
+            (root / "keypointsTr" / f"{name}.csv").write_text(f"1.5,2.0,{3 + scan}.25\n9,10,11\n")
+            training.append({"image": f"./imagesTr/{name}.nii.gz", "mask": f"./masksTr/{name}.nii.gz",
+                             "keypoints": f"./keypointsTr/{name}.csv"})
+    content = {
+        "name": "NLST",
+        "training": training,
+        "training_paired_images": [{"fixed": "./imagesTr/NLST_0001_0000.nii.gz", "moving": "./imagesTr/NLST_0001_0001.nii.gz"}],
+        "registration_val": [{"fixed": "./imagesTr/NLST_0002_0000.nii.gz", "moving": "./imagesTr/NLST_0002_0001.nii.gz"}],
+    }
+    (root / "NLST_dataset.json").write_text(json.dumps(content))
+    return root
+
+
+def test_learn2reg_validation_pairs_and_keypoints(tmp_path: Path) -> None:
+    root = write_learn2reg(tmp_path / "NLST")
+    result = manifest("learn2reg", root)
+    assert result.subjects == ("NLST_0002_0000", "NLST_0002_0001")
+    assert result.pairs == (("NLST_0002_0000", "NLST_0002_0001"),)
+    files = result.files["NLST_0002_0001"]
+    assert Path(files.image) == root / "imagesTr/NLST_0002_0001.nii.gz"
+    assert Path(files.mask) == root / "masksTr/NLST_0002_0001.nii.gz"
+    assert files.labels is None
+    assert result.landmark_imports["NLST_0002_0001"] == LandmarkImport(files.landmarks, "learn2reg-csv")
+    reference = load_image(files.image)
+    datasets.import_landmarks(result.landmark_imports["NLST_0002_0001"], reference, tmp_path / "kp.csv")
+    # Learn2Reg keypoints are 0-based voxel indices of the NIfTI array axes: taken as they are
+    np.testing.assert_allclose(load_landmarks(tmp_path / "kp.csv", reference), [[1.5, 2.0, 4.25], [9, 10, 11]])
+
+
+def test_learn2reg_training_split(tmp_path: Path) -> None:
+    root = write_learn2reg(tmp_path)
+    result = manifest("learn2reg", root, split="training", json="NLST_dataset.json")
+    assert result.pairs == (("NLST_0001_0000", "NLST_0001_0001"),)
+    content = json.loads((root / "NLST_dataset.json").read_text())
+    del content["training_paired_images"]  # OASIS-style: no training pairs -> every training image
+    (root / "NLST_dataset.json").write_text(json.dumps(content))
+    unpaired = manifest("learn2reg", root, split="training")
+    assert unpaired.pairs is None and len(unpaired.subjects) == 4
+
+
+def test_learn2reg_errors(tmp_path: Path) -> None:
+    root = write_learn2reg(tmp_path)
+    with pytest.raises(InputError, match=r"config key datasets.d.split: .*NLST_dataset.json lists no 'registration_test' pairs"):
+        manifest("learn2reg", root, split="test")
+    with pytest.raises(InputError, match=r"config key datasets.d.split: 'val' is not allowed; allowed: training"):
+        manifest("learn2reg", root, split="val")
+    with pytest.raises(InputError, match=r"config key datasets.d.json: 'OASIS_dataset.json': file not found"):
+        manifest("learn2reg", root, json="OASIS_dataset.json")
+    (root / "keypointsTr/NLST_0002_0000.csv").unlink()
+    with pytest.raises(InputError, match=r"NLST_dataset.json: lists './keypointsTr/NLST_0002_0000.csv' but"):
+        manifest("learn2reg", root)
+    (root / "OASIS_dataset.json").write_text("{not json")
+    with pytest.raises(InputError, match=r"config key datasets.d.json: name the dataset JSON .*NLST_dataset.json, OASIS"):
+        manifest("learn2reg", root)
+    with pytest.raises(InputError, match=r"OASIS_dataset.json: not a JSON file"):
+        manifest("learn2reg", root, json="OASIS_dataset.json")
+    (root / "bad.csv").write_text("1,2\n")
+    with pytest.raises(InputError, match=r"bad.csv: line 1 has 2 values; learn2reg-csv expects 3"):
+        datasets.read_landmark_file(root / "bad.csv", "learn2reg-csv")
+
+
+# ------------------------------------------------------------------------------------ FIRE
+
+FIRE_SIZE = (40, 30)  # (width, height) pixels; the real images are 2912 x 2912
+
+
+def write_picture(path: Path, rgb: np.ndarray) -> Path:
+    """Write an RGB picture given as (width, height, 3) uint8 (x = column first)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(rgb.transpose(1, 0, 2)), isVector=True), str(path))
+    return path
+
+
+def fire_picture(green_at: tuple[int, int]) -> np.ndarray:
+    """40x30 picture (R 200, G 40, B 10) with a 16x16 green block (one JPEG block) at ``green_at`` (x, y)."""
+    rgb = np.zeros((*FIRE_SIZE, 3), dtype=np.uint8)
+    rgb[...] = (200, 40, 10)
+    x, y = green_at
+    rgb[x:x + 16, y:y + 16] = (0, 230, 0)
+    return rgb
+
+
+def write_fire(root: Path) -> Path:
+    for pair in ("A01", "S02"):
+        write_picture(root / "Images" / f"{pair}_1.jpg", fire_picture((0, 0)))
+        write_picture(root / "Images" / f"{pair}_2.jpg", fire_picture((16, 0)))
+        gt = root / "Ground Truth"
+        gt.mkdir(parents=True, exist_ok=True)
+        (gt / f"control_points_{pair}_1_2.txt").write_text("7.5 7.5 23.5 7.5\n1 2 3 29\n")
+    return root
+
+
+def test_fire_manifest_and_import(tmp_path: Path) -> None:
+    root = write_fire(tmp_path / "FIRE")
+    result = manifest("fire", root)
+    assert result.subjects == ("A01-1", "A01-2", "S02-1", "S02-2")
+    assert result.pairs == (("A01-1", "A01-2"), ("S02-1", "S02-2"))
+    raw = result.raw_imports["A01-2"]
+    assert raw == RawImport(str(root / "Images/A01_2.jpg"), FIRE_SIZE, (1.0, 1.0), "u1")
+    assert result.landmark_imports["A01-1"].format == "fire-fixed"
+    assert result.landmark_imports["A01-2"] == LandmarkImport(str(root / "Ground Truth/control_points_A01_1_2.txt"),
+                                                              "fire-moving")
+    assert manifest("fire", root, category="S").subjects == ("S02-1", "S02-2")
+    out = tmp_path / "out"
+    assert main(["import-raw", *raw.cli_args(), "--out", str(out / "A01-2.nii.gz")]) == 0
+    image = load_image(out / "A01-2.nii.gz")
+    assert image.shape == FIRE_SIZE and image.spacing == (1.0, 1.0)
+    # green channel (JPEG is lossy: within a few grey levels), the block at x 16-31, y 0-15
+    assert abs(image.data[23, 7] - 230) < 12 and abs(image.data[8, 24] - 40) < 12
+    datasets.import_landmarks(result.landmark_imports["A01-2"], image, out / "A01-2.csv")
+    points = load_landmarks(out / "A01-2.csv", image)
+    np.testing.assert_allclose(points, [[23.5, 7.5], [3, 29]])
+    assert image.data[tuple(np.round(points[0]).astype(int))] > 200  # the point lies on the green block
+    fixed = datasets.read_landmark_file(result.landmark_imports["A01-1"].source, "fire-fixed")
+    np.testing.assert_allclose(fixed, [[7.5, 7.5], [1, 2]])
+
+
+def test_picture_import_is_exact_for_png(tmp_path: Path) -> None:
+    """Lossless picture: the green channel lands unchanged at (i, j) = (column, row)."""
+    rgb = np.random.default_rng(0).integers(0, 256, (*FIRE_SIZE, 3), dtype=np.uint8)
+    path = write_picture(tmp_path / "p.png", rgb)
+    image = datasets.read_raw(RawImport(str(path), FIRE_SIZE, (0.5, 0.5), "u1"))
+    np.testing.assert_array_equal(image.data, rgb[..., 1])
+    np.testing.assert_allclose(image.affine, np.diag([-0.5, -0.5, 1.0, 1.0]))
+    with pytest.raises(InputError, match=r"p.png: is 40x30 pixels; expected 30x40"):
+        datasets.read_raw(RawImport(str(path), (30, 40), (1.0, 1.0), "u1"))
+
+
+def test_fire_errors(tmp_path: Path) -> None:
+    root = write_fire(tmp_path)
+    with pytest.raises(InputError, match=r"config key datasets.d.category: 'B' is not allowed; allowed: A, P, S"):
+        manifest("fire", root, category="B")
+    with pytest.raises(InputError, match=r"config key datasets.d.path: no control_points_PNN_1_2.txt"):
+        manifest("fire", root, category="P")
+    with pytest.raises(InputError, match=r"config key datasets.d.spacing_mm: 0 is not allowed; expected a number > 0"):
+        manifest("fire", root, spacing_mm=0)
+    (root / "Images/S02_2.jpg").unlink()
+    with pytest.raises(InputError, match=r"config key datasets.d.path: image .*S02_2.jpg of control_points_S02_1_2.txt"):
+        manifest("fire", root)
+    with pytest.raises(InputError, match=r"config key datasets.d.path: folder .*Images/Images not found"):
+        manifest("fire", root / "Images")
+    (root / "bad.txt").write_text("1 2 3 4\n5 6 x 8\n")
+    with pytest.raises(InputError, match=r"bad.txt: line 2 is not numeric"):
+        datasets.read_landmark_file(root / "bad.txt", "fire-moving")
+    image = load_image(write_nifti(tmp_path / "small.nii.gz", (5, 5)))
+    with pytest.raises(InputError, match=r"control_points_A01_1_2.txt: point 1 at voxel \[23.5, 7.5\] is outside"):
+        datasets.import_landmarks(manifest("fire", root, category="A").landmark_imports["A01-2"], image,
+                                  tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
+
+
+# ------------------------------------------------------------------------- raw import checks
+
+
+def test_raw_import_checks(tmp_path: Path) -> None:
+    path = tmp_path / "v.raw"
+    volume = np.arange(24, dtype=">f4").reshape(4, 3, 2)  # big-endian float, C order of (k, j, i)
+    volume.tofile(path)
+    image = datasets.read_raw(RawImport(str(path), (2, 3, 4), (1.0, 2.0, 3.0), ">f4", "RAS"))
+    np.testing.assert_array_equal(image.data, volume.transpose())
+    np.testing.assert_allclose(image.affine, np.diag([1.0, 2.0, 3.0, 1.0]))
+    assert image.data[1, 2, 3] == 23.0
+    little = datasets.read_raw(RawImport(str(path), (2, 3, 4), (1.0, 2.0, 3.0), "<f4"))
+    assert not np.array_equal(little.data, image.data)  # the byte order is honoured, not guessed
+    cases = [
+        (RawImport(str(path), (2, 3, 5), (1, 1, 1), ">f4"), r"v.raw: holds 96 bytes; a 2x3x5 volume of >f4 needs 120"),
+        (RawImport(str(path), (2, 3, 4), (1, 1, 1), "<c8"), r"dtype '<c8' is not allowed"),
+        (RawImport(str(path), (2, 3, 4), (1, 1, 1), "int17"), r"dtype 'int17' is not a numpy dtype"),
+        (RawImport(str(path), (2, 3, 4), (1, 1), ">f4"), r"spacing \(1, 1\) is not allowed; expected 3 values"),
+        (RawImport(str(path), (2, 3, 4), (1, 1, 1), ">f4", "LPL"), r"orientation 'LPL' is not allowed"),
+        (RawImport(str(path), (24,), (1.0,), ">f4"), r"shape \(24,\) is not allowed"),
+        (RawImport(str(tmp_path / "none.img"), (2, 3, 4), (1, 1, 1), ">f4"), r"none.img: file not found"),
+    ]
+    for raw, message in cases:
+        with pytest.raises(InputError, match=message):
+            datasets.read_raw(raw)
+
+
+def test_import_raw_cli_error_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "v.img").write_bytes(b"\0" * 10)
+    out = tmp_path / "v.nii.gz"
+    args = ["import-raw", "--raw", str(tmp_path / "v.img"), "--shape", "2", "2", "2", "--spacing", "1", "1", "1",
+            "--dtype", "<i2", "--out", str(out)]
+    assert main(args) == 2
+    assert "v.img: holds 10 bytes; a 2x2x2 volume of <i2 needs 16" in capsys.readouterr().err
+    assert not out.exists()
