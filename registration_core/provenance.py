@@ -33,7 +33,7 @@ def software_versions() -> dict[str, str]:
     if "torch" in sys.modules:
         import torch
 
-        versions["torch"] = torch.__version__
+        versions["torch"] = str(torch.__version__)  # TorchVersion is not a plain str
     if "torchdiffeq" in sys.modules:
         import torchdiffeq
 

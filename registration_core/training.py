@@ -327,7 +327,7 @@ def _resume(path: Path, method: str, params: Mapping[str, Any], shape: tuple[int
 
 
 def train_method(
-    method_name: str,
+    method_name: str | LearnedMethod,
     images: Sequence[Path],
     out_dir: Path,
     raw_params: Mapping[str, Any] | None = None,
@@ -335,7 +335,7 @@ def train_method(
     val_images: Sequence[Path] | None = None,
     val_labels: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
-    """Train ``method_name`` on ``images`` and write ``out_dir/model.pt`` and ``out_dir/log.json``.
+    """Train ``method_name`` (a registered method's name, or a method) on ``images`` and write ``out_dir/model.pt`` and ``out_dir/log.json``.
 
     Validation batches come from ``val_images`` (or, without them, are drawn from the training
     images with another seed). ``out_dir/checkpoint.pt`` holds the resume state: model, optimiser,
@@ -343,9 +343,9 @@ def train_method(
     """
     from .methods import get_method
 
-    method = get_method(method_name)
+    method = get_method(method_name) if isinstance(method_name, str) else method_name
     if not isinstance(method, LearnedMethod):
-        raise InputError(f"method '{method_name}' is not trained (it registers each pair on its own)")
+        raise InputError(f"method '{method.name}' is not trained (it registers each pair on its own)")
     params = method.resolve_params(raw_params or {})
     if params["checkpoint"] is not None:
         raise InputError("train: parameter 'checkpoint' is for register; train writes OUT/model.pt")
