@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.image
 import nibabel as nib
 import numpy as np
 import pytest
@@ -438,3 +439,46 @@ def test_import_raw_cli_error_leaves_nothing(tmp_path: Path, capsys: pytest.Capt
     assert main(args) == 2
     assert "v.img: holds 10 bytes; a 2x2x2 volume of <i2 needs 16" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_folder_manifest_on_aligned_brains(shared_data: Path) -> None:
+    root = shared_data / "aligned-brains"
+    result = manifest("folder", root, image="{subject}/t1w.nii.gz", labels="{subject}/aseg.nii.gz",
+                      pairs=[["subject-a", "subject-b"]])
+    assert result.subjects == ("slice-atlas", "subject-a", "subject-b")
+    assert result.pairs == (("subject-a", "subject-b"),)
+    image, labels = load_image(result.files["subject-b"].image), load_image(result.files["subject-b"].labels, "labels")
+    assert image.shape == labels.shape == (160, 192, 224)
+
+
+@pytest.mark.realdata
+def test_folder_manifest_with_real_elastix_points(shared_data: Path) -> None:
+    """The elastix test data: index point files next to the lung masks they were placed on."""
+    root = shared_data / "lung-ct-small"
+    result = manifest("folder", root, image="3DCT_lung_{subject}_mask.mha", landmarks="3DCT_lung_{subject}.txt")
+    assert result.subjects == ("baseline", "followup")
+    for subject, first in (("baseline", (94, 92, 114)), ("followup", (96, 96, 117))):
+        reference = load_image(result.files[subject].image)
+        points = load_landmarks(result.files[subject].landmarks, reference)
+        assert points.shape == (10, 3)
+        np.testing.assert_array_equal(points[0], first)
+        assert reference.data[tuple(points.astype(int).T)].mean() > 0.5  # the points lie in the lungs
+
+
+@pytest.mark.realdata
+def test_picture_import_of_a_real_fundus(shared_data: Path, tmp_path: Path) -> None:
+    """A real fundus JPEG: the imported image is its green channel, pixel (column, row) at index (i, j)."""
+    path = shared_data / "fundus" / "refer.jpg"
+    raw = RawImport(str(path), (1382, 1382), (1.0, 1.0), "u1")
+    datasets.import_raw(raw, tmp_path / "refer.nii.gz")
+    image = load_image(tmp_path / "refer.nii.gz")
+    assert image.shape == (1382, 1382)
+    rgb = np.asarray(matplotlib.image.imread(str(path)))  # (rows, columns, 3), another JPEG decoder
+    difference = np.abs(image.data - rgb[..., 1].T.astype(np.float32))
+    assert difference.mean() < 1.0
+    green, red = rgb[..., 1].astype(float), rgb[..., 0].astype(float)
+    assert not np.allclose(green, red)  # the channel matters
