@@ -560,15 +560,15 @@ def _pattern_files(spec: _Spec, root: Path, patterns: dict[str, str | None], sub
                    limit: int | None = None) -> tuple[list[str], dict[str, SubjectFiles]]:
     """Subjects found by the image pattern (:func:`discover_subjects`, first ``limit``) and their files."""
     found = spec.wrap(lambda: discover_subjects(root, patterns["image"], subjects))[:limit]
-    files = {
-        subject: SubjectFiles(**{k: str(v) for k, v in spec.wrap(lambda: subject_files(root, patterns, subject)).items()})
-        for subject in found
-    }
+    files = {}
+    for subject in found:
+        paths = spec.wrap(lambda: subject_files(root, patterns, subject))
+        files[subject] = SubjectFiles(**{key: str(path) for key, path in paths.items()})
     return found, files
 
 
 def _folder_manifest(spec: _Spec) -> Manifest:
-    """``folder`` adapter: ``path``, ``image`` / ``labels`` / ``landmarks`` / ``mask`` patterns, ``subjects``, ``pairs``."""
+    """``folder`` adapter: ``path``, patterns ``image`` ``labels`` ``landmarks`` ``mask``, ``subjects``, ``pairs``."""
     root = spec.folder()
     if not isinstance(spec.spec.get("image"), str):
         raise spec.error("image", "is required: the image path inside the folder, with {subject}")
@@ -694,7 +694,8 @@ def _dirlab_manifest(spec: _Spec) -> Manifest:
             raw_imports[subject] = RawImport(str(raw), shape, spacing, DIRLAB_DTYPE, DIRLAB_ORIENTATION, intercept)
             if points is not None:
                 landmark_imports[subject] = LandmarkImport(str(points), "dirlab-xyz")
-        pairs += [(dirlab_subject_id(case, fixed_phase), dirlab_subject_id(case, p)) for p in phases if p != fixed_phase]
+        fixed = dirlab_subject_id(case, fixed_phase)
+        pairs += [(fixed, dirlab_subject_id(case, phase)) for phase in phases if phase != fixed_phase]
     return Manifest(tuple(subjects), files, tuple(pairs) or None, raw_imports, landmark_imports)
 
 
@@ -969,7 +970,8 @@ def read_raw(raw: RawImport) -> Image:
     if path.suffix.lower() in PICTURE_SUFFIXES:
         data = _read_picture(path)
         if data.shape != tuple(raw.shape):
-            raise InputError(f"{path}: is {'x'.join(map(str, data.shape))} pixels; expected {'x'.join(map(str, raw.shape))}")
+            found, expected = ("x".join(map(str, shape)) for shape in (data.shape, raw.shape))
+            raise InputError(f"{path}: is {found} pixels; expected {expected}")
     else:
         _check_raw_size(path, raw.shape, raw.dtype)
         data = np.fromfile(path, dtype=dtype).reshape(tuple(reversed(raw.shape))).transpose()
@@ -1043,7 +1045,9 @@ def import_landmarks(points: LandmarkImport, reference: Image, out_csv: Path) ->
     """
     points_vox = read_landmark_file(points.source, points.format)
     if points_vox.shape[1] != reference.ndim:
-        raise InputError(f"{points.source}: {points.format} points are {points_vox.shape[1]}D; the image is {reference.ndim}D")
+        raise InputError(
+            f"{points.source}: {points.format} points are {points_vox.shape[1]}D; the image is {reference.ndim}D"
+        )
     outside = np.flatnonzero(((points_vox < -0.5) | (points_vox > np.asarray(reference.shape) - 0.5)).any(axis=1))
     if outside.size:
         raise InputError(

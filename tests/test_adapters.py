@@ -244,6 +244,11 @@ def test_dirlab_errors(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------- Learn2Reg
 
 
+def pair_entry(case: int) -> dict[str, str]:
+    """A Learn2Reg pair: fixed scan 0000, moving scan 0001 of an NLST case."""
+    return {role: f"./imagesTr/NLST_{case:04d}_{scan:04d}.nii.gz" for role, scan in (("fixed", 0), ("moving", 1))}
+
+
 def write_learn2reg(root: Path) -> Path:
     """NLST-like layout: imagesTr/, masksTr/, keypointsTr/ (headerless x,y,z CSV) and NLST_dataset.json."""
     training = []
@@ -259,8 +264,8 @@ def write_learn2reg(root: Path) -> Path:
     content = {
         "name": "NLST",
         "training": training,
-        "training_paired_images": [{"fixed": "./imagesTr/NLST_0001_0000.nii.gz", "moving": "./imagesTr/NLST_0001_0001.nii.gz"}],
-        "registration_val": [{"fixed": "./imagesTr/NLST_0002_0000.nii.gz", "moving": "./imagesTr/NLST_0002_0001.nii.gz"}],
+        "training_paired_images": [pair_entry(1)],
+        "registration_val": [pair_entry(2)],
     }
     (root / "NLST_dataset.json").write_text(json.dumps(content))
     return root
@@ -295,7 +300,7 @@ def test_learn2reg_training_split(tmp_path: Path) -> None:
 
 def test_learn2reg_errors(tmp_path: Path) -> None:
     root = write_learn2reg(tmp_path)
-    with pytest.raises(InputError, match=r"config key datasets.d.split: .*NLST_dataset.json lists no 'registration_test' pairs"):
+    with pytest.raises(InputError, match=r"datasets.d.split: .*NLST_dataset.json lists no 'registration_test' pairs"):
         manifest("learn2reg", root, split="test")
     with pytest.raises(InputError, match=r"config key datasets.d.split: 'val' is not allowed; allowed: training"):
         manifest("learn2reg", root, split="val")
@@ -305,7 +310,7 @@ def test_learn2reg_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"NLST_dataset.json: lists './keypointsTr/NLST_0002_0000.csv' but"):
         manifest("learn2reg", root)
     (root / "OASIS_dataset.json").write_text("{not json")
-    with pytest.raises(InputError, match=r"config key datasets.d.json: name the dataset JSON .*NLST_dataset.json, OASIS"):
+    with pytest.raises(InputError, match=r"datasets.d.json: name the dataset JSON .*NLST_dataset.json, OASIS"):
         manifest("learn2reg", root)
     with pytest.raises(InputError, match=r"OASIS_dataset.json: not a JSON file"):
         manifest("learn2reg", root, json="OASIS_dataset.json")
@@ -390,7 +395,7 @@ def test_fire_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"config key datasets.d.spacing_mm: 0 is not allowed; expected a number > 0"):
         manifest("fire", root, spacing_mm=0)
     (root / "Images/S02_2.jpg").unlink()
-    with pytest.raises(InputError, match=r"config key datasets.d.path: image .*S02_2.jpg of control_points_S02_1_2.txt"):
+    with pytest.raises(InputError, match=r"datasets.d.path: image .*S02_2.jpg of control_points_S02_1_2.txt"):
         manifest("fire", root)
     with pytest.raises(InputError, match=r"config key datasets.d.path: folder .*Images/Images not found"):
         manifest("fire", root / "Images")
