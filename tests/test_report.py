@@ -218,3 +218,43 @@ def test_example_of_real_brains(shared_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "example.png"
     out.write_bytes(png_bytes(example_figure(example, "real brains", ["atlas (fixed): subject-a"])))
     assert _png_size(out)[0] > 1000
+
+
+def test_report_with_training_qc_and_landmarks(study: tuple[Path, Path], tmp_path: Path) -> None:
+    """Learned-method training logs, QC pictures and TRE columns add their sections."""
+    from matplotlib.figure import Figure
+    from test_training import METHOD as GLOBAL_SHIFT
+    from test_training import _write as write_blobs
+
+    from registration_core.training import train_method
+
+    source, config = study
+    study_dir = tmp_path / "tiny"
+    study_dir.mkdir()
+    for name in ("jobs.tsv", "summary.csv", "dice_per_label.csv", "loss_curves.csv"):
+        (study_dir / name).write_bytes((source / name).read_bytes())
+    metrics = pd.read_csv(source / "metrics.csv")
+    metrics.assign(tre_before_mm=4.0, tre_mean_mm=np.linspace(1.0, 2.0, len(metrics))).to_csv(
+        study_dir / "metrics.csv", index=False
+    )
+    images = write_blobs(tmp_path, [(12, 10), (13, 9), (11, 11)], "train")
+    train_method(GLOBAL_SHIFT, images, study_dir / "train" / "demons" / "default", {"steps": 30, "val_every": 10})
+    (study_dir / "qc").mkdir()
+    picture = Figure(figsize=(3, 2))
+    picture.subplots().plot([0, 1], [1, 0])
+    (study_dir / "qc" / "A1.png").write_bytes(png_bytes(picture))
+
+    out = tmp_path / "report" / "index.html"
+    figures = build_report(study_dir, config, out)
+    html = out.read_text(encoding="utf-8")
+    for section in ("training", "qc", "before_after"):
+        assert f'<section id="{section}">' in html and f'href="#{section}"' in html
+    assert {"training_curves.png", "qc_A1.png", "before_after_tre_mean_mm.png"} <= {p.name for p in figures}
+    assert "Learned and per-pair methods on the same test pairs" in html
+    assert "training time (s)" in html and "registration time per pair (s)" in html
+
+
+def test_sections_that_do_not_apply_are_left_out(report: tuple[str, list[Path], Path]) -> None:
+    html = report[0]
+    for section in ("training", "qc", "before_after"):
+        assert f'id="{section}"' not in html and f'href="#{section}"' not in html

@@ -2,6 +2,8 @@
 
 Inputs (``study_dir`` = ``results/<study>``): metrics.csv, summary.csv, jobs.tsv (required),
 dice_per_label.csv and loss_curves.csv (optional: absent or empty -> the section says so),
+train/<method>/<grid_id>/log.json of learned methods and qc/<subject>.png (optional: the
+"Learned methods" and "Preprocessing QC" sections appear only when they exist),
 anova/anova.json with its tables and plots (optional), and the per-pair registration folders
 listed in metrics.csv (``reg_dir`` with warped.nii.gz, displacement.nii.gz; ``log`` with the
 fixed/moving image paths under "inputs"). Relative paths are resolved against the working
@@ -45,8 +47,16 @@ from registration_core.report.plots import (
     png_bytes,
     runtime_scatter,
 )
+from registration_core.report.training import SMOOTHING_STEPS, comparison_table, load_training_runs, training_curves
 
-PRIMARY_METRICS = (("dice_mean", True), ("tre_mean_mm", False))  # (metric, higher is better), first available
+PRIMARY_METRICS = (  # (metric, higher is better): the first available ranks grid points and pairs
+    ("dice_mean", True), ("tre_mean_mm", False), ("tre_truth_mm", False), ("ncc_after", True),
+)
+BEFORE_AFTER = (  # (before, after, label) of metrics shown as paired box plots
+    ("tre_before_mm", "tre_mean_mm", "landmark TRE (mm)"),
+    ("ncc_before", "ncc_after", "NCC of fixed and moving/warped"),
+)
+MAX_QC_IMAGES = 16
 MAX_LABEL_BOXES = 240  # per-label Dice plot: all grid points up to this many boxes, else the best per method
 MAX_LOSS_GROUPS = 12  # loss curves: panels drawn at most
 MAX_LOSS_PAIRS = 3  # loss curves: pairs drawn per grid point
@@ -262,6 +272,54 @@ def loss_section(study: Study, sink: FigureSink) -> str:
     return sink.add("loss_curves", loss_curve_grid(loss, term, shown), caption)
 
 
+def before_after_section(study: Study, sink: FigureSink) -> str:
+    """Landmark TRE and image similarity before and after registration (empty when not measured)."""
+    parts = []
+    for before, after, label in BEFORE_AFTER:
+        if not {before, after} <= set(study.metrics.columns) or study.metrics[after].isna().all():
+            continue
+        rows = study.metrics.dropna(subset=[after])
+        unregistered = rows.drop_duplicates(["atlas", "moving"]).assign(group="before registration", **{after: lambda d: d[before]})
+        data = pd.concat([unregistered, rows], ignore_index=True)
+        groups = ["before registration", *[g for g in study.groups if g in set(rows["group"])]]
+        caption = f"{label} per pair: before registration (once per pair) and after, per method and grid point."
+        parts.append(sink.add(f"before_after_{after}", metric_boxplot(data, after, groups), caption))
+    return "".join(parts)
+
+
+def training_section(study: Study, sink: FigureSink) -> str:
+    """Training curves and summary of learned methods; learned vs per-pair methods on the same pairs."""
+    runs = load_training_runs(study.directory)
+    if not runs:
+        return ""
+    intro = markup.paragraph(
+        "Learned methods are trained once per grid point on the training subjects, then applied to the test "
+        f"pairs. Training loss drawn as a running mean over {SMOOTHING_STEPS} steps."
+    )
+    return "".join(
+        [
+            intro,
+            markup.table(pd.DataFrame([run.summary for run in runs])),
+            sink.add("training_curves", training_curves(runs), "Training and validation loss vs optimiser step."),
+            "<h3>Learned and per-pair methods on the same test pairs</h3>",
+            markup.table(comparison_table(study.metrics, runs)),
+        ]
+    )
+
+
+def qc_section(study: Study, sink: FigureSink) -> str:
+    """Preprocessing QC pictures (``qc/<subject>.png``): raw vs preprocessed mid-slices with overlays."""
+    pictures = sorted((study.directory / "qc").glob("*.png"))
+    if not pictures:
+        return ""
+    shown = pictures[:MAX_QC_IMAGES]
+    intro = markup.paragraph(
+        "Each subject before (left) and after (right) preprocessing, with label or mask contours"
+        + (f"; first {len(shown)} of {len(pictures)} subjects." if len(shown) < len(pictures) else ".")
+    )
+    return intro + "".join(sink.add(f"qc_{p.stem}", p.read_bytes(), f"Preprocessing QC of {p.stem}.") for p in shown)
+
+
 def _anova_response(response: str, entry: dict[str, Any], anova_dir: Path, sink: FigureSink) -> str:
     """One response's ANOVA: message, table (significant rows highlighted), plot, Tukey tables."""
     parts = [f"<h3>{escape(response)}</h3>"]
@@ -383,10 +441,13 @@ SECTIONS: tuple[tuple[str, str, Section], ...] = (
     ("config", "Study configuration", config_section),
     ("summary", "Summary", summary_section),
     ("dice", "Dice", dice_section),
+    ("before_after", "Before and after registration", before_after_section),
     ("runtime", "Runtime", runtime_section),
+    ("training", "Learned methods", training_section),
     ("loss", "Loss curves", loss_section),
     ("anova", "ANOVA", anova_section),
     ("examples", "Examples", examples_section),
+    ("qc", "Preprocessing QC", qc_section),
     ("provenance", "Provenance", provenance_section),
 )
 
@@ -413,10 +474,10 @@ def render(study: Study, sink: FigureSink) -> str:
     """The whole HTML page."""
     package = resources.files("registration_core.report")
     template = Template(package.joinpath("template.html").read_text(encoding="utf-8"))
-    sections = "".join(
-        f'<section id="{sid}"><h2>{escape(title)}</h2>{build(study, sink)}</section>' for sid, title, build in SECTIONS
-    )
-    toc = "".join(f'<li><a href="#{sid}">{escape(title)}</a></li>' for sid, title, _ in SECTIONS)
+    built = [(sid, title, build(study, sink)) for sid, title, build in SECTIONS]
+    built = [(sid, title, html) for sid, title, html in built if html]  # sections that do not apply are left out
+    sections = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>' for sid, title, html in built)
+    toc = "".join(f'<li><a href="#{sid}">{escape(title)}</a></li>' for sid, title, _ in built)
     return template.substitute(
         title=escape(f"{study.name}: registration study report"),
         css=package.joinpath("style.css").read_text(encoding="utf-8"),

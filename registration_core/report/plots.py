@@ -42,7 +42,7 @@ def _boxplot(**kwargs: object) -> None:
         sns.boxplot(**kwargs)
 
 
-def _spans_decades(values: pd.Series, ratio: float = 20.0) -> bool:
+def spans_decades(values: pd.Series, ratio: float = 20.0) -> bool:
     """True when all values are positive and max/min exceeds ``ratio`` (a log axis helps)."""
     values = values.dropna()
     return bool(len(values)) and values.min() > 0 and values.max() / values.min() > ratio
@@ -94,7 +94,7 @@ def runtime_scatter(metrics: pd.DataFrame, metric: str) -> Figure:
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     ax = figure.subplots()
     sns.scatterplot(data=metrics, x="runtime_s", y=metric, hue="method", style="method", palette=PALETTE, ax=ax)
-    if _spans_decades(metrics["runtime_s"]):
+    if spans_decades(metrics["runtime_s"]):
         ax.set_xscale("log")
     ax.set_xlabel("runtime (s)")
     ax.grid(alpha=0.3)
@@ -107,7 +107,7 @@ def _loss_panel(ax: Axes, curves: pd.DataFrame, term: str, title: str) -> None:
         data=curves, x="iteration", y=term, hue="pair", palette=PALETTE, estimator=None, errorbar=None, ax=ax,
         legend="brief",
     )
-    if _spans_decades(curves[term], ratio=10.0):
+    if spans_decades(curves[term], ratio=10.0):
         ax.set_yscale("log")
     ax.set_title("\n".join(textwrap.wrap(title, 48)), fontsize=8.5)
     ax.legend(fontsize=7, title=None)

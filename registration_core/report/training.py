@@ -1,0 +1,104 @@
+"""Report parts for learned methods: training curves and the learned vs per-pair comparison.
+
+Training runs live in ``<study_dir>/train/<method>/<grid_id>/log.json`` (written by
+:func:`registration_core.training.train_method`): ``history`` (one record per optimiser step:
+``step``, ``total``, terms), ``validation`` (``step``, ``total``, terms), ``train_time_s``,
+``peak_rss_mb``, ``n_train``, ``n_val``, ``steps``.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from registration_core.aggregate import read_json_object
+from registration_core.report.plots import PALETTE, group_label, spans_decades
+
+SMOOTHING_STEPS = 25  # training loss drawn as a running mean over this many steps (raw values are noisy)
+COMPARED_METRICS = ("dice_mean", "tre_mean_mm", "tre_truth_mm", "neg_jac_ratio", "runtime_s")
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    """One training run: its method, grid point, curves (tidy) and summary figures."""
+
+    method: str
+    grid_id: str
+    curves: pd.DataFrame  # columns step, loss, split ("training (running mean)" | "validation")
+    summary: dict[str, object]
+
+    @property
+    def group(self) -> str:
+        return group_label(self.method, self.grid_id)
+
+
+def _curves(log: dict) -> pd.DataFrame:
+    """Tidy curves of one training log."""
+    history = pd.DataFrame(log.get("history") or [])
+    validation = pd.DataFrame(log.get("validation") or [])
+    parts = []
+    if {"step", "total"} <= set(history.columns):
+        smooth = history["total"].rolling(SMOOTHING_STEPS, min_periods=1).mean()
+        parts.append(pd.DataFrame({"step": history["step"], "loss": smooth, "split": "training (running mean)"}))
+    if {"step", "total"} <= set(validation.columns):
+        parts.append(pd.DataFrame({"step": validation["step"], "loss": validation["total"], "split": "validation"}))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["step", "loss", "split"])
+
+
+def load_training_runs(study_dir: Path) -> list[TrainingRun]:
+    """Every ``train/<method>/<grid_id>/log.json`` of the study, sorted by method and grid point."""
+    runs = []
+    for path in sorted(Path(study_dir).glob("train/*/*/log.json")):
+        log = read_json_object(path, "training log file")
+        validation = log.get("validation") or [{}]
+        history = log.get("history") or [{}]
+        summary = {
+            "method · grid point": group_label(path.parent.parent.name, path.parent.name),
+            "steps": log.get("steps"),
+            "training images": log.get("n_train"),
+            "validation images": log.get("n_val") or "–",
+            "training time (s)": log.get("train_time_s"),
+            "peak RSS (MiB)": log.get("peak_rss_mb"),
+            "last training loss": history[-1].get("total"),
+            "last validation loss": validation[-1].get("total"),
+            "device": log.get("device"),
+        }
+        runs.append(TrainingRun(path.parent.parent.name, path.parent.name, _curves(log), summary))
+    return runs
+
+
+def training_curves(runs: list[TrainingRun]) -> Figure:
+    """One panel per training run: running-mean training loss and validation loss vs step."""
+    ncols = min(3, len(runs))
+    nrows = -(-len(runs) // ncols)
+    figure = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
+    axes = np.atleast_1d(figure.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, run in zip(axes, runs, strict=False):
+        sns.lineplot(
+            data=run.curves, x="step", y="loss", hue="split", palette=PALETTE, estimator=None, errorbar=None, ax=ax,
+        )
+        if spans_decades(run.curves["loss"], ratio=10.0):
+            ax.set_yscale("log")
+        ax.set_title("\n".join(textwrap.wrap(run.group, 48)), fontsize=8.5)
+        ax.legend(fontsize=7, title=None)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(runs):]:
+        ax.set_visible(False)
+    return figure
+
+
+def comparison_table(metrics: pd.DataFrame, runs: list[TrainingRun]) -> pd.DataFrame:
+    """Per method x grid point on the same test pairs: mean quality metrics, inference time per
+    pair and (for learned methods) training time. ``metrics``: metrics.csv with a ``group`` column."""
+    present = [m for m in COMPARED_METRICS if m in metrics.columns and metrics[m].notna().any()]
+    table = metrics.groupby("group", sort=False)[present].mean().reset_index()
+    table = table.rename(columns={"group": "method · grid point", "runtime_s": "registration time per pair (s)"})
+    training = {run.group: run.summary["training time (s)"] for run in runs}
+    table["training time (s)"] = [training.get(group, np.nan) for group in table["method · grid point"]]
+    return table
