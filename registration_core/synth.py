@@ -1,4 +1,4 @@
-"""Synthetic smooth deformations and intensity changes (after RegNet's single-frequency fields).
+"""Synthetic smooth deformations and intensity changes (after RegNet's synthetic fields).
 
 Conventions
 -----------
@@ -15,6 +15,8 @@ mixed-frequency or respiratory generator can reuse: :func:`random_bspline_field`
 coefficients on a coarse control grid, cubic-spline upsampled), :func:`smooth_field`
 (Gaussian, border values kept), and :func:`scale_to_max_displacement` (rescale to a maximum
 magnitude, optionally as a stationary velocity integrated by scaling and squaring).
+:func:`mixed_frequency_displacement` blends several of them (coarse everywhere, finer ones in
+random or edge-seeded regions); :func:`respiratory_displacement` models breathing on a CT.
 """
 
 from __future__ import annotations
@@ -35,6 +37,10 @@ _MAX_INITIAL_STEP_VOX = 0.25
 # Fixed-point iterations that rescale the velocity until the integrated field hits the target maximum.
 _RESCALE_ITERATIONS = 4
 _RESCALE_RTOL = 1e-3
+# Mixed-frequency regions from an image: edge voxels are the top 10 % of the gradient magnitude,
+# half of them (at random) seed the dilated regions.
+_EDGE_QUANTILE = 0.9
+_EDGE_KEEP = 0.5
 
 
 def _check_geometry(shape: Sequence[int], spacing_mm: Sequence[float]) -> tuple[tuple[int, ...], np.ndarray]:
@@ -246,6 +252,124 @@ def random_smooth_displacement(
     smooth_sigma_mm = _check_positive("smooth_sigma_mm", smooth_sigma_mm, allow_zero=True)
     control = control_grid_shape(shape_t, spacing, grid_spacing_mm)
     field_mm = random_bspline_field(shape_t, control, rng, channels=len(shape_t), zero_border=True)
+    field_mm = smooth_field(field_mm, spacing, smooth_sigma_mm)
+    field_vox = field_mm / spacing.reshape(-1, *([1] * len(shape_t)))
+    return scale_to_max_displacement(field_vox, spacing, max_disp_mm, diffeomorphic=diffeomorphic)
+
+
+def _structure_regions(structure: np.ndarray, rng: np.random.Generator, fraction: float) -> np.ndarray:
+    """RegNet's mixed-frequency regions: random dilations of the strong edges of ``structure`` (*spatial).
+
+    Edges are the voxels whose Gaussian gradient magnitude (sigma 1 voxel) is in the top
+    ``_EDGE_QUANTILE``; each is kept with probability ``_EDGE_KEEP``; the rest is dilated with a
+    random structuring element (connectivity 1 to ndim) until at least ``fraction`` of the grid is
+    covered. Returns a boolean array (*spatial).
+    """
+    gradient = ndimage.gaussian_gradient_magnitude(np.asarray(structure, dtype=np.float64), sigma=1.0)
+    edges = gradient >= np.quantile(gradient, _EDGE_QUANTILE)
+    region = edges & (rng.uniform(size=edges.shape) < _EDGE_KEEP)
+    element = ndimage.generate_binary_structure(structure.ndim, int(rng.integers(1, structure.ndim + 1)))
+    while region.mean() < fraction:
+        grown = ndimage.binary_dilation(region, structure=element)
+        if np.array_equal(grown, region):  # nothing left to grow into (no edge voxel was kept)
+            break
+        region = grown
+    return region
+
+
+def _random_regions(
+    shape: tuple[int, ...], spacing: np.ndarray, rng: np.random.Generator, fraction: float, scale_mm: float
+) -> np.ndarray:
+    """Random blobs covering ``fraction`` of the grid: a smooth random scalar field (control spacing
+    ``scale_mm``) above its ``1 - fraction`` quantile. Returns a boolean array (*spatial)."""
+    field = random_bspline_field(shape, control_grid_shape(shape, spacing, scale_mm), rng, channels=1, zero_border=False)[0]
+    return field >= np.quantile(field, 1.0 - fraction)
+
+
+def _check_structure(structure: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``structure`` as a finite, non-constant float array of ``shape`` (or None); InputError otherwise."""
+    if structure is None:
+        return None
+    data = np.asarray(structure, dtype=np.float64)
+    if data.shape != shape or not np.all(np.isfinite(data)) or float(np.ptp(data)) == 0:
+        raise InputError(
+            f"structure of shape {data.shape} is not allowed; expected a finite, non-constant array of shape {shape}"
+        )
+    return data
+
+
+def mixed_frequency_displacement(
+    shape: Sequence[int],
+    spacing_mm: Sequence[float],
+    rng: np.random.Generator,
+    grid_spacings_mm: Sequence[float] = (80.0, 40.0, 20.0),
+    max_disp_mm: float = 8.0,
+    region_fraction: float = 0.3,
+    structure: np.ndarray | None = None,
+    smooth_sigma_mm: float = 2.0,
+    zero_border: bool = True,
+    diffeomorphic: bool = True,
+) -> np.ndarray:
+    """RegNet-style mixed-frequency random deformation: single-frequency fields blended by regions.
+
+    Level ``k`` is a random B-spline field ``f_k`` (vector components in mm, U(-1, 1) control
+    values on a grid of spacing ``grid_spacings_mm[k]``, see :func:`random_bspline_field`)
+    normalised to a largest magnitude of 1. The coarsest level covers the whole grid; every finer
+    level ``k`` is confined to random regions ``R_k`` covering about ``region_fraction`` of the
+    grid, blended by a Gaussian-smoothed indicator ``w_k = G_{s_k / 4} * 1[R_k]`` in [0, 1]:
+
+        ``u = f_0 + sum_{k >= 1} w_k f_k``,
+
+    then smoothed with ``smooth_sigma_mm`` (:func:`smooth_field`, border values kept) and rescaled
+    to ``max |u|_mm == max_disp_mm`` (:func:`scale_to_max_displacement`). With ``structure`` (an
+    image on the grid) the regions are RegNet's: random dilations of a random subset of the image's
+    strongest edges, so the fine motion sits where the image shows it; without it they are random
+    smooth blobs. With a single grid spacing this is :func:`random_smooth_displacement`.
+
+    Args:
+        shape: grid ``(*spatial)``, 2 or 3 axes of at least 3 voxels.
+        spacing_mm: voxel size per array axis (mm).
+        rng: ``numpy.random.Generator``; the same generator state gives the same field.
+        grid_spacings_mm: control point spacings (mm) of the levels, > 0 each; sorted coarse to fine here.
+        max_disp_mm: largest displacement magnitude (mm), > 0.
+        region_fraction: part of the grid, in (0, 1], a finer level covers (before blending).
+        structure: optional image (*shape) whose edges seed the regions.
+        smooth_sigma_mm: final Gaussian sigma (mm), >= 0.
+        zero_border: the field is 0 on the image border (to rounding).
+        diffeomorphic: integrate as a stationary velocity and verify ``det J > 0``.
+
+    Returns:
+        float32 ``disp_vox`` (ndim, *shape) in voxels.
+
+    Raises:
+        InputError: bad geometry or parameters, or a field that folds (lower ``max_disp_mm`` or
+            use coarser grid spacings).
+    """
+    shape_t, spacing = _check_geometry(shape, spacing_mm)
+    _check_rng(rng)
+    levels = sorted((_check_positive("grid_spacings_mm", s) for s in grid_spacings_mm), reverse=True)
+    if not levels:
+        raise InputError("grid_spacings_mm is empty; expected at least one control point spacing (mm)")
+    max_disp_mm = _check_positive("max_disp_mm", max_disp_mm)
+    region_fraction = _check_positive("region_fraction", region_fraction)
+    if region_fraction > 1:
+        raise InputError(f"region_fraction={region_fraction} is not allowed; expected a number in (0, 1]")
+    smooth_sigma_mm = _check_positive("smooth_sigma_mm", smooth_sigma_mm, allow_zero=True)
+    structure_data = _check_structure(structure, shape_t)
+
+    field_mm = np.zeros((len(shape_t), *shape_t))
+    for k, level_mm in enumerate(levels):
+        control = control_grid_shape(shape_t, spacing, level_mm)
+        level = random_bspline_field(shape_t, control, rng, channels=len(shape_t), zero_border=zero_border)
+        level /= max(float(np.sqrt(np.sum(level**2, axis=0)).max()), np.finfo(float).tiny)
+        if k > 0:
+            regions = (
+                _random_regions(shape_t, spacing, rng, region_fraction, level_mm)
+                if structure_data is None else _structure_regions(structure_data, rng, region_fraction)
+            )
+            weight = ndimage.gaussian_filter(regions.astype(np.float64), sigma=level_mm / 4.0 / spacing, mode="nearest")
+            level *= weight
+        field_mm += level
     field_mm = smooth_field(field_mm, spacing, smooth_sigma_mm)
     field_vox = field_mm / spacing.reshape(-1, *([1] * len(shape_t)))
     return scale_to_max_displacement(field_vox, spacing, max_disp_mm, diffeomorphic=diffeomorphic)

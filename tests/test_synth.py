@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from registration_core.io import Image
 from registration_core import synth
@@ -219,3 +220,88 @@ def test_respiratory_field_is_seeded_and_checks_its_input() -> None:
         synth.respiratory_displacement(reference, np.random.default_rng(0), np.zeros(reference.shape, bool))
     with pytest.raises(InputError, match="folds"):
         synth.respiratory_displacement(reference, np.random.default_rng(0), mask, shift_mm=400.0, local_max_disp_mm=0.0)
+
+
+# -- mixed frequency ---------------------------------------------------------------------------
+
+# (shape, spacing_mm, grid_spacings_mm, max_disp_mm): one 2D and one anisotropic 3D grid
+MIXED_CASES = [
+    ((64, 72), (1.0, 1.0), (40.0, 20.0, 10.0), 6.0),
+    ((24, 30, 20), (2.0, 1.5, 2.5), (40.0, 16.0), 5.0),
+]
+
+
+def make_mixed(case: tuple, seed: int, **kwargs) -> np.ndarray:
+    shape, spacing, levels, max_disp = case
+    return synth.mixed_frequency_displacement(
+        shape, spacing, np.random.default_rng(seed), grid_spacings_mm=levels, max_disp_mm=max_disp, **kwargs
+    )
+
+
+@pytest.mark.parametrize("case", MIXED_CASES, ids=IDS)
+@pytest.mark.parametrize("diffeomorphic", [True, False])
+def test_mixed_field_max_border_and_jacobian(case: tuple, diffeomorphic: bool) -> None:
+    shape, spacing, _, max_disp = case
+    for seed in range(2):
+        disp = make_mixed(case, seed, diffeomorphic=diffeomorphic)
+        assert disp.shape == (len(shape), *shape) and disp.dtype == np.float32
+        assert magnitude_mm(disp, spacing).max() == pytest.approx(max_disp, rel=1e-5)
+        assert border_max(disp) < 1e-6
+        if diffeomorphic:
+            assert detj_numpy(disp).min() > 0
+
+
+@pytest.mark.parametrize("case", MIXED_CASES, ids=IDS)
+def test_mixed_field_border_moves_when_not_pinned(case: tuple) -> None:
+    disp = make_mixed(case, 0, zero_border=False)
+    assert border_max(disp) > 0.05
+    assert magnitude_mm(disp, case[1]).max() == pytest.approx(case[3], rel=1e-5)
+
+
+def test_mixed_field_is_seeded() -> None:
+    case = MIXED_CASES[0]
+    np.testing.assert_array_equal(make_mixed(case, 4), make_mixed(case, 4))
+    assert np.abs(make_mixed(case, 4) - make_mixed(case, 5)).max() > 0.5
+
+
+def test_mixed_field_with_one_level_is_the_single_frequency_field() -> None:
+    mixed = synth.mixed_frequency_displacement(
+        (40, 48), (1.0, 1.0), np.random.default_rng(3), grid_spacings_mm=(10.0,), max_disp_mm=8.0, smooth_sigma_mm=2.0
+    )
+    single = make_field(CASES[0], seed=3)
+    np.testing.assert_allclose(mixed, single, atol=1e-5)
+
+
+def test_mixed_field_puts_fine_motion_at_the_edges_of_the_structure() -> None:
+    """A square image: the 8 mm level lives near the square's outline, the far field is the coarse bump."""
+    image = np.zeros((64, 64))
+    image[20:44, 20:44] = 1.0
+    outline = ndimage.binary_dilation(image > 0) ^ ndimage.binary_erosion(image > 0)
+    distance = ndimage.distance_transform_edt(~outline)
+    inner = np.zeros(image.shape, bool)
+    inner[6:-6, 6:-6] = True
+    for seed in range(3):
+        disp = synth.mixed_frequency_displacement(
+            image.shape, (1.0, 1.0), np.random.default_rng(seed), grid_spacings_mm=(80.0, 8.0), max_disp_mm=4.0,
+            region_fraction=0.15, structure=image, smooth_sigma_mm=0.0,
+        )
+        high_pass = np.sqrt(np.sum((disp - ndimage.gaussian_filter(disp, (0, 4, 4))) ** 2, axis=0))
+        near, far = high_pass[(distance <= 3) & inner].mean(), high_pass[(distance >= 12) & inner].mean()
+        assert near > 5 * far
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"grid_spacings_mm": ()}, "grid_spacings_mm is empty"),
+        ({"grid_spacings_mm": (40.0, -1.0)}, "grid_spacings_mm"),
+        ({"region_fraction": 0.0}, "region_fraction"),
+        ({"region_fraction": 1.5}, "region_fraction"),
+        ({"structure": np.zeros((40, 48))}, "structure"),
+        ({"structure": np.random.default_rng(0).normal(size=(40, 40))}, "structure"),
+        ({"max_disp_mm": -2.0}, "max_disp_mm"),
+    ],
+)
+def test_mixed_field_rejects_bad_parameters(kwargs: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        synth.mixed_frequency_displacement((40, 48), (1.0, 1.0), np.random.default_rng(0), **kwargs)
