@@ -21,14 +21,15 @@ import itertools
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from .datasets import discover_subjects, subject_files
+from .align import check_align_settings
+from .datasets import ADAPTER_KEYS, LandmarkImport, RawImport, build_manifest
 from .errors import InputError
 from .io import atomic_path
 from .methods import available_methods, get_method
@@ -49,10 +50,22 @@ DEMO_PREFIX = "demo-"
 PATHS: dict[str, str] = {
     "config": "results/{study}/config.yaml",
     "jobs": "results/{study}/jobs.tsv",
-    "demo_image": "results/{study}/data/{subject}/image.nii.gz",
-    "demo_labels": "results/{study}/data/{subject}/labels.nii.gz",
+    "raw_image": "results/{study}/data/{subject}/image.nii.gz",
+    "raw_labels": "results/{study}/data/{subject}/labels.nii.gz",
+    "raw_landmarks": "results/{study}/data/{subject}/landmarks.csv",
+    "raw_mask": "results/{study}/data/{subject}/mask.nii.gz",
     "prep_image": "results/{study}/prep/{subject}/image.nii.gz",
     "prep_labels": "results/{study}/prep/{subject}/labels.nii.gz",
+    "prep_landmarks": "results/{study}/prep/{subject}/landmarks.csv",
+    "prep_mask": "results/{study}/prep/{subject}/mask.nii.gz",
+    "qc": "results/{study}/qc/{subject}.png",
+    "truth_dir": "results/{study}/truth/{moving}",
+    "aligned_image": "results/{study}/aligned/{atlas}__{moving}/image.nii.gz",
+    "aligned_labels": "results/{study}/aligned/{atlas}__{moving}/labels.nii.gz",
+    "aligned_landmarks": "results/{study}/aligned/{atlas}__{moving}/landmarks.csv",
+    "train_dir": "results/{study}/train/{method}/{grid_id}",
+    "model": "results/{study}/train/{method}/{grid_id}/model.pt",
+    "train_log": "results/{study}/train/{method}/{grid_id}/log.json",
     "reg_dir": "results/{study}/reg/{method}/{grid_id}/{atlas}__{moving}",
     "metrics": "results/{study}/eval/{method}/{grid_id}/{atlas}__{moving}.json",
     "metrics_table": "results/{study}/metrics.csv",
@@ -281,16 +294,22 @@ def method_grid(method: str, spec: Mapping[str, Any], extra_params: Mapping[str,
 
 
 # ---------------------------------------------------------------------------------------------
-# Datasets and pairs
+# Datasets
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """The subjects of the dataset a study registers and their raw input files.
+    """A dataset of the study: its subjects, the files its ``prepare`` jobs read and its settings.
 
-    ``files[subject]`` = {"image": path, "labels": path} (relative to the working directory when
-    the config path is relative). For the demo adapter they are files the workflow generates.
-    ``demo`` holds the generator settings (empty for folder datasets).
+    ``files[subject]`` maps ``image`` and, when the subject has them, ``labels``, ``landmarks``
+    and ``mask`` to paths relative to the working directory (or absolute). Files the workflow
+    makes first are listed under ``results/<study>/data/<subject>/``: the demo generator's
+    outputs, NIfTI converted from ``raw_imports``, landmark CSVs converted from
+    ``landmark_imports`` and lung masks computed when the config sets ``make_mask``. ``pairs`` are the
+    (fixed, moving) pairs the dataset defines (None: none); ``demo`` the generator settings;
+    ``align`` the settings of :func:`registration_core.align.align_to_fixed` (None: no
+    pre-alignment); ``mask`` the settings of the ``lung_mask`` step that computes each subject's
+    mask from its raw image (config ``make_mask``; None: masks come from the dataset's files, if any).
     """
 
     name: str
@@ -298,7 +317,58 @@ class Dataset:
     subjects: tuple[str, ...]
     files: dict[str, dict[str, str]]
     preprocess: tuple[dict[str, Any], ...]
-    demo: dict[str, Any]
+    pairs: tuple[tuple[str, str], ...] | None = None
+    raw_imports: dict[str, RawImport] = field(default_factory=dict)
+    landmark_imports: dict[str, LandmarkImport] = field(default_factory=dict)
+    demo: dict[str, Any] = field(default_factory=dict)
+    align: dict[str, Any] | None = None
+    mask: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Known-truth pairs made from one prepared subject (``truth`` adapter).
+
+    The fixed image is ``subject`` of dataset ``base`` after its preprocessing (mask included);
+    each moving image ``movers[k]`` (``<subject>-m<k>``) is that image deformed by a known
+    displacement (``synth-pair`` command, seed ``seed + k``). ``settings`` hold motion,
+    max_disp_mm, noise_std and n_landmarks.
+    """
+
+    dataset: str
+    base: str
+    subject: str
+    movers: tuple[str, ...]
+    seed: int
+    settings: dict[str, Any]
+
+    def cli_args(self, mover: str) -> list[str]:
+        """``synth-pair`` arguments of one moving subject (inputs and ``--out-dir`` excluded)."""
+        s = self.settings
+        return [
+            "--motion", s["motion"], "--max-disp-mm", value_text(s["max_disp_mm"]),
+            "--noise-std", value_text(s["noise_std"]), "--seed", str(self.seed + self.movers.index(mover)),
+            "--n-landmarks", str(s["n_landmarks"]),
+        ]
+
+
+@dataclass(frozen=True)
+class Training:
+    """Training set of a learned method: ``subjects`` (and ``val_subjects``) of dataset ``dataset``."""
+
+    dataset: str
+    subjects: tuple[str, ...]
+    val_subjects: tuple[str, ...]
+
+
+STUDY_DATASET_KEYS = ("adapter", "preprocess", "align", "make_mask")
+"""Dataset keys the study reads for every adapter; the adapter reads the others."""
+TRUTH_FILES = {
+    "fixed": "fixed.nii.gz", "moving": "moving.nii.gz", "moving_labels": "moving_labels.nii.gz",
+    "mask": "mask.nii.gz", "truth_displacement": "truth_displacement.nii.gz",
+    "fixed_landmarks": "fixed_landmarks.csv", "moving_landmarks": "moving_landmarks.csv",
+}
+"""Files ``synth-pair --out-dir DIR`` writes (``moving_labels`` / ``mask`` only for labelled / masked input)."""
 
 
 def demo_subject_id(index: int) -> str:
@@ -314,33 +384,69 @@ def demo_subject_index(subject: str) -> int:
     return int(match.group(1))
 
 
-def _build_dataset(study: str, name: str, spec: Mapping[str, Any], base_dir: Path) -> Dataset:
-    where = f"datasets.{name}"
-    steps = tuple(dict(step) for step in spec["preprocess"])
+def _study_settings(where: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The study's own dataset settings (preprocess, align, mask), validated; InputError names the key."""
+    steps = tuple(dict(step) for step in spec.get("preprocess", []))
     try:
         validate_steps(steps)
     except InputError as exc:
         raise InputError(f"config key {where}.preprocess: {exc}") from None
-    if spec["adapter"] == "demo":
-        subjects = tuple(demo_subject_id(i) for i in range(spec["n_subjects"]))
-        files = {
-            s: {kind: PATHS[f"demo_{kind}"].format(study=study, subject=s) for kind in ("image", "labels")}
-            for s in subjects
-        }
-        demo = {key: spec[key] for key in ("n_subjects", "seed", "spacing_mm", "max_disp_mm")}
-        return Dataset(name, "demo", subjects, files, steps, demo)
-    root = Path(spec["path"])
-    root = root if root.is_absolute() else base_dir / root
-    patterns = {"image": spec["image"], "labels": spec["labels"]}
-    try:
-        subjects = tuple(discover_subjects(root, spec["image"], spec.get("subjects")))
-        files = {s: {k: str(v) for k, v in subject_files(root, patterns, s).items()} for s in subjects}
-    except InputError as exc:
-        raise InputError(f"config key {where}: {exc}") from None
-    for subject in subjects:
+    align = spec.get("align")
+    if align is not None:
+        try:
+            align = check_align_settings(dict(align))
+        except InputError as exc:
+            raise InputError(f"config key {where}.align: {exc}") from None
+    mask = spec.get("make_mask")
+    if mask is not None:
+        mask = {key: value for key, value in mask.items() if key != "step"}
+        try:
+            validate_steps([{"step": "lung_mask", **mask}])
+        except InputError as exc:
+            raise InputError(f"config key {where}.make_mask: {exc}") from None
+    return {"preprocess": steps, "align": align, "mask": mask}
+
+
+def _demo_dataset(study: str, name: str, spec: Mapping[str, Any]) -> Dataset:
+    subjects = tuple(demo_subject_id(i) for i in range(spec["n_subjects"]))
+    files = {s: {kind: PATHS[f"raw_{kind}"].format(study=study, subject=s) for kind in ("image", "labels")} for s in subjects}
+    demo = {key: spec[key] for key in ("n_subjects", "seed", "spacing_mm", "max_disp_mm")}
+    return Dataset(name, "demo", subjects, files, demo=demo, **_study_settings(f"datasets.{name}", spec))
+
+
+def _manifest_dataset(study: str, name: str, spec: Mapping[str, Any], base_dir: Path) -> Dataset:
+    """A dataset read by an adapter of :mod:`registration_core.datasets` (folder, dirlab, ...)."""
+    where = f"datasets.{name}"
+    adapter = spec["adapter"]
+    allowed = [*STUDY_DATASET_KEYS, *ADAPTER_KEYS[adapter]]
+    for key in spec:
+        if key not in allowed:
+            raise InputError(f"config key {where}: unknown key {key} (allowed: {', '.join(sorted(allowed))})")
+    settings = _study_settings(where, spec)
+    manifest = build_manifest(adapter, {k: v for k, v in spec.items() if k in ADAPTER_KEYS[adapter]}, base_dir, where)
+    files: dict[str, dict[str, str]] = {}
+    for subject in manifest.subjects:
         if not re.fullmatch(ID_PATTERN, subject):
             raise InputError(f"config key {where}: subject id '{subject}' may only use letters, digits, . - and single _")
-    return Dataset(name, "folder", subjects, files, steps, {})
+        entry = {key: value for key, value in vars(manifest.files[subject]).items() if value is not None}
+        if subject in manifest.raw_imports:
+            entry["image"] = PATHS["raw_image"].format(study=study, subject=subject)
+        if subject in manifest.landmark_imports:
+            entry["landmarks"] = PATHS["raw_landmarks"].format(study=study, subject=subject)
+        if settings["mask"] is not None:
+            entry["mask"] = PATHS["raw_mask"].format(study=study, subject=subject)
+        files[subject] = entry
+    return Dataset(
+        name, adapter, tuple(manifest.subjects), files, pairs=manifest.pairs, raw_imports=dict(manifest.raw_imports),
+        landmark_imports=dict(manifest.landmark_imports), **settings,
+    )
+
+
+def build_dataset(study: str, name: str, spec: Mapping[str, Any], base_dir: Path) -> Dataset:
+    """The :class:`Dataset` ``datasets.<name>`` of a validated config (not for the ``truth`` adapter)."""
+    if spec["adapter"] == "demo":
+        return _demo_dataset(study, name, spec)
+    return _manifest_dataset(study, name, spec, base_dir)
 
 
 def _check_subjects(where: str, names: Sequence[str], dataset: Dataset) -> None:
@@ -352,7 +458,10 @@ def _check_subjects(where: str, names: Sequence[str], dataset: Dataset) -> None:
 
 
 def plan_pairs(spec: Mapping[str, Any], dataset: Dataset) -> list[tuple[str, str]]:
-    """(atlas, moving) pairs from the ``pairs`` config, atlas-major; InputError names the key."""
+    """(atlas, moving) pairs from the ``pairs`` config, atlas-major; InputError names the key.
+
+    ``atlases`` x ``moving``, an explicit ``list``, or (neither given) the pairs the dataset defines.
+    """
     if "list" in spec:
         pairs = [tuple(pair) for pair in spec["list"]]
         for i, (atlas, moving) in enumerate(pairs):
@@ -362,6 +471,13 @@ def plan_pairs(spec: Mapping[str, Any], dataset: Dataset) -> list[tuple[str, str
         if len(set(pairs)) != len(pairs):
             raise InputError("config key pairs.list: a pair is listed twice")
         return pairs
+    if "atlases" not in spec:
+        if not dataset.pairs:
+            raise InputError(
+                f"config key pairs: dataset {dataset.name} ({dataset.adapter}) defines no pairs; "
+                "give atlases and moving, or a list"
+            )
+        return [tuple(pair) for pair in dataset.pairs]
     atlases = list(spec["atlases"])
     _check_subjects("pairs.atlases", atlases, dataset)
     if spec["moving"] == "rest":
@@ -375,6 +491,11 @@ def plan_pairs(spec: Mapping[str, Any], dataset: Dataset) -> list[tuple[str, str
             if atlas in moving:
                 raise InputError(f"config key pairs.moving: atlas '{atlas}' is among its own moving images")
     return [(atlas, m) for atlas in atlases for m in moving]
+
+
+def subjects_regex(subjects: Sequence[str]) -> str:
+    """A regex matching exactly ``subjects`` (a wildcard constraint); one that matches nothing if empty."""
+    return "|".join(re.escape(s) for s in sorted(subjects, key=len, reverse=True)) or "(?!)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -400,8 +521,16 @@ class Job:
 
 
 class Study:
-    """A planned study: config (validated, defaults and ANOVA factors resolved), dataset, pairs,
-    grid points per method and the jobs (method x grid point x pair, in that nesting order)."""
+    """A planned study: config (validated, defaults and ANOVA factors resolved), datasets, pairs,
+    grid points per method, training sets and the jobs (method x grid point x pair, in that
+    nesting order).
+
+    Subjects are unique within a study. A *prepared* subject belongs to one dataset and is
+    preprocessed by a ``prepare`` job; the moving subjects of a ``truth`` dataset are made by
+    ``synth_pair`` jobs from the prepared base subject instead. Optional files of a subject
+    (labels, landmarks, mask) are used wherever they exist: a pair has labels / landmarks when
+    both of its subjects have them.
+    """
 
     def __init__(self, config: Mapping[str, Any], base_dir: str | Path = ".") -> None:
         """``config``: a mapping as read from YAML (validated again here); ``base_dir``: where
@@ -409,12 +538,16 @@ class Study:
         self.config = validate_config(config)
         self.name: str = self.config["study"]
         self.base_dir = Path(base_dir)
+        self.datasets: dict[str, Dataset] = {}
+        self._owner: dict[str, Dataset] = {}
+        self.truth: Truth | None = None
         self.dataset = self._pairs_dataset()
         self.pairs = plan_pairs(self.config["pairs"], self.dataset)
         self.grid = {
             method: method_grid(method, spec, self._extra_params(method))
             for method, spec in self.config["methods"].items()
         }
+        self.training = {method: self._training(method, spec) for method, spec in self.config["methods"].items()}
         self._points = {(p.method, p.grid_id): p for points in self.grid.values() for p in points}
         self.factors = list(dict.fromkeys(key for spec in self.config["methods"].values() for key in spec["grid"]))
         self.config["anova"]["factors"] = self._anova_factors()
@@ -427,20 +560,95 @@ class Study:
         self._check_size()
 
     # -- construction helpers
-    def _pairs_dataset(self) -> Dataset:
+    def _use_dataset(self, name: str) -> Dataset:
+        """Build dataset ``name`` once and own its subjects (unique across the study's datasets)."""
+        if name not in self.datasets:
+            dataset = build_dataset(self.name, name, self.config["datasets"][name], self.base_dir)
+            for subject in dataset.subjects:
+                other = self._owner.setdefault(subject, dataset)
+                if other is not dataset:
+                    raise InputError(
+                        f"config key datasets.{name}: subject '{subject}' is also in dataset {other.name}; "
+                        "subject ids must be unique within a study"
+                    )
+            self.datasets[name] = dataset
+        return self.datasets[name]
+
+    def _dataset_name(self, where: str, name: str | None) -> str:
         datasets = self.config["datasets"]
-        name = self.config["pairs"].get("dataset")
         if name is None:
             if len(datasets) != 1:
-                raise InputError(f"config key pairs.dataset: required when there are several datasets ({', '.join(datasets)})")
+                raise InputError(f"config key {where}: required when there are several datasets ({', '.join(datasets)})")
             name = next(iter(datasets))
         if name not in datasets:
-            raise InputError(f"config key pairs.dataset: '{name}' is not a dataset (datasets: {', '.join(datasets)})")
-        return _build_dataset(self.name, name, datasets[name], self.base_dir)
+            raise InputError(f"config key {where}: '{name}' is not a dataset (datasets: {', '.join(datasets)})")
+        return name
+
+    def _pairs_dataset(self) -> Dataset:
+        name = self._dataset_name("pairs.dataset", self.config["pairs"].get("dataset"))
+        spec = self.config["datasets"][name]
+        if spec["adapter"] == "truth":
+            return self._truth_dataset(name, spec)
+        return self._use_dataset(name)
+
+    def _truth_dataset(self, name: str, spec: Mapping[str, Any]) -> Dataset:
+        """The truth dataset: base subject (fixed) + one moving subject per known-truth pair."""
+        where = f"datasets.{name}"
+        for key in ("preprocess", "align", "make_mask"):
+            if spec.get(key):
+                raise InputError(f"config key {where}.{key}: a truth dataset uses the prepared base subject; set it on its base dataset")
+        base_name = spec["base"]
+        if base_name not in self.config["datasets"] or self.config["datasets"][base_name]["adapter"] == "truth":
+            choices = [n for n, s in self.config["datasets"].items() if s["adapter"] != "truth"]
+            raise InputError(f"config key {where}.base: '{base_name}' is not a dataset to deform (datasets: {', '.join(choices)})")
+        base = self._use_dataset(base_name)
+        _check_subjects(f"{where}.subject", [spec["subject"]], base)
+        subject = spec["subject"]
+        movers = tuple(f"{subject}-m{k}" for k in range(spec["n_pairs"]))
+        for mover in movers:
+            if mover in self._owner:
+                raise InputError(f"config key {where}.n_pairs: moving subject '{mover}' is also in dataset {self._owner[mover].name}")
+        settings = {key: spec[key] for key in ("motion", "max_disp_mm", "noise_std", "n_landmarks")}
+        self.truth = Truth(name, base_name, subject, movers, spec["seed"], settings)
+        return Dataset(
+            name, "truth", (subject, *movers), {subject: base.files[subject]}, base.preprocess,
+            pairs=tuple((subject, mover) for mover in movers),
+        )
 
     def _extra_params(self, method: str) -> dict[str, Any]:
         uses_gpu = self.config["use_gpu"] and method in available_methods() and get_method(method).uses_torch
         return {"device": "cuda"} if uses_gpu else {}
+
+    def _training(self, method: str, spec: Mapping[str, Any]) -> Training | None:
+        """The training set of a learned method; None for other methods and when the params name a
+        trained checkpoint."""
+        where = f"methods.{method}.train"
+        train = spec.get("train")
+        if not get_method(method).trainable:
+            if train is not None:
+                learned = [m for m in available_methods() if get_method(m).trainable]
+                raise InputError(f"config key {where}: {method} is not a learned method (learned: {', '.join(learned) or 'none'})")
+            return None
+        if train is None:
+            if spec["params"].get("checkpoint") is None:
+                raise InputError(f"config key {where}: required for the learned method {method} (or set params.checkpoint)")
+            return None
+        if "checkpoint" in spec["params"] or "checkpoint" in spec["grid"]:
+            raise InputError(f"config key methods.{method}.params.checkpoint: the workflow trains {method}; remove it or remove train")
+        name = self._dataset_name(f"{where}.dataset", train.get("dataset"))
+        if self.config["datasets"][name]["adapter"] == "truth":
+            raise InputError(f"config key {where}.dataset: '{name}' is a truth dataset; train on a prepared dataset")
+        dataset = self._use_dataset(name)
+        tested = {s for pair in self.pairs for s in pair}
+        for key in ("subjects", "val_subjects"):
+            _check_subjects(f"{where}.{key}", train[key], dataset)
+            shared = [s for s in train[key] if s in tested]
+            if shared:
+                raise InputError(f"config key {where}.{key}: '{shared[0]}' is also in the test pairs; training and test subjects must differ")
+        overlap = sorted(set(train["subjects"]) & set(train["val_subjects"]))
+        if overlap:
+            raise InputError(f"config key {where}.val_subjects: '{overlap[0]}' is also a training subject")
+        return Training(name, tuple(train["subjects"]), tuple(train["val_subjects"]))
 
     def _anova_factors(self) -> list[str]:
         factors = self.config["anova"]["factors"]
@@ -476,11 +684,132 @@ class Study:
         """The grid point of ``method`` called ``grid_id_`` (KeyError if the study has none)."""
         return self._points[(method, grid_id_)]
 
+    def owner(self, subject: str) -> Dataset:
+        """The dataset that prepares ``subject`` (KeyError for a truth moving subject)."""
+        return self._owner[subject]
+
+    def prepared_subjects(self) -> list[str]:
+        """Subjects with a ``prepare`` job: those of the pairs, the truth base and the training sets."""
+        wanted = {s for pair in self.pairs for s in pair}
+        for training in self.training.values():
+            if training is not None:
+                wanted.update(training.subjects + training.val_subjects)
+        return [s for s in self._owner if s in wanted]
+
+    def subject_kinds(self, subject: str) -> tuple[str, ...]:
+        """Optional prepared files of a subject, among ``labels``, ``landmarks``, ``mask``."""
+        if self.truth is not None and subject in self.truth.movers:
+            return ("labels",) if "labels" in self.subject_kinds(self.truth.subject) else ()
+        return tuple(kind for kind in ("labels", "landmarks", "mask") if kind in self._owner[subject].files[subject])
+
+    def truth_files(self, **fields: str) -> dict[str, str]:
+        """Files a ``synth-pair`` job writes (:data:`TRUTH_FILES`; moving labels and mask only
+        when the base subject has them); ``moving=<id>`` fills the ``{moving}`` wildcard."""
+        assert self.truth is not None
+        base_kinds = self.subject_kinds(self.truth.subject)
+        folder = self.path("truth_dir", **fields)
+        return {
+            key: f"{folder}/{name}" for key, name in TRUTH_FILES.items()
+            if key not in ("moving_labels", "mask") or key.removeprefix("moving_") in base_kinds
+        }
+
+    def prepared_files(self, subject: str) -> dict[str, str]:
+        """``image`` and the optional files of a subject after preprocessing (truth movers: synth-pair outputs)."""
+        if self.truth is not None and subject in self.truth.movers:
+            truth = self.truth_files(moving=subject)
+            files = {"image": truth["moving"]}
+            if "moving_labels" in truth:
+                files["labels"] = truth["moving_labels"]
+            return files
+        return {kind: self.path(f"prep_{kind}", subject=subject) for kind in ("image", *self.subject_kinds(subject))}
+
+    def pair_kinds(self, atlas: str, moving: str) -> tuple[str, ...]:
+        """``labels`` / ``landmarks`` when both subjects of the pair have them (truth pairs always have landmarks)."""
+        if self.truth is not None and moving in self.truth.movers:
+            return (*self.subject_kinds(moving), "landmarks")
+        atlas_kinds = self.subject_kinds(atlas)
+        return tuple(kind for kind in ("labels", "landmarks") if kind in atlas_kinds and kind in self.subject_kinds(moving))
+
+    def aligned(self, atlas: str, moving: str) -> bool:
+        """Whether the pair's moving image is pre-aligned to the atlas (its dataset's ``align``)."""
+        return moving in self._owner and self._owner[moving].align is not None
+
+    def align_outputs(self, atlas: str, moving: str, kinds: Sequence[str]) -> dict[str, str]:
+        """The moving image (and labels / landmarks among ``kinds``) pre-aligned to the atlas grid."""
+        return {
+            kind: self.path(f"aligned_{kind}", atlas=atlas, moving=moving)
+            for kind in ("image", *kinds) if kind in ("image", "labels", "landmarks")
+        }
+
+    def pair_files(self, atlas: str, moving: str) -> dict[str, str]:
+        """Files of one registration pair, keyed like the command-line options they go to:
+        ``fixed``, ``moving`` and, when the pair has them, ``fixed_labels``, ``moving_labels``,
+        ``fixed_landmarks``, ``moving_landmarks``; ``mask`` (the atlas's mask) and
+        ``truth_displacement`` (known-truth pairs). The moving files are the pre-aligned ones
+        when the dataset sets ``align``."""
+        kinds = self.pair_kinds(atlas, moving)
+        fixed, moving_files = self.prepared_files(atlas), self.prepared_files(moving)
+        if self.aligned(atlas, moving):
+            moving_files = self.align_outputs(atlas, moving, kinds)
+        files = {"fixed": fixed["image"], "moving": moving_files["image"]}
+        if "labels" in kinds:
+            files.update(fixed_labels=fixed["labels"], moving_labels=moving_files["labels"])
+        if self.truth is not None and moving in self.truth.movers:
+            truth = self.truth_files(moving=moving)
+            files.update({key: truth[key] for key in ("fixed_landmarks", "moving_landmarks", "truth_displacement")})
+        elif "landmarks" in kinds:
+            files.update(fixed_landmarks=fixed["landmarks"], moving_landmarks=moving_files["landmarks"])
+        if "mask" in fixed:
+            files["mask"] = fixed["mask"]
+        return files
+
+    def aligned_pairs(self) -> list[tuple[str, str]]:
+        """Pairs whose moving image is pre-aligned to the atlas."""
+        return [pair for pair in self.pairs if self.aligned(*pair)]
+
+    def variants(self, items: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
+        """Distinct kind sets of ``items``, largest first (rule variants and their order)."""
+        return sorted(set(items), key=lambda kinds: (-len(kinds), kinds))
+
+    def register_params(self, method: str, grid_id_: str) -> dict[str, Any]:
+        """Parameters of a registration job: the grid point's, plus the trained ``checkpoint``."""
+        params = dict(self.grid_point(method, grid_id_).params)
+        if self.training.get(method) is not None:
+            params["checkpoint"] = self.path("model", method=method, grid_id=grid_id_)
+        return params
+
+    def train_params(self, method: str, grid_id_: str) -> dict[str, Any]:
+        """Parameters of a training job: the grid point's."""
+        return dict(self.grid_point(method, grid_id_).params)
+
+    def trained_points(self) -> list[GridPoint]:
+        """Grid points that need a ``train`` job."""
+        return [point for method, points in self.grid.items() if self.training.get(method) for point in points]
+
+    def train_files(self, method: str) -> dict[str, list[str]]:
+        """``images`` (and ``labels`` when every training subject has them), ``val_images`` (and ``val_labels``)."""
+        training = self.training[method]
+        assert training is not None
+        files: dict[str, list[str]] = {}
+        for prefix, subjects in (("", training.subjects), ("val_", training.val_subjects)):
+            if not subjects:
+                continue
+            prepared = [self.prepared_files(s) for s in subjects]
+            files[f"{prefix}images"] = [p["image"] for p in prepared]
+            all_labelled = all("labels" in self.subject_kinds(s) for s in training.subjects + training.val_subjects)
+            if all_labelled:
+                files[f"{prefix}labels"] = [p["labels"] for p in prepared]
+        return files
+
     def register_resources(self, method: str) -> dict[str, int]:
         """threads, mem_mb, runtime (minutes) and gpu (0 or 1) of ``method``'s registration jobs."""
         resources = {**self.config["resources"]["register"], **self.config["methods"][method].get("resources", {})}
         resources["gpu"] = int(bool(self._extra_params(method)))
         return resources
+
+    def train_resources(self, method: str) -> dict[str, int]:
+        """threads, mem_mb, runtime (minutes) and gpu (0 or 1) of ``method``'s training jobs."""
+        return {**self.config["resources"]["train"], "gpu": int(bool(self._extra_params(method)))}
 
     def evaluate_label_args(self) -> list[str]:
         """``evaluate`` arguments selecting the scored labels (empty for ``all``)."""
@@ -495,12 +824,23 @@ class Study:
         return ["--labels-file", str(path)]
 
     def jobs_by_rule(self) -> dict[str, int]:
-        """Number of jobs of each per-item rule (for the parse-time summary)."""
-        subjects = {s for pair in self.pairs for s in pair}
-        counts = {"prepare": len(subjects), "register": len(self.jobs), "evaluate": len(self.jobs)}
-        if self.dataset.adapter == "demo":
-            counts = {"demo_subject": len(subjects), **counts}
-        return counts
+        """Number of jobs of each per-item rule family (for the parse-time summary)."""
+        prepared = self.prepared_subjects()
+        owners = [self._owner[s] for s in prepared]
+        counts = {
+            "demo_subject": sum(d.adapter == "demo" for d in owners),
+            "import_raw": sum(s in d.raw_imports for s, d in zip(prepared, owners)),
+            "import_landmarks": sum(s in d.landmark_imports for s, d in zip(prepared, owners)),
+            "lung_mask": sum(d.mask is not None for d in owners),
+            "prepare": len(prepared),
+            "qc": len(prepared),
+            "synth_pair": len(self.truth.movers) if self.truth else 0,
+            "align": len(self.aligned_pairs()),
+            "train": len(self.trained_points()),
+            "register": len(self.jobs),
+            "evaluate": len(self.jobs),
+        }
+        return {rule: count for rule, count in counts.items() if count or rule in ("prepare", "register", "evaluate")}
 
     def describe(self) -> str:
         """One line: subjects, pairs, grid points per method and jobs per rule."""

@@ -21,6 +21,7 @@ from registration_core.study import (
     format_value,
     grid_id,
     load_config,
+    subjects_regex,
     validate_config,
     write_jobs_table,
 )
@@ -103,10 +104,10 @@ def test_jobs_are_method_x_grid_x_pairs_in_nesting_order() -> None:
     point = study.grid_point("nodeo", ids[3])
     assert point.params == {"iterations": 5, "smoothing_kernel": "GK", "lr": 0.01}
     assert point.resolved["lr"] == 0.01 and point.resolved["iterations"] == 5
-    assert study.jobs_by_rule() == {"demo_subject": 4, "prepare": 4, "register": 12, "evaluate": 12}
+    assert study.jobs_by_rule() == {"demo_subject": 4, "prepare": 4, "qc": 4, "register": 12, "evaluate": 12}
     assert study.describe() == (
         "study unit: 4 subjects, 3 pairs, nodeo 4 grid points; "
-        "jobs per rule: demo_subject 4, prepare 4, register 12, evaluate 12"
+        "jobs per rule: demo_subject 4, prepare 4, qc 4, register 12, evaluate 12"
     )
 
 
@@ -222,7 +223,7 @@ def test_label_arguments_of_evaluate(tmp_path: Path) -> None:
         ({"methods": {"nodeo": {"params": {"ode_method": "magic"}}}}, r"^config key methods\.nodeo\.params: .*'ode_method' must be one of"),
         ({"methods": {"nodeo": {"params": {"lr": 0.1}, "grid": {"lr": [0.01]}}}}, r"^config key methods\.nodeo\.grid\.lr: also set in methods\.nodeo\.params"),
         ({"methods": {"nodeo": {"grid": {"smoothing_kernel": ["AK", "AK"]}}}}, r"^config key methods\.nodeo\.grid\.smoothing_kernel: .*non-unique"),
-        ({"methods": {"nodeo": {"grids": {}}}}, r"^config key methods\.nodeo: unknown key grids \(allowed: grid, params, resources\)"),
+        ({"methods": {"nodeo": {"grids": {}}}}, r"^config key methods\.nodeo: unknown key grids \(allowed: grid, params, resources, train\)"),
         ({"methods": {"magic": {}}}, r"^config key methods\.magic: unknown method \(available: .*nodeo"),
         ({"anova": {"factors": ["iterations"]}}, r"^config key anova\.factors: 'iterations' is not a grid key \(allowed: smoothing_kernel, lr, method\)"),
         ({"anova": {"responses": ["dice"]}}, r"^config key anova\.responses\[0\]: 'dice' is not allowed \(allowed: dice_mean,"),
@@ -233,8 +234,8 @@ def test_label_arguments_of_evaluate(tmp_path: Path) -> None:
         ({"pairs": {"list": [["demo-01", "demo-02"], ["demo-01", "demo-02"]]}}, r"^config key pairs\.list: a pair is listed twice"),
         ({"pairs": {"atlases": ["demo-00"], "moving": "rest", "list": [["demo-01", "demo-02"]]}}, r"^config key pairs: not a valid value; expected: Which images are registered"),
         ({"pairs": {"dataset": "other", "atlases": ["demo-00"], "moving": "rest"}}, r"^config key pairs\.dataset: 'other' is not a dataset \(datasets: synthetic\)"),
-        ({"datasets": {"synthetic": {"adapter": "demo", "n_subject": 4}}}, r"^config key datasets\.synthetic: unknown key n_subject \(allowed: adapter, max_disp_mm, n_subjects,"),
-        ({"datasets": {"synthetic": {"adapter": "zip"}}}, r"^config key datasets\.synthetic\.adapter: 'zip' is not allowed \(allowed: folder, demo\)"),
+        ({"datasets": {"synthetic": {"adapter": "demo", "n_subject": 4}}}, r"^config key datasets\.synthetic: unknown key n_subject \(allowed: adapter, align, make_mask, max_disp_mm, n_subjects,"),
+        ({"datasets": {"synthetic": {"adapter": "zip"}}}, r"^config key datasets\.synthetic\.adapter: 'zip' is not allowed \(allowed: folder, neurite-oasis, dirlab, learn2reg, fire, demo, truth\)"),
         ({"datasets": {"synthetic": {"adapter": "demo", "preprocess": [{"step": "slice", "axis": 3}]}}}, r"^config key datasets\.synthetic\.preprocess: .*steps\[0\] \(slice\): setting 'axis'"),
         ({"resources": {"register": {"threads": 0}}}, r"^config key resources\.register\.threads: 0 is less than the minimum of 1"),
     ],
@@ -247,8 +248,8 @@ def test_folder_dataset_errors_name_the_dataset(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "data", ["s01", "s02"], labels=False)
     assert re.search(r"^config key datasets\.brains: subject 's01': labels file .* not found", error_of(folder_config(root)))
     cfg = folder_config(root)
-    del cfg["datasets"]["brains"]["labels"]
-    assert error_of(cfg) == "config key datasets.brains: 'labels' is a required property"
+    del cfg["datasets"]["brains"]["path"]
+    assert error_of(cfg).startswith("config key datasets.brains.path: None is not allowed")
     bad_id = folder_dataset(tmp_path / "ids", ["a__b", "c"])
     assert "subject id 'a__b'" in error_of(folder_config(bad_id, atlases=["c"], moving="rest"))
 
@@ -295,3 +296,164 @@ def test_demo_subject_ids_round_trip() -> None:
     assert [demo_subject_index(demo_subject_id(i)) for i in (0, 7, 42)] == [0, 7, 42]
     with pytest.raises(InputError, match="not a demo subject"):
         demo_subject_index("sub-01")
+
+
+# ----------------------------------------------------------------------------- datasets from the manifest
+
+
+def touch_files(root: Path, subjects: list[str], names: list[str]) -> Path:
+    """Empty per-subject files ``<root>/<subject>/<name>`` (enough for planning)."""
+    for subject in subjects:
+        (root / subject).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            (root / subject / name).write_bytes(b"")
+    return root
+
+
+def landmark_config(root: Path, **dataset) -> dict:
+    """A labels-free folder dataset with landmarks, s01 the atlas."""
+    spec = {"adapter": "folder", "path": str(root), "image": "{subject}/t1.nii.gz", "landmarks": "{subject}/points.csv", **dataset}
+    return config(datasets={"points": spec}, pairs={"atlases": ["s01"], "moving": "rest"})
+
+
+def test_optional_files_follow_the_dataset(tmp_path: Path) -> None:
+    root = touch_files(tmp_path / "data", ["s01", "s02", "s03"], ["t1.nii.gz", "points.csv"])
+    study = Study(landmark_config(root))
+    assert study.subject_kinds("s02") == ("landmarks",)
+    assert study.prepared_files("s02") == {
+        "image": "results/unit/prep/s02/image.nii.gz", "landmarks": "results/unit/prep/s02/landmarks.csv",
+    }
+    assert study.pair_files("s01", "s03") == {
+        "fixed": "results/unit/prep/s01/image.nii.gz", "moving": "results/unit/prep/s03/image.nii.gz",
+        "fixed_landmarks": "results/unit/prep/s01/landmarks.csv", "moving_landmarks": "results/unit/prep/s03/landmarks.csv",
+    }
+    assert study.owner("s02").files["s02"] == {"image": str(root / "s02" / "t1.nii.gz"), "landmarks": str(root / "s02" / "points.csv")}
+    assert study.pair_kinds("s01", "s02") == ("landmarks",)
+
+
+def test_pair_uses_labels_only_when_both_subjects_have_them(tmp_path: Path) -> None:
+    study = Study(config())
+    assert study.pair_kinds("demo-00", "demo-01") == ("labels",)
+    assert set(study.pair_files("demo-00", "demo-01")) == {"fixed", "moving", "fixed_labels", "moving_labels"}
+    assert study.variants([("labels",), (), ("labels", "landmarks"), ("labels",)]) == [("labels", "landmarks"), ("labels",), ()]
+
+
+def test_adapter_keys_are_checked_by_the_adapter(tmp_path: Path) -> None:
+    root = touch_files(tmp_path / "data", ["s01", "s02"], ["t1.nii.gz", "points.csv"])
+    message = error_of(landmark_config(root, colour="red"))
+    assert message.startswith("config key datasets.points: unknown key colour (allowed: adapter, align, image, labels, landmarks, make_mask, mask,")
+    assert error_of(landmark_config(root, landmarks="{subject}/missing.csv")).startswith("config key datasets.points: subject 's01': landmarks file")
+
+
+def test_dataset_defined_pairs(tmp_path: Path) -> None:
+    root = touch_files(tmp_path / "data", ["s01", "s02", "s03"], ["t1.nii.gz", "points.csv"])
+    cfg = landmark_config(root, pairs=[["s02", "s01"], ["s03", "s01"]])
+    cfg["pairs"] = {"dataset": "points"}
+    assert Study(cfg).pairs == [("s02", "s01"), ("s03", "s01")]
+    cfg["datasets"]["points"].pop("pairs")
+    assert error_of(cfg) == "config key pairs: dataset points (folder) defines no pairs; give atlases and moving, or a list"
+    cfg["pairs"] = {"dataset": "points", "atlases": ["s01"]}
+    assert error_of(cfg).startswith("config key pairs: not a valid value; expected: Which images are registered")
+
+
+def test_align_replaces_the_moving_files_by_aligned_ones(tmp_path: Path) -> None:
+    root = touch_files(tmp_path / "data", ["s01", "s02"], ["t1.nii.gz", "points.csv"])
+    study = Study(landmark_config(root, align={"transform": "rigid", "iterations": 50}))
+    assert study.owner("s02").align == {"transform": "rigid", "iterations": 50}
+    assert study.aligned_pairs() == [("s01", "s02")]
+    files = study.pair_files("s01", "s02")
+    assert files["moving"] == "results/unit/aligned/s01__s02/image.nii.gz"
+    assert files["moving_landmarks"] == "results/unit/aligned/s01__s02/landmarks.csv"
+    assert files["fixed"] == "results/unit/prep/s01/image.nii.gz"
+    assert study.jobs_by_rule()["align"] == 1
+    assert re.match(r"^config key datasets\.points\.align: affine_align: unknown setting 'metric'", error_of(landmark_config(root, align={"metric": "ncc"})))
+    assert re.match(r"^config key datasets\.points\.align: affine_align: setting 'transform'", error_of(landmark_config(root, align={"transform": "spline"})))
+
+
+def test_lung_mask_is_made_per_subject_and_goes_to_evaluation(tmp_path: Path) -> None:
+    root = touch_files(tmp_path / "data", ["s01", "s02"], ["t1.nii.gz", "points.csv"])
+    study = Study(landmark_config(root, make_mask={"step": "lung_mask", "lung_hu": -450}))
+    assert study.owner("s01").mask == {"lung_hu": -450}
+    assert study.owner("s01").files["s01"]["mask"] == "results/unit/data/s01/mask.nii.gz"
+    assert study.prepared_files("s01")["mask"] == "results/unit/prep/s01/mask.nii.gz"
+    assert study.pair_files("s01", "s02")["mask"] == "results/unit/prep/s01/mask.nii.gz"
+    assert study.jobs_by_rule()["lung_mask"] == 2
+    assert "config key datasets.points.make_mask: preprocessing steps[0] (lung_mask): unknown setting 'lung'" in error_of(
+        landmark_config(root, make_mask={"step": "lung_mask", "lung": 1})
+    )
+    message = error_of(landmark_config(root, make_mask={"step": "otsu"}))
+    assert message.startswith("config key datasets.points.make_mask.step: 'otsu' is not allowed (allowed: lung_mask)")
+
+
+def truth_config(root: Path, **truth) -> dict:
+    """A thorax folder dataset (one CT with a lung mask) and a truth dataset of two pairs made from it."""
+    thorax = {"adapter": "folder", "path": str(root), "image": "{subject}/t1.nii.gz", "make_mask": {"step": "lung_mask"},
+              "preprocess": [{"step": "resample", "spacing": 2.0}]}
+    settings = {"adapter": "truth", "base": "thorax", "subject": "ct", "motion": "respiratory", "max_disp_mm": 15,
+                "n_pairs": 2, "seed": 5, **truth}
+    return config(datasets={"thorax": thorax, "breathing": settings}, pairs={"dataset": "breathing"})
+
+
+def test_truth_pairs_deform_a_prepared_subject(tmp_path: Path) -> None:
+    root = touch_files(tmp_path / "data", ["ct", "other"], ["t1.nii.gz"])
+    study = Study(truth_config(root, noise_std=0.01))
+    assert study.pairs == [("ct", "ct-m0"), ("ct", "ct-m1")]
+    assert study.dataset.subjects == ("ct", "ct-m0", "ct-m1") and study.dataset.adapter == "truth"
+    assert study.prepared_subjects() == ["ct"]
+    assert study.truth is not None and study.truth.cli_args("ct-m1") == [
+        "--motion", "respiratory", "--max-disp-mm", "15", "--noise-std", "0.01", "--seed", "6", "--n-landmarks", "100",
+    ]
+    truth = "results/unit/truth/ct-m1"
+    assert study.pair_files("ct", "ct-m1") == {
+        "fixed": "results/unit/prep/ct/image.nii.gz", "moving": f"{truth}/moving.nii.gz",
+        "fixed_landmarks": f"{truth}/fixed_landmarks.csv", "moving_landmarks": f"{truth}/moving_landmarks.csv",
+        "truth_displacement": f"{truth}/truth_displacement.nii.gz", "mask": "results/unit/prep/ct/mask.nii.gz",
+    }
+    assert set(study.truth_files()) == {"fixed", "moving", "mask", "truth_displacement", "fixed_landmarks", "moving_landmarks"}
+    assert study.jobs_by_rule() == {
+        "lung_mask": 1, "prepare": 1, "qc": 1, "synth_pair": 2, "register": 8, "evaluate": 8,
+    }
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"base": "nothing"}, r"^config key datasets\.breathing\.base: 'nothing' is not a dataset to deform \(datasets: thorax\)"),
+        ({"subject": "sub-09"}, r"^config key datasets\.breathing\.subject: subject 'sub-09' is not in dataset thorax"),
+        ({"motion": "cardiac"}, r"^config key datasets\.breathing\.motion: 'cardiac' is not allowed \(allowed: respiratory, single, mixed\)"),
+        ({"max_disp_mm": 0}, r"^config key datasets\.breathing\.max_disp_mm: 0 is less than or equal to the minimum of 0"),
+        ({"preprocess": [{"step": "normalize"}]}, r"^config key datasets\.breathing\.preprocess: a truth dataset uses the prepared base subject"),
+        ({"sigma": 3}, r"^config key datasets\.breathing: unknown key sigma \(allowed: .*max_disp_mm, motion, n_landmarks, n_pairs"),
+    ],
+)
+def test_bad_truth_settings_name_the_key(tmp_path: Path, changes: dict, expected: str) -> None:
+    root = touch_files(tmp_path / "data", ["ct"], ["t1.nii.gz"])
+    message = error_of(truth_config(root, **changes))
+    assert re.search(expected, message), message
+
+
+def test_subject_ids_are_unique_across_datasets(tmp_path: Path) -> None:
+    touch_files(tmp_path / "a", ["s01", "s02"], ["t1.nii.gz"])
+    touch_files(tmp_path / "b", ["s02", "s03"], ["t1.nii.gz"])
+    cfg = config(
+        datasets={name: {"adapter": "folder", "path": str(tmp_path / name), "image": "{subject}/t1.nii.gz"} for name in "ab"},
+        pairs={"dataset": "a", "list": [["s01", "s02"]]},
+    )
+    assert Study(cfg).prepared_subjects() == ["s01", "s02"]  # dataset b is not used: not read
+    cfg["datasets"]["t"] = {"adapter": "truth", "base": "b", "subject": "s03", "motion": "single", "max_disp_mm": 5}
+    cfg["pairs"] = {"dataset": "t"}
+    assert Study(cfg).pairs == [("s03", "s03-m0")]
+
+
+def test_train_is_for_learned_methods_only() -> None:
+    cfg = config()
+    cfg["methods"]["nodeo"]["train"] = {"subjects": ["demo-01"]}
+    assert re.match(r"^config key methods\.nodeo\.train: nodeo is not a learned method \(learned: ", error_of(cfg))
+    cfg["methods"]["nodeo"]["train"] = {"subject": ["demo-01"]}
+    assert error_of(cfg).startswith("config key methods.nodeo.train: unknown key subject (allowed: dataset, subjects, val_subjects)")
+
+
+def test_subjects_regex_matches_exactly_the_subjects() -> None:
+    regex = subjects_regex(["s1", "s10", "a.b"])
+    assert [bool(re.fullmatch(regex, s)) for s in ("s1", "s10", "a.b", "s100", "aXb")] == [True, True, True, False, False]
+    assert re.fullmatch(subjects_regex([]), "") is None and re.fullmatch(subjects_regex([]), "s1") is None

@@ -11,11 +11,11 @@ from snakemake.logging import logger
 
 from registration_core.errors import InputError
 from registration_core.study import (
-    DEMO_PREFIX,
     GRID_ID_PATTERN,
     ID_PATTERN,
     Study,
     demo_subject_index,
+    subjects_regex,
     value_text,
     write_config,
 )
@@ -34,7 +34,6 @@ except InputError as error:
 LOGS = STUDY.path("logs")
 REG_DIR = STUDY.path("reg_dir")
 ENV = "../../envs/registration.yaml"
-DEMO_SUBJECT_PATTERN = rf"{DEMO_PREFIX}\d+"
 
 logger.info(STUDY.describe())
 
@@ -52,52 +51,184 @@ def quoted(args):
     return " ".join(shlex.quote(str(arg)) for arg in args)
 
 
+def variant_name(base, kinds, variants):
+    """Name of one variant of a family of rules that differ in optional outputs: ``base`` when the
+    study needs one variant, else ``base_with_<kinds>`` (``base_plain`` without optional files)."""
+    if len(variants) == 1:
+        return base
+    return f"{base}_with_{'_'.join(kinds)}" if kinds else f"{base}_plain"
+
+
+def option_args(files, options):
+    """``--option path`` for every key of ``options`` present in ``files`` (a dict or a Snakemake
+    input/output object), in the order of ``options``."""
+    files = dict(files.items())
+    args = []
+    for key, option in options.items():
+        if key in files:
+            value = files[key]
+            args += [option, *value] if isinstance(value, list) else [option, value]
+    return args
+
+
+def param_args(params):
+    """``--param key=value`` arguments."""
+    return [arg for key, value in params.items() for arg in ("--param", f"{key}={value_text(value)}")]
+
+
 def raw_inputs(wildcards):
-    """Raw image and label map of a subject (dataset files, or the demo generator's outputs)."""
-    return STUDY.dataset.files[wildcards.subject]
+    """Files a subject's ``prepare`` job reads: image and, when the subject has them, labels,
+    landmarks and mask (dataset files, or files an earlier rule makes under results/<study>/data)."""
+    return STUDY.owner(wildcards.subject).files[wildcards.subject]
 
 
 def prep_files(subject):
-    """Preprocessed image and label map of a subject."""
-    return {
-        "image": STUDY.path("prep_image", subject=subject),
-        "labels": STUDY.path("prep_labels", subject=subject),
-    }
+    """Prepared image and optional files of a subject (truth moving subjects: synth-pair outputs)."""
+    return STUDY.prepared_files(subject)
 
 
 def register_inputs(wildcards):
-    """Fixed = the atlas, moving = the image deformed onto it, both preprocessed."""
-    fixed, moving = prep_files(wildcards.atlas), prep_files(wildcards.moving)
-    return {
-        "fixed": fixed["image"],
-        "moving": moving["image"],
-        "fixed_labels": fixed["labels"],
-        "moving_labels": moving["labels"],
+    """Fixed = the atlas, moving = the image deformed onto it (pre-aligned when the dataset says
+    so), their labels and landmarks when the pair has them, the trained model of a learned method."""
+    files = {
+        key: path for key, path in STUDY.pair_files(wildcards.atlas, wildcards.moving).items()
+        if key not in ("mask", "truth_displacement")
     }
+    if STUDY.training.get(wildcards.method) is not None:
+        files["checkpoint"] = STUDY.path("model", method=wildcards.method, grid_id=wildcards.grid_id)
+    return files
 
 
-def register_args(wildcards):
-    """`--param key=value` arguments of a job's grid point (fixed params merged with the grid values)."""
-    point = STUDY.grid_point(wildcards.method, wildcards.grid_id)
-    return quoted(arg for key, value in point.params.items() for arg in ("--param", f"{key}={value_text(value)}"))
+REGISTER_OPTIONS = {
+    "fixed": "--fixed", "moving": "--moving", "fixed_labels": "--fixed-labels", "moving_labels": "--moving-labels",
+    "fixed_landmarks": "--fixed-landmarks", "moving_landmarks": "--moving-landmarks",
+}
+
+
+def register_args(wildcards, input):
+    """Input options and ``--param key=value`` arguments of a registration job (grid point +
+    checkpoint of a learned method)."""
+    return quoted(
+        option_args(input, REGISTER_OPTIONS) + param_args(STUDY.register_params(wildcards.method, wildcards.grid_id))
+    )
 
 
 def register_resource(name):
-    """Input function for one resource of a method's registration jobs."""
+    """Input function for one resource (threads, mem_mb, runtime, gpu) of a method's registration
+    jobs. The hook for resource estimates: STUDY.register_resources(method) gives the values."""
     return lambda wildcards: STUDY.register_resources(wildcards.method)[name]
 
 
+def train_resource(name):
+    """Input function for one resource (threads, mem_mb, runtime, gpu) of a method's training jobs."""
+    return lambda wildcards: STUDY.train_resources(wildcards.method)[name]
+
+
 def evaluate_inputs(wildcards):
-    """Labels of the atlas and of the moving image, the warped labels and the displacement field."""
+    """The pair's files (fixed, moving, labels, landmarks, mask, true displacement) and the
+    registration's warped image, warped labels and displacement field."""
     reg_dir = STUDY.path(
         "reg_dir", method=wildcards.method, grid_id=wildcards.grid_id, atlas=wildcards.atlas, moving=wildcards.moving
     )
-    return {
-        "fixed_labels": prep_files(wildcards.atlas)["labels"],
-        "moving_labels": prep_files(wildcards.moving)["labels"],
-        "warped_labels": f"{reg_dir}/warped_labels.nii.gz",
-        "displacement": f"{reg_dir}/displacement.nii.gz",
-    }
+    files = STUDY.pair_files(wildcards.atlas, wildcards.moving)
+    files.update(warped=f"{reg_dir}/warped.nii.gz", displacement=f"{reg_dir}/displacement.nii.gz")
+    if "fixed_labels" in files:
+        files["warped_labels"] = f"{reg_dir}/warped_labels.nii.gz"
+    return files
+
+
+EVALUATE_OPTIONS = {
+    "fixed": "--fixed-image", "moving": "--moving-image", "warped": "--warped-image",
+    "displacement": "--displacement", "fixed_labels": "--fixed-labels", "warped_labels": "--warped-labels",
+    "moving_labels": "--moving-labels", "fixed_landmarks": "--fixed-landmarks",
+    "moving_landmarks": "--moving-landmarks", "mask": "--mask", "truth_displacement": "--truth-displacement",
+}
+
+
+def evaluate_args(wildcards, input):
+    """``evaluate`` options for the files the pair has, plus the label selection when it has labels."""
+    labels = STUDY.evaluate_label_args() if "fixed_labels" in input.keys() else []
+    return quoted(option_args(input, EVALUATE_OPTIONS) + labels)
+
+
+# ---- per-subject and per-pair data rules (data.smk, preprocess.smk, register.smk)
+
+PREPARED = STUDY.prepared_subjects()
+
+
+def prepared_where(condition):
+    """Regex of the prepared subjects for which ``condition(subject, dataset)`` holds."""
+    return subjects_regex([s for s in PREPARED if condition(s, STUDY.owner(s))])
+
+
+def truth_inputs(wildcards):
+    """The prepared base subject of the known-truth pairs: image, and labels / mask when it has them."""
+    return {key: path for key, path in prep_files(STUDY.truth.subject).items() if key != "landmarks"}
+
+
+TRUTH_OPTIONS = {"image": "--image", "labels": "--labels", "mask": "--mask"}
+
+
+PREPARE_OPTIONS = {
+    "image": "--image", "labels": "--labels", "landmarks": "--landmarks", "mask": "--mask",
+}
+PREPARE_OUTPUTS = {
+    "image": "--out-image", "labels": "--out-labels", "landmarks": "--out-landmarks", "mask": "--out-mask",
+}
+
+
+def prepare_args(wildcards, input, output):
+    """Inputs, outputs and steps of a subject's ``prepare`` job."""
+    steps = json.dumps(list(STUDY.owner(wildcards.subject).preprocess))
+    return quoted(option_args(input, PREPARE_OPTIONS) + option_args(output, PREPARE_OUTPUTS) + ["--steps", steps])
+
+
+PREPARE_VARIANTS = STUDY.variants([STUDY.subject_kinds(s) for s in PREPARED])
+
+def qc_inputs(wildcards):
+    """Raw image (and labels) of a subject, its prepared image (and labels, mask)."""
+    raw = raw_inputs(wildcards)
+    files = {"raw_image": raw["image"], **{k: v for k, v in prep_files(wildcards.subject).items() if k != "landmarks"}}
+    if "labels" in raw:
+        files["raw_labels"] = raw["labels"]
+    return files
+
+
+QC_OPTIONS = {
+    "raw_image": "--raw-image", "raw_labels": "--raw-labels", "image": "--image", "labels": "--labels", "mask": "--mask",
+}
+
+
+ALIGNED_PAIRS = STUDY.aligned_pairs()
+ALIGN_VARIANTS = STUDY.variants([STUDY.pair_kinds(*pair) for pair in ALIGNED_PAIRS])
+
+
+def align_inputs(wildcards):
+    """The atlas image and the prepared moving image, with the moving labels / landmarks the pair uses."""
+    kinds = STUDY.pair_kinds(wildcards.atlas, wildcards.moving)
+    moving = prep_files(wildcards.moving)
+    files = {"fixed": prep_files(wildcards.atlas)["image"], "moving": moving["image"]}
+    files.update({f"moving_{kind}": moving[kind] for kind in kinds})
+    return files
+
+
+def align_args(wildcards, input, output):
+    """Inputs, outputs and settings of an ``affine-align`` job."""
+    settings = STUDY.owner(wildcards.moving).align
+    return quoted(
+        option_args(input, {"fixed": "--fixed", "moving": "--moving", "moving_labels": "--moving-labels",
+                            "moving_landmarks": "--moving-landmarks"})
+        + option_args(output, {"image": "--out", "labels": "--out-labels", "landmarks": "--out-landmarks"})
+        + [arg for key, value in settings.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+    )
+
+
+PAIR_LABELS = [tuple(k for k in STUDY.pair_kinds(*pair) if k == "labels") for pair in STUDY.pairs]
+REGISTER_VARIANTS = STUDY.variants(PAIR_LABELS)
+LABELLED = [s for pair, kinds in zip(STUDY.pairs, PAIR_LABELS) if kinds for s in pair]
+
+TRAINED = STUDY.trained_points()
+TRAIN_OPTIONS = {"images": "--images", "labels": "--labels", "val_images": "--val-images", "val_labels": "--val-labels"}
 
 
 def resources_of(rule_name):
@@ -115,7 +246,8 @@ RUN_ANOVA = bool(ANOVA["factors"])
 
 
 def report_inputs(wildcards):
-    """Everything the HTML report reads: config, tables, ANOVA results (registration outputs come with the metrics)."""
+    """Everything the HTML report reads: config, tables, ANOVA results, the QC figures of every prepared
+    subject (results/<study>/qc/<subject>.png; registration outputs come with the metrics)."""
     inputs = {
         "config": STUDY.path("config"),
         "jobs": STUDY.path("jobs"),
@@ -126,4 +258,5 @@ def report_inputs(wildcards):
     }
     if RUN_ANOVA:
         inputs["anova"] = STUDY.path("anova_dir")
+    inputs["qc"] = [STUDY.path("qc", subject=subject) for subject in STUDY.prepared_subjects()]
     return inputs

@@ -1,18 +1,20 @@
-# Raw data. Folder datasets are read in place (registration_core.datasets finds the subjects);
-# the demo dataset is generated here from the MNI152 template shipped with nilearn.
-
+# Raw data. Dataset files are read in place (registration_core.datasets builds the manifest);
+# what a dataset needs converted or generated first lands in results/<study>/data/<subject>/:
+# demo subjects (from the MNI152 template shipped with nilearn), NIfTI converted from raw
+# volumes or pictures, landmark CSVs converted from a dataset's point files, lung masks.
+# Known-truth moving images are made from a prepared subject (results/<study>/truth/<moving>/).
 
 rule demo_subject:
     output:
-        image=STUDY.path("demo_image"),
-        labels=STUDY.path("demo_labels"),
+        image=STUDY.path("raw_image"),
+        labels=STUDY.path("raw_labels"),
     params:
         index=lambda wildcards: demo_subject_index(wildcards.subject),
-        seed=STUDY.dataset.demo.get("seed"),
-        spacing_mm=STUDY.dataset.demo.get("spacing_mm"),
-        max_disp_mm=STUDY.dataset.demo.get("max_disp_mm"),
+        seed=lambda wildcards: STUDY.owner(wildcards.subject).demo["seed"],
+        spacing_mm=lambda wildcards: STUDY.owner(wildcards.subject).demo["spacing_mm"],
+        max_disp_mm=lambda wildcards: STUDY.owner(wildcards.subject).demo["max_disp_mm"],
     wildcard_constraints:
-        subject=DEMO_SUBJECT_PATTERN,
+        subject=prepared_where(lambda subject, dataset: dataset.adapter == "demo"),
     log:
         f"{LOGS}/demo_subject/{{subject}}.log",
     threads: threads_of("prepare")
@@ -24,3 +26,94 @@ rule demo_subject:
         "python -m registration_core demo-subject --index {params.index} --seed {params.seed}"
         " --spacing-mm {params.spacing_mm} --max-disp-mm {params.max_disp_mm}"
         " --out-image {output.image} --out-labels {output.labels} > {log} 2>&1"
+
+
+rule import_raw:
+    input:
+        raw=lambda wildcards: STUDY.owner(wildcards.subject).raw_imports[wildcards.subject].raw,
+    output:
+        image=STUDY.path("raw_image"),
+    params:
+        args=lambda wildcards: quoted(STUDY.owner(wildcards.subject).raw_imports[wildcards.subject].cli_args()),
+    wildcard_constraints:
+        subject=prepared_where(lambda subject, dataset: subject in dataset.raw_imports),
+    log:
+        f"{LOGS}/import_raw/{{subject}}.log",
+    threads: threads_of("prepare")
+    resources:
+        **resources_of("prepare"),
+    conda:
+        ENV
+    shell:
+        "python -m registration_core import-raw {params.args} --out {output.image} > {log} 2>&1"
+
+
+rule import_landmarks:
+    input:
+        points=lambda wildcards: STUDY.owner(wildcards.subject).landmark_imports[wildcards.subject].source,
+        reference=lambda wildcards: STUDY.owner(wildcards.subject).files[wildcards.subject]["image"],
+    output:
+        landmarks=STUDY.path("raw_landmarks"),
+    params:
+        args=lambda wildcards: quoted(STUDY.owner(wildcards.subject).landmark_imports[wildcards.subject].cli_args()),
+    wildcard_constraints:
+        subject=prepared_where(lambda subject, dataset: subject in dataset.landmark_imports),
+    log:
+        f"{LOGS}/import_landmarks/{{subject}}.log",
+    threads: threads_of("prepare")
+    resources:
+        **resources_of("prepare"),
+    conda:
+        ENV
+    shell:
+        "python -m registration_core import-landmarks {params.args} --reference {input.reference}"
+        " --out {output.landmarks} > {log} 2>&1"
+
+
+rule lung_mask:
+    input:
+        image=lambda wildcards: STUDY.owner(wildcards.subject).files[wildcards.subject]["image"],
+    output:
+        mask=STUDY.path("raw_mask"),
+    params:
+        settings=lambda wildcards: quoted(
+            arg
+            for key, value in STUDY.owner(wildcards.subject).mask.items()
+            for arg in ("--set", f"{key}={json.dumps(value)}")
+        ),
+    wildcard_constraints:
+        subject=prepared_where(lambda subject, dataset: dataset.mask is not None),
+    log:
+        f"{LOGS}/lung_mask/{{subject}}.log",
+    threads: threads_of("prepare")
+    resources:
+        **resources_of("prepare"),
+    conda:
+        ENV
+    shell:
+        "python -m registration_core preprocess lung-mask --image {input.image} {params.settings}"
+        " --out {output.mask} > {log} 2>&1"
+
+
+if STUDY.truth is not None:
+
+    rule synth_pair:
+        input:
+            unpack(truth_inputs),
+        output:
+            **STUDY.truth_files(),
+        params:
+            inputs=lambda wildcards, input: quoted(option_args(input, TRUTH_OPTIONS)),
+            args=lambda wildcards: quoted(STUDY.truth.cli_args(wildcards.moving)),
+            out_dir=lambda wildcards, output: os.path.dirname(output.moving),
+        wildcard_constraints:
+            moving=subjects_regex(STUDY.truth.movers),
+        log:
+            f"{LOGS}/synth_pair/{{moving}}.log",
+        threads: threads_of("prepare")
+        resources:
+            **resources_of("prepare"),
+        conda:
+            ENV
+        shell:
+            "python -m registration_core synth-pair {params.inputs} {params.args} --out-dir {params.out_dir} > {log} 2>&1"

@@ -1,4 +1,6 @@
-# Evaluation per job: Dice / HD95 of the warped atlas-space labels, Jacobian statistics of the map.
+# Evaluation per job: image similarity before / after (always); Dice / HD95 of the warped labels,
+# landmark error, error against a known displacement (inside the atlas's mask) when the pair has
+# them; Jacobian statistics of the map.
 
 
 rule evaluate:
@@ -7,7 +9,7 @@ rule evaluate:
     output:
         metrics=STUDY.path("metrics"),
     params:
-        labels=quoted(STUDY.evaluate_label_args()),
+        args=evaluate_args,
     log:
         f"{LOGS}/evaluate/{{method}}/{{grid_id}}/{{atlas}}__{{moving}}.log",
     threads: threads_of("evaluate")
@@ -16,6 +18,4 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "python -m registration_core evaluate --fixed-labels {input.fixed_labels}"
-        " --warped-labels {input.warped_labels} --displacement {input.displacement}"
-        " --moving-labels {input.moving_labels} {params.labels} --out {output.metrics} > {log} 2>&1"
+        "python -m registration_core evaluate {params.args} --out {output.metrics} > {log} 2>&1"

@@ -1,29 +1,68 @@
-# One registration job per method x grid point x (atlas, moving) pair. Fixed = atlas; the
-# displacement field (mm, ITK convention) lives on the atlas grid.
+# Training of learned methods (one model per grid point) and one registration job per
+# method x grid point x (atlas, moving) pair. Fixed = atlas; the displacement field (mm, ITK
+# convention) lives on the atlas grid. Pairs with labels write warped labels too: a second
+# variant of the rule when the study has pairs with and without labels.
+
+if TRAINED:
+
+    rule train:
+        input:
+            unpack(lambda wildcards: STUDY.train_files(wildcards.method)),
+        output:
+            model=STUDY.path("model"),
+            log=STUDY.path("train_log"),
+        params:
+            args=lambda wildcards, input: quoted(
+                option_args(input, TRAIN_OPTIONS) + param_args(STUDY.train_params(wildcards.method, wildcards.grid_id))
+            ),
+            out_dir=lambda wildcards, output: os.path.dirname(output.model),
+        wildcard_constraints:
+            method=subjects_regex(sorted({point.method for point in TRAINED})),
+        log:
+            f"{LOGS}/train/{{method}}/{{grid_id}}.log",
+        threads: lambda wildcards: STUDY.train_resources(wildcards.method)["threads"]
+        resources:
+            mem_mb=train_resource("mem_mb"),
+            runtime=train_resource("runtime"),
+            gpu=train_resource("gpu"),
+        conda:
+            ENV
+        shell:
+            "python -m registration_core train --method {wildcards.method} {params.args}"
+            " --out {params.out_dir} > {log} 2>&1"
 
 
-rule register:
-    input:
-        unpack(register_inputs),
-    output:
-        warped=f"{REG_DIR}/warped.nii.gz",
-        warped_labels=f"{REG_DIR}/warped_labels.nii.gz",
-        displacement=f"{REG_DIR}/displacement.nii.gz",
-        log=f"{REG_DIR}/log.json",
-    params:
-        args=register_args,
-        out_dir=lambda wildcards, output: os.path.dirname(output.log),
-    log:
-        f"{LOGS}/register/{{method}}/{{grid_id}}/{{atlas}}__{{moving}}.log",
-    threads: lambda wildcards: STUDY.register_resources(wildcards.method)["threads"]
-    resources:
-        mem_mb=register_resource("mem_mb"),
-        runtime=register_resource("runtime"),
-        gpu=register_resource("gpu"),
-    conda:
-        ENV
-    shell:
-        "python -m registration_core register --method {wildcards.method}"
-        " --fixed {input.fixed} --moving {input.moving}"
-        " --fixed-labels {input.fixed_labels} --moving-labels {input.moving_labels}"
-        " --out {params.out_dir} {params.args} > {log} 2>&1"
+for register_kinds in REGISTER_VARIANTS:
+
+    rule:
+        name:
+            variant_name("register", register_kinds, REGISTER_VARIANTS)
+        input:
+            unpack(register_inputs),
+        output:
+            warped=f"{REG_DIR}/warped.nii.gz",
+            **({"warped_labels": f"{REG_DIR}/warped_labels.nii.gz"} if register_kinds else {}),
+            displacement=f"{REG_DIR}/displacement.nii.gz",
+            log=f"{REG_DIR}/log.json",
+        params:
+            args=register_args,
+            out_dir=lambda wildcards, output: os.path.dirname(output.log),
+        wildcard_constraints:
+            atlas=subjects_regex(LABELLED) if register_kinds else ID_PATTERN,
+            moving=subjects_regex(LABELLED) if register_kinds else ID_PATTERN,
+        log:
+            f"{LOGS}/register/{{method}}/{{grid_id}}/{{atlas}}__{{moving}}.log",
+        threads: lambda wildcards: STUDY.register_resources(wildcards.method)["threads"]
+        resources:
+            mem_mb=register_resource("mem_mb"),
+            runtime=register_resource("runtime"),
+            gpu=register_resource("gpu"),
+        conda:
+            ENV
+        shell:
+            "python -m registration_core register --method {wildcards.method} {params.args}"
+            " --out {params.out_dir} > {log} 2>&1"
+
+
+if len(REGISTER_VARIANTS) > 1:
+    workflow.ruleorder(*(variant_name("register", kinds, REGISTER_VARIANTS) for kinds in REGISTER_VARIANTS))
