@@ -50,7 +50,18 @@ def _evaluate(args: argparse.Namespace) -> None:
         args.fixed_labels, args.warped_labels, args.displacement,
         parse_label_spec(args.labels, args.labels_file), args.out,
         moving_labels=args.moving_labels, fixed_landmarks=args.fixed_landmarks,
-        moving_landmarks=args.moving_landmarks,
+        moving_landmarks=args.moving_landmarks, fixed_image=args.fixed_image, moving_image=args.moving_image,
+        warped_image=args.warped_image, truth_displacement=args.truth_displacement, mask=args.mask,
+    )
+
+
+def _synth_pair(args: argparse.Namespace) -> None:
+    from .truth import synth_pair
+
+    synth_pair(
+        args.image, args.out_dir, mask=args.mask, labels=args.labels, motion=args.motion,
+        max_disp_mm=args.max_disp_mm, noise_std=args.noise_std, seed=args.seed,
+        n_landmarks=args.n_landmarks, min_distance_mm=args.min_distance_mm,
     )
 
 
@@ -72,17 +83,26 @@ def _read_steps(text: str) -> list[dict]:
 
 
 def _prepare(args: argparse.Namespace) -> None:
-    from .io import load_image, save_image
-    from .preprocess import run_steps
+    """The steps on the image; labels and mask follow them (a mask as a second label map), landmarks
+    are mapped exactly (not across a slice step). Everything is computed before anything is written."""
+    from .io import load_image, load_landmarks, save_image, save_landmarks
+    from .preprocess import map_landmarks, run_steps
 
-    if (args.labels is None) != (args.out_labels is None):
-        raise InputError("--labels and --out-labels must be given together")
+    for given in ("labels", "mask", "landmarks"):
+        if (getattr(args, given) is None) != (getattr(args, f"out_{given}") is None):
+            raise InputError(f"--{given} and --out-{given} must be given together")
     steps = _read_steps(args.steps)
+    raw = load_image(args.image, "image")
     labels = load_image(args.labels, "labels") if args.labels else None
-    image, labels = run_steps(load_image(args.image, "image"), labels, steps)
+    image, labels = run_steps(raw, labels, steps)
+    mask = run_steps(raw, load_image(args.mask, "labels"), steps)[1] if args.mask else None
+    points = map_landmarks(load_landmarks(args.landmarks, raw), raw, image) if args.landmarks else None
     save_image(image, args.out_image)
-    if labels is not None:
-        save_image(labels, args.out_labels)
+    for output, result in ((args.out_labels, labels), (args.out_mask, mask)):
+        if result is not None:
+            save_image(result, output)
+    if points is not None:
+        save_landmarks(points, image, args.out_landmarks)
 
 
 def _parse_settings(items: list[str] | None) -> dict:
@@ -272,8 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
 
     p = command("evaluate", _evaluate, "metrics of one registered pair")
-    p.add_argument("--fixed-labels", type=Path, required=True)
-    p.add_argument("--warped-labels", type=Path, required=True)
+    p.add_argument("--fixed-labels", type=Path, help="fixed label map (with --warped-labels: Dice, HD95)")
+    p.add_argument("--warped-labels", type=Path)
     p.add_argument("--displacement", type=Path, required=True, help="displacement.nii.gz written by register")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--labels", help="comma-separated label values (default: all labels of the fixed map)")
@@ -281,14 +301,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moving-labels", type=Path, help="moving labels, for the Dice before registration")
     p.add_argument("--fixed-landmarks", type=Path)
     p.add_argument("--moving-landmarks", type=Path)
+    p.add_argument("--fixed-image", type=Path, help="fixed image (with --moving-image / --warped-image: NCC, MSE)")
+    p.add_argument("--moving-image", type=Path, help="moving image, for ncc_before / mse_before")
+    p.add_argument("--warped-image", type=Path, help="warped.nii.gz written by register, for ncc_after / mse_after")
+    p.add_argument("--truth-displacement", type=Path, help="true displacement of a synth-pair, for tre_truth_mm")
+    p.add_argument("--mask", type=Path, help="mask on the fixed grid bounding tre_truth_mm (default: every voxel)")
     p.add_argument("--out", type=Path, required=True, help="metrics.json")
 
-    p = command("prepare", _prepare, "preprocess one image (and its labels) by a list of steps")
+    p = command("synth-pair", _synth_pair, "deform a real image by a known motion: a pair with exact truth")
+    p.add_argument("--image", required=True, help="fixed image, or skimage:retina (2D fundus, 256x256, 1 mm)")
+    p.add_argument("--mask", type=Path, help="label map on the image's grid (lungs 1, 2): motion, maximum, landmarks")
+    p.add_argument("--labels", type=Path, help="label map of the image, deformed with it (nearest)")
+    p.add_argument("--motion", choices=("respiratory", "single"), default="respiratory")
+    p.add_argument("--max-disp-mm", type=float, default=15.0, help="largest true displacement, inside the mask")
+    p.add_argument("--noise-std", type=float, default=0.01, help="noise on the moving image, fraction of the range")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-landmarks", type=int, default=150)
+    p.add_argument("--min-distance-mm", type=float, help="smallest landmark distance (default 5 voxels)")
+    p.add_argument("--out-dir", type=Path, required=True)
+
+    p = command("prepare", _prepare, "preprocess one image (and its labels, mask, landmarks) by a list of steps")
     p.add_argument("--image", type=Path, required=True)
     p.add_argument("--labels", type=Path)
+    p.add_argument("--mask", type=Path, help="a mask on the image's grid; geometric steps carry it like labels")
+    p.add_argument("--landmarks", type=Path, help="landmarks (CSV or elastix points), mapped exactly")
     p.add_argument("--steps", required=True, help="JSON list of {step: name, ...} or a JSON/YAML file")
     p.add_argument("--out-image", type=Path, required=True)
     p.add_argument("--out-labels", type=Path)
+    p.add_argument("--out-mask", type=Path)
+    p.add_argument("--out-landmarks", type=Path, help="landmarks CSV on the prepared grid (i,j[,k],x,y[,z])")
 
     p = command("preprocess", _preprocess, "run one preprocessing step on one image (and labels, landmarks)")
     p.add_argument(
@@ -315,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-image", type=Path, required=True)
     p.add_argument("--out-labels", type=Path, required=True)
 
-    p = command("import-raw", _import_raw, "convert a raw volume (DIR-Lab .img) or a picture (JPEG: green channel) to NIfTI")
+    p = command("import-raw", _import_raw, "convert a raw volume (DIR-Lab .img) or a picture (green channel) to NIfTI")
     p.add_argument("--raw", type=Path, required=True, help="headerless binary file, or .jpg/.png/.tif picture")
     p.add_argument("--shape", type=int, nargs="+", required=True, help="sizes along i j [k], i fastest in the file")
     p.add_argument("--spacing", type=float, nargs="+", required=True, help="voxel size (mm) along i j [k]")
