@@ -53,6 +53,24 @@ def ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int) -> torch.Te
     return LocalNCC(fixed, window)(warped)
 
 
+def point_ncc_loss(fixed_values: torch.Tensor, warped_values: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """``1 - mean(NCC)`` of intensities sampled at points, (B, C, N) each: global NCC per (batch, channel) over N.
+
+    ``NCC = cov / sqrt(var_f * var_w + eps)`` (Pearson correlation of the N samples), in [-1, 1];
+    for methods that compare images at random points instead of on the grid (NePhi).
+    """
+    if fixed_values.shape != warped_values.shape or fixed_values.dim() != 3 or fixed_values.shape[-1] < 2:
+        raise ValueError(
+            f"point_ncc_loss: values must both be (B, C, N) with N >= 2, got {tuple(fixed_values.shape)} "
+            f"and {tuple(warped_values.shape)}"
+        )
+    f = fixed_values - fixed_values.mean(dim=-1, keepdim=True)
+    w = warped_values - warped_values.mean(dim=-1, keepdim=True)
+    cov = (f * w).mean(dim=-1)
+    ncc = cov / torch.sqrt(f.pow(2).mean(dim=-1) * w.pow(2).mean(dim=-1) + eps)
+    return 1.0 - ncc.mean()
+
+
 def mse_loss(fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
     """Mean squared intensity difference of two (B, C, *spatial) images."""
     return F.mse_loss(warped, fixed)
