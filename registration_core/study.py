@@ -361,6 +361,10 @@ class Training:
     val_subjects: tuple[str, ...]
 
 
+REGISTER_ONLY_PARAMS = ("checkpoint", "io_steps", "io_lr")
+"""Parameters of a learned method used at registration only (the checkpoint and instance
+optimisation; see ``registration_core.training.RUNTIME_PARAMS``): grid points that differ only in
+them register with one trained model."""
 STUDY_DATASET_KEYS = ("adapter", "preprocess", "align", "make_mask")
 """Dataset keys the study reads for every adapter; the adapter reads the others."""
 TRUTH_FILES = {
@@ -493,9 +497,10 @@ def plan_pairs(spec: Mapping[str, Any], dataset: Dataset) -> list[tuple[str, str
     return [(atlas, m) for atlas in atlases for m in moving]
 
 
-def subjects_regex(subjects: Sequence[str]) -> str:
-    """A regex matching exactly ``subjects`` (a wildcard constraint); one that matches nothing if empty."""
-    return "|".join(re.escape(s) for s in sorted(subjects, key=len, reverse=True)) or "(?!)"
+def exact_regex(names: Sequence[str]) -> str:
+    """A regex matching exactly ``names`` (a wildcard constraint: subjects, grid ids); one that
+    matches nothing when ``names`` is empty."""
+    return "|".join(re.escape(name) for name in sorted(names, key=len, reverse=True)) or "(?!)"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -771,20 +776,32 @@ class Study:
         """Distinct kind sets of ``items``, largest first (rule variants and their order)."""
         return sorted(set(items), key=lambda kinds: (-len(kinds), kinds))
 
+    def train_id(self, method: str, grid_id_: str) -> str:
+        """The model a grid point of a learned method registers with: the grid id over its keys
+        that are not :data:`REGISTER_ONLY_PARAMS` (``default`` when none is left)."""
+        values = self.grid_point(method, grid_id_).values
+        return grid_id({key: value for key, value in values.items() if key not in REGISTER_ONLY_PARAMS})
+
     def register_params(self, method: str, grid_id_: str) -> dict[str, Any]:
         """Parameters of a registration job: the grid point's, plus the trained ``checkpoint``."""
         params = dict(self.grid_point(method, grid_id_).params)
         if self.training.get(method) is not None:
-            params["checkpoint"] = self.path("model", method=method, grid_id=grid_id_)
+            params["checkpoint"] = self.path("model", method=method, grid_id=self.train_id(method, grid_id_))
         return params
 
-    def train_params(self, method: str, grid_id_: str) -> dict[str, Any]:
-        """Parameters of a training job: the grid point's."""
-        return dict(self.grid_point(method, grid_id_).params)
+    def trained_models(self) -> list[tuple[str, str]]:
+        """(method, train id) of every model a ``train`` job makes, in grid order."""
+        models = [
+            (method, self.train_id(method, point.grid_id))
+            for method, points in self.grid.items() if self.training.get(method) for point in points
+        ]
+        return list(dict.fromkeys(models))
 
-    def trained_points(self) -> list[GridPoint]:
-        """Grid points that need a ``train`` job."""
-        return [point for method, points in self.grid.items() if self.training.get(method) for point in points]
+    def train_params(self, method: str, train_id: str) -> dict[str, Any]:
+        """Parameters of the training job of model ``train_id``: its grid points' params without
+        :data:`REGISTER_ONLY_PARAMS`."""
+        point = next(p for p in self.grid[method] if self.train_id(method, p.grid_id) == train_id)
+        return {key: value for key, value in point.params.items() if key not in REGISTER_ONLY_PARAMS}
 
     def train_files(self, method: str) -> dict[str, list[str]]:
         """``images`` (and ``labels`` when every training subject has them), ``val_images`` (and ``val_labels``)."""
@@ -836,7 +853,7 @@ class Study:
             "qc": len(prepared),
             "synth_pair": len(self.truth.movers) if self.truth else 0,
             "align": len(self.aligned_pairs()),
-            "train": len(self.trained_points()),
+            "train": len(self.trained_models()),
             "register": len(self.jobs),
             "evaluate": len(self.jobs),
         }

@@ -21,7 +21,7 @@ from registration_core.study import (
     format_value,
     grid_id,
     load_config,
-    subjects_regex,
+    exact_regex,
     validate_config,
     write_jobs_table,
 )
@@ -453,7 +453,75 @@ def test_train_is_for_learned_methods_only() -> None:
     assert error_of(cfg).startswith("config key methods.nodeo.train: unknown key subject (allowed: dataset, subjects, val_subjects)")
 
 
-def test_subjects_regex_matches_exactly_the_subjects() -> None:
-    regex = subjects_regex(["s1", "s10", "a.b"])
+def test_exact_regex_matches_exactly_the_subjects() -> None:
+    regex = exact_regex(["s1", "s10", "a.b"])
     assert [bool(re.fullmatch(regex, s)) for s in ("s1", "s10", "a.b", "s100", "aXb")] == [True, True, True, False, False]
-    assert re.fullmatch(subjects_regex([]), "") is None and re.fullmatch(subjects_regex([]), "s1") is None
+    assert re.fullmatch(exact_regex([]), "") is None and re.fullmatch(exact_regex([]), "s1") is None
+
+
+def learned_config(**train) -> dict:
+    """VoxelMorph trained on demo-03..05 and NODEO, both tested on demo-00 -> demo-01, demo-02."""
+    cfg = config(datasets={"synthetic": {"adapter": "demo", "n_subjects": 6}})
+    cfg["pairs"] = {"atlases": ["demo-00"], "moving": ["demo-01", "demo-02"]}
+    cfg["methods"]["voxelmorph"] = {
+        "train": {"subjects": ["demo-03", "demo-04"], "val_subjects": ["demo-05"], **train},
+        "params": {"steps": 10}, "grid": {"lr": [0.001, 0.0001]},
+    }
+    return cfg
+
+
+def test_learned_method_is_trained_per_grid_point_on_other_subjects() -> None:
+    study = Study(learned_config())
+    assert study.trained_models() == [("voxelmorph", "lr~0.001"), ("voxelmorph", "lr~0.0001")]
+    assert study.training["voxelmorph"].subjects == ("demo-03", "demo-04") and study.training["nodeo"] is None
+    assert study.register_params("voxelmorph", "lr~0.001") == {
+        "steps": 10, "lr": 0.001, "checkpoint": "results/unit/train/voxelmorph/lr~0.001/model.pt",
+    }
+    assert study.train_params("voxelmorph", "lr~0.0001") == {"steps": 10, "lr": 0.0001}
+    assert "checkpoint" not in study.register_params("nodeo", study.grid["nodeo"][0].grid_id)
+    assert study.train_files("voxelmorph") == {
+        "images": ["results/unit/prep/demo-03/image.nii.gz", "results/unit/prep/demo-04/image.nii.gz"],
+        "labels": ["results/unit/prep/demo-03/labels.nii.gz", "results/unit/prep/demo-04/labels.nii.gz"],
+        "val_images": ["results/unit/prep/demo-05/image.nii.gz"],
+        "val_labels": ["results/unit/prep/demo-05/labels.nii.gz"],
+    }
+    assert study.prepared_subjects() == [f"demo-0{i}" for i in range(6)]
+    assert study.jobs_by_rule() == {"demo_subject": 6, "prepare": 6, "qc": 6, "train": 2, "register": 12, "evaluate": 12}
+
+
+@pytest.mark.parametrize(
+    ("train", "expected"),
+    [
+        ({"subjects": ["demo-01", "demo-03"]}, "config key methods.voxelmorph.train.subjects: 'demo-01' is also in the test pairs"),
+        ({"val_subjects": ["demo-00"]}, "config key methods.voxelmorph.train.val_subjects: 'demo-00' is also in the test pairs"),
+        ({"val_subjects": ["demo-04"]}, "config key methods.voxelmorph.train.val_subjects: 'demo-04' is also a training subject"),
+        ({"subjects": ["demo-09"]}, "config key methods.voxelmorph.train.subjects: subject 'demo-09' is not in dataset synthetic"),
+        ({"dataset": "other"}, "config key methods.voxelmorph.train.dataset: 'other' is not a dataset (datasets: synthetic)"),
+    ],
+)
+def test_training_subjects_must_differ_from_the_test_subjects(train: dict, expected: str) -> None:
+    assert error_of(learned_config(**train)).startswith(expected)
+
+
+def test_learned_method_needs_training_or_a_checkpoint() -> None:
+    cfg = learned_config()
+    del cfg["methods"]["voxelmorph"]["train"]
+    assert error_of(cfg).startswith("config key methods.voxelmorph.train: required for the learned method voxelmorph")
+    cfg["methods"]["voxelmorph"]["params"]["checkpoint"] = "models/vxm.pt"
+    study = Study(cfg)
+    assert study.trained_models() == [] and study.register_params("voxelmorph", "lr~0.001")["checkpoint"] == "models/vxm.pt"
+    cfg = learned_config()
+    cfg["methods"]["voxelmorph"]["params"]["checkpoint"] = "models/vxm.pt"
+    assert error_of(cfg).startswith("config key methods.voxelmorph.params.checkpoint: the workflow trains voxelmorph")
+
+
+def test_grid_points_differing_in_instance_optimisation_share_a_model() -> None:
+    cfg = learned_config()
+    cfg["methods"]["voxelmorph"]["grid"]["io_steps"] = [0, 20]
+    study = Study(cfg)
+    assert [p.grid_id for p in study.grid["voxelmorph"]][:2] == ["lr~0.001__io_steps~0", "lr~0.001__io_steps~20"]
+    assert study.trained_models() == [("voxelmorph", "lr~0.001"), ("voxelmorph", "lr~0.0001")]
+    assert study.register_params("voxelmorph", "lr~0.001__io_steps~20")["checkpoint"] == "results/unit/train/voxelmorph/lr~0.001/model.pt"
+    assert study.train_params("voxelmorph", "lr~0.001") == {"steps": 10, "lr": 0.001}
+    cfg["methods"]["voxelmorph"]["grid"] = {"io_steps": [0, 20]}
+    assert Study(cfg).trained_models() == [("voxelmorph", "default")]

@@ -15,7 +15,7 @@ from registration_core.study import (
     ID_PATTERN,
     Study,
     demo_subject_index,
-    subjects_regex,
+    exact_regex,
     value_text,
     write_config,
 )
@@ -95,7 +95,7 @@ def register_inputs(wildcards):
         if key not in ("mask", "truth_displacement")
     }
     if STUDY.training.get(wildcards.method) is not None:
-        files["checkpoint"] = STUDY.path("model", method=wildcards.method, grid_id=wildcards.grid_id)
+        files["checkpoint"] = STUDY.register_params(wildcards.method, wildcards.grid_id)["checkpoint"]
     return files
 
 
@@ -158,7 +158,7 @@ PREPARED = STUDY.prepared_subjects()
 
 def prepared_where(condition):
     """Regex of the prepared subjects for which ``condition(subject, dataset)`` holds."""
-    return subjects_regex([s for s in PREPARED if condition(s, STUDY.owner(s))])
+    return exact_regex([s for s in PREPARED if condition(s, STUDY.owner(s))])
 
 
 def truth_inputs(wildcards):
@@ -227,7 +227,7 @@ PAIR_LABELS = [tuple(k for k in STUDY.pair_kinds(*pair) if k == "labels") for pa
 REGISTER_VARIANTS = STUDY.variants(PAIR_LABELS)
 LABELLED = [s for pair, kinds in zip(STUDY.pairs, PAIR_LABELS) if kinds for s in pair]
 
-TRAINED = STUDY.trained_points()
+TRAINED = STUDY.trained_models()
 TRAIN_OPTIONS = {"images": "--images", "labels": "--labels", "val_images": "--val-images", "val_labels": "--val-labels"}
 
 

@@ -107,7 +107,7 @@ if STUDY.truth is not None:
             args=lambda wildcards: quoted(STUDY.truth.cli_args(wildcards.moving)),
             out_dir=lambda wildcards, output: os.path.dirname(output.moving),
         wildcard_constraints:
-            moving=subjects_regex(STUDY.truth.movers),
+            moving=exact_regex(STUDY.truth.movers),
         log:
             f"{LOGS}/synth_pair/{{moving}}.log",
         threads: threads_of("prepare")

@@ -18,7 +18,7 @@ for prepare_kinds in PREPARE_VARIANTS:
         params:
             args=prepare_args,
         wildcard_constraints:
-            subject=subjects_regex([s for s in PREPARED if STUDY.subject_kinds(s) == prepare_kinds]),
+            subject=exact_regex([s for s in PREPARED if STUDY.subject_kinds(s) == prepare_kinds]),
         log:
             f"{LOGS}/prepare/{{subject}}.log",
         threads: threads_of("prepare")
@@ -38,7 +38,7 @@ rule qc:
     params:
         args=lambda wildcards, input: quoted(option_args(input, QC_OPTIONS)),
     wildcard_constraints:
-        subject=subjects_regex(PREPARED),
+        subject=exact_regex(PREPARED),
     log:
         f"{LOGS}/qc/{{subject}}.log",
     threads: threads_of("prepare")
@@ -63,8 +63,8 @@ for align_kinds in ALIGN_VARIANTS:
         params:
             args=align_args,
         wildcard_constraints:
-            atlas=subjects_regex(align_subjects),
-            moving=subjects_regex(align_subjects),
+            atlas=exact_regex(align_subjects),
+            moving=exact_regex(align_subjects),
         log:
             f"{LOGS}/align/{{atlas}}__{{moving}}.log",
         threads: threads_of("prepare")

@@ -1,4 +1,5 @@
-# Training of learned methods (one model per grid point) and one registration job per
+# Training of learned methods (one model per grid point, grid keys used only at registration
+# aside: io_steps, io_lr) and one registration job per
 # method x grid point x (atlas, moving) pair. Fixed = atlas; the displacement field (mm, ITK
 # convention) lives on the atlas grid. Pairs with labels write warped labels too: a second
 # variant of the rule when the study has pairs with and without labels.
@@ -17,7 +18,8 @@ if TRAINED:
             ),
             out_dir=lambda wildcards, output: os.path.dirname(output.model),
         wildcard_constraints:
-            method=subjects_regex(sorted({point.method for point in TRAINED})),
+            method=exact_regex(sorted({method for method, _ in TRAINED})),
+            grid_id=exact_regex(sorted({train_id for _, train_id in TRAINED})),
         log:
             f"{LOGS}/train/{{method}}/{{grid_id}}.log",
         threads: lambda wildcards: STUDY.train_resources(wildcards.method)["threads"]
@@ -48,8 +50,8 @@ for register_kinds in REGISTER_VARIANTS:
             args=register_args,
             out_dir=lambda wildcards, output: os.path.dirname(output.log),
         wildcard_constraints:
-            atlas=subjects_regex(LABELLED) if register_kinds else ID_PATTERN,
-            moving=subjects_regex(LABELLED) if register_kinds else ID_PATTERN,
+            atlas=exact_regex(LABELLED) if register_kinds else ID_PATTERN,
+            moving=exact_regex(LABELLED) if register_kinds else ID_PATTERN,
         log:
             f"{LOGS}/register/{{method}}/{{grid_id}}/{{atlas}}__{{moving}}.log",
         threads: lambda wildcards: STUDY.register_resources(wildcards.method)["threads"]
