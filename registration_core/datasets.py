@@ -664,7 +664,7 @@ def _dirlab_manifest(spec: _Spec) -> Manifest:
     for phase in phases:
         if phase not in DIRLAB_PHASES:
             raise spec.error("phases", f"{phase!r} is not allowed; allowed: {', '.join(DIRLAB_PHASES)}")
-    fixed_phase = spec.choice("fixed_phase", phases, phases[0]).upper()
+    fixed_phase = spec.choice("fixed_phase", phases, phases[0])
     need_landmarks = spec.flag("landmarks", True)
     intercept = spec.number("intercept", DIRLAB_INTERCEPT)
     images = spec.wrap(lambda: _find_by_name(root, DIRLAB_IMAGE_NAME, ".img"))
