@@ -1,21 +1,29 @@
 """Evaluate one registered pair from its files and write ``metrics.json``.
 
-The fixed image is the atlas; the moving label map has been warped onto the fixed grid
-(``warped_labels``); ``displacement`` is the registration's displacement field on the fixed grid
-(ITK vector image in mm, read by :func:`registration_core.io.load_displacement` as voxels).
-Fixed, warped and moving label maps must share one grid (same shape and affine).
+The fixed image is the atlas; ``displacement`` is the registration's displacement field on the
+fixed grid (ITK vector image in mm, read by :func:`registration_core.io.load_displacement` as
+voxels), mapping a fixed point ``p`` to the moving point ``p + u(p)``. Every input lies on the
+fixed grid (same shape and affine); the grid is read from the fixed labels, else the fixed
+image, else the mask (one of them is required).
 
-``metrics.json`` keys (see CONTRACT.md):
+``metrics.json`` keys (see CONTRACT.md), by the inputs that produce them:
 
-* ``dice_mean``, ``dice_per_label`` ``{"<label>": float}``, ``hd95_mean`` (mm, over defined
-  values), ``hd95_per_label`` ``{"<label>": float | null}``, ``hd95_undefined``
-  ``{"<label>": reason}`` for labels present in one map only (their HD95 is null),
-  ``n_labels`` (labels scored), ``labels_skipped`` (requested labels absent from both maps);
-* ``neg_jac_ratio`` (r^D), ``neg_jac_sum`` (s^D), ``sdlogj``, ``detj_min``, ``detj_max`` over
-  every voxel of the fixed grid (see :func:`registration_core.metrics.jacobian_stats`);
-* with moving labels: ``dice_mean_before`` (fixed vs unwarped moving labels);
-* with landmarks: ``tre_mean_mm``, ``tre_std_mm`` (ddof 0), ``tre_before_mm`` (mean distance
-  with zero displacement), ``n_landmarks``.
+* always: ``neg_jac_ratio`` (r^D), ``neg_jac_sum`` (s^D), ``sdlogj``, ``detj_min``, ``detj_max``
+  over every voxel of the fixed grid (see :func:`registration_core.metrics.jacobian_stats`);
+* fixed + warped labels: ``dice_mean``, ``dice_per_label`` ``{"<label>": float}``, ``hd95_mean``
+  (mm, over defined values), ``hd95_per_label`` ``{"<label>": float | null}``, ``hd95_undefined``
+  ``{"<label>": reason}`` for labels present in one map only (their HD95 is null), ``n_labels``
+  (labels scored), ``labels_skipped`` (requested labels absent from both maps). Without label
+  maps none of these keys is written (no NaN Dice);
+* moving labels too: ``dice_mean_before`` (fixed vs unwarped moving labels);
+* landmarks: ``tre_mean_mm``, ``tre_std_mm`` (ddof 0), ``tre_max_mm``, ``tre_before_mm`` (mean
+  distance with zero displacement), ``n_landmarks``;
+* fixed + moving image: ``ncc_before``, ``mse_before``; fixed + warped image: ``ncc_after``,
+  ``mse_after`` (global Pearson correlation and mean squared difference over the whole grid,
+  :func:`registration_core.metrics.image_similarity`);
+* true displacement (known-truth pairs, :mod:`registration_core.truth`): ``tre_truth_mm`` and
+  ``tre_truth_max_mm`` (mean and largest ``|u - d|`` in mm), ``tre_truth_before_mm`` (mean ``|d|``),
+  ``n_truth_voxels``, over the voxels of the mask when given, else every voxel.
 
 Undefined numbers are written as JSON ``null`` (never ``NaN``).
 """
@@ -82,9 +90,9 @@ def parse_label_spec(text: str | None, labels_file: Path | None) -> list[int] | 
 # --------------------------------------------------------------------------- loading
 
 
-def _load_labels_on_grid(path: Path, reference: io.Image, reference_path: Path) -> io.Image:
-    """Load a label map and check it lies on ``reference``'s grid (InputError naming both files)."""
-    image = io.load_image(path, kind="labels")
+def _load_on_grid(path: Path, reference: io.Image, reference_path: Path, kind: io.ImageKind) -> io.Image:
+    """Load an image or label map and check it lies on ``reference``'s grid (InputError naming both files)."""
+    image = io.load_image(path, kind=kind)
     if not image.same_grid(reference):
         raise InputError(
             f"{path} (shape {image.shape}) is not on the grid of {reference_path} (shape {reference.shape}): "
@@ -145,6 +153,7 @@ def _landmark_metrics(
     return {
         "tre_mean_mm": float(np.mean(after)),
         "tre_std_mm": float(np.std(after)),
+        "tre_max_mm": float(np.max(after)),
         "tre_before_mm": float(np.mean(before)),
         "n_landmarks": int(len(after)),
     }
@@ -161,53 +170,131 @@ def write_metrics(result: dict[str, Any], out: Path) -> None:
 # --------------------------------------------------------------------------- entry point
 
 
+def _reference_grid(
+    fixed_labels: Path | None, fixed_image: Path | None, mask: Path | None
+) -> tuple[io.Image, Path, io.Image | None, io.Image | None]:
+    """The fixed grid (first of fixed labels, fixed image, mask) and the loaded fixed labels / image."""
+    labels = None if fixed_labels is None else io.load_image(fixed_labels, kind="labels")
+    image = None if fixed_image is None else io.load_image(fixed_image, kind="image")
+    if labels is not None:
+        return labels, Path(fixed_labels), labels, image
+    if image is not None:
+        return image, Path(fixed_image), None, image
+    if mask is not None:
+        return io.load_image(mask, kind="labels"), Path(mask), None, None
+    raise InputError("evaluate: give fixed labels, a fixed image or a mask (the fixed grid to evaluate on)")
+
+
+def _check_combinations(
+    fixed_labels: Path | None, warped_labels: Path | None, labels: Sequence[int] | None,
+    moving_labels: Path | None, fixed_landmarks: Path | None, moving_landmarks: Path | None,
+    fixed_image: Path | None, moving_image: Path | None, warped_image: Path | None,
+    truth_displacement: Path | None, mask: Path | None,
+) -> None:
+    """Reject inputs that only make sense together when one of them is missing."""
+    if (fixed_labels is None) != (warped_labels is None):
+        raise InputError("labels: give both fixed_labels and warped_labels, or neither")
+    if fixed_labels is None and (moving_labels is not None or labels is not None):
+        raise InputError("labels: moving labels and a label list need fixed_labels and warped_labels")
+    if (fixed_landmarks is None) != (moving_landmarks is None):
+        raise InputError("landmarks: give both fixed_landmarks and moving_landmarks, or neither")
+    if fixed_image is None and (moving_image is not None or warped_image is not None):
+        raise InputError("images: moving and warped images are compared with fixed_image, which is missing")
+    if mask is not None and truth_displacement is None:
+        raise InputError("mask: it bounds tre_truth_mm and needs truth_displacement")
+
+
+def _similarity_metrics(fixed: io.Image, fixed_path: Path, others: dict[str, Path | None]) -> dict[str, Any]:
+    """``ncc_<when>`` and ``mse_<when>`` for each given image (``when``: before = moving, after = warped)."""
+    result: dict[str, Any] = {}
+    for when, path in others.items():
+        if path is not None:
+            other = _load_on_grid(Path(path), fixed, fixed_path, "image")
+            similarity = metrics.image_similarity(fixed.data, other.data)
+            result.update({f"ncc_{when}": similarity["ncc"], f"mse_{when}": similarity["mse"]})
+    return result
+
+
+def _truth_metrics(
+    truth: Path, mask: Path | None, grid: io.Image, grid_path: Path, disp_vox: np.ndarray
+) -> dict[str, Any]:
+    """Dense TRE keys against the true displacement, inside the mask when given."""
+    truth_vox = io.load_displacement(truth, grid)
+    keep = None if mask is None else _load_on_grid(Path(mask), grid, grid_path, "labels").data
+    error = metrics.displacement_error_mm(disp_vox, truth_vox, grid.spacing, keep)
+    return {
+        "tre_truth_mm": error["mean"],
+        "tre_truth_max_mm": error["max"],
+        "tre_truth_before_mm": error["before"],
+        "n_truth_voxels": error["n_voxels"],
+    }
+
+
 def evaluate_pair(
-    fixed_labels: Path,
-    warped_labels: Path,
+    fixed_labels: Path | None,
+    warped_labels: Path | None,
     displacement: Path,
     labels: Sequence[int] | None,
     out: Path,
     moving_labels: Path | None = None,
     fixed_landmarks: Path | None = None,
     moving_landmarks: Path | None = None,
+    fixed_image: Path | None = None,
+    moving_image: Path | None = None,
+    warped_image: Path | None = None,
+    truth_displacement: Path | None = None,
+    mask: Path | None = None,
 ) -> dict[str, Any]:
     """Compute the metrics of one registered pair, write them to ``out`` (JSON) and return them.
 
     Args:
-        fixed_labels: label map of the fixed (atlas) image.
-        warped_labels: moving label map warped onto the fixed grid.
+        fixed_labels, warped_labels: label map of the fixed (atlas) image and the moving label map
+            warped onto the fixed grid (both or neither).
         displacement: displacement field on the fixed grid (ITK vector image, mm).
         labels: labels to score; None means every nonzero label of the fixed label map.
         out: the metrics.json to write (atomically; nothing is written on error).
         moving_labels: unwarped moving label map on the same grid, for ``dice_mean_before``.
         fixed_landmarks, moving_landmarks: corresponding point files (both or neither); moving
             landmarks are read in the moving grid, which is the fixed grid.
+        fixed_image, moving_image, warped_image: intensity images for ``ncc_*`` / ``mse_*``.
+        truth_displacement: the true displacement of a known-truth pair (ITK vector image, mm).
+        mask: label map on the fixed grid bounding ``tre_truth_*`` (nonzero inside).
 
     Returns:
         The metrics dict (keys in the module docstring); NaN where a value is undefined (written
         as null).
 
     Raises:
-        InputError: unreadable files, label maps or field not on one grid, only one landmark file,
-        landmark counts that differ, or no requested label present in either label map.
+        InputError: unreadable files, inputs not on one grid, an input missing its partner (see
+        the module docstring), landmark counts that differ, or no requested label present in
+        either label map.
     """
-    if (fixed_landmarks is None) != (moving_landmarks is None):
-        raise InputError("landmarks: give both fixed_landmarks and moving_landmarks, or neither")
-    fixed_path, warped_path = Path(fixed_labels), Path(warped_labels)
-    fixed = io.load_image(fixed_path, kind="labels")
-    warped = _load_labels_on_grid(warped_path, fixed, fixed_path)
-    moving = None if moving_labels is None else _load_labels_on_grid(Path(moving_labels), fixed, fixed_path)
-    disp_vox = io.load_displacement(Path(displacement), fixed)
-    requested = _default_labels(fixed, fixed_path) if labels is None else list(labels)
+    _check_combinations(
+        fixed_labels, warped_labels, labels, moving_labels, fixed_landmarks, moving_landmarks,
+        fixed_image, moving_image, warped_image, truth_displacement, mask,
+    )
+    grid, grid_path, fixed, fixed_img = _reference_grid(fixed_labels, fixed_image, mask)
+    if fixed_img is not None and fixed is not None and not fixed_img.same_grid(fixed):
+        raise InputError(f"{fixed_image}: not on the grid of {fixed_labels} (shapes and affines must match)")
+    disp_vox = io.load_displacement(Path(displacement), grid)
 
-    result = _overlap_metrics(fixed, warped, requested)
+    result: dict[str, Any] = {}
+    moving = None
+    if fixed is not None and warped_labels is not None:
+        warped = _load_on_grid(Path(warped_labels), fixed, grid_path, "labels")
+        moving = None if moving_labels is None else _load_on_grid(Path(moving_labels), fixed, grid_path, "labels")
+        requested = _default_labels(fixed, grid_path) if labels is None else list(labels)
+        result.update(_overlap_metrics(fixed, warped, requested))
+        if moving is not None:
+            result["dice_mean_before"] = metrics.dice_summary(fixed.data, moving.data, requested)["mean"]
     result.update(_jacobian_metrics(disp_vox))
-    if moving is not None:
-        result["dice_mean_before"] = metrics.dice_summary(fixed.data, moving.data, requested)["mean"]
     if fixed_landmarks is not None and moving_landmarks is not None:
-        moving_grid = fixed if moving is None else moving
-        result.update(
-            _landmark_metrics(Path(fixed_landmarks), Path(moving_landmarks), fixed, moving_grid, disp_vox)
-        )
+        moving_grid = grid if moving is None else moving
+        result.update(_landmark_metrics(Path(fixed_landmarks), Path(moving_landmarks), grid, moving_grid, disp_vox))
+    if fixed_img is not None:
+        others = {"before": moving_image, "after": warped_image}
+        result.update(_similarity_metrics(fixed_img, Path(str(fixed_image)), others))
+    if truth_displacement is not None:
+        result.update(_truth_metrics(Path(truth_displacement), mask, grid, grid_path, disp_vox))
     write_metrics(result, Path(out))
     return result

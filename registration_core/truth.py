@@ -27,7 +27,7 @@ Files (:func:`write_truth_pair`, the ``synth-pair`` command): ``fixed.nii.gz``,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,6 +46,8 @@ SKIMAGE_RETINA = "skimage:retina"
 # Fixed-point inversion stops when the largest residual |e + d o (id + e)| falls below this (voxels).
 _INVERSION_TOL_VOX = 1e-3
 _INVERSION_MAX_ITERATIONS = 100
+# Nominal respiratory amplitudes (synth.respiratory_displacement's defaults), scaled together.
+_NOMINAL_SHIFT_MM, _NOMINAL_CONTRACTION, _NOMINAL_LOCAL_MM = 30.0, 0.12, 3.0
 # Landmarks are at least this many voxels (of the coarsest axis) apart unless told otherwise.
 _DEFAULT_MIN_DISTANCE_VOX = 5.0
 
@@ -120,12 +122,18 @@ def _scaled_motion(
     """The true displacement (ndim, *spatial) float64 voxels with largest magnitude ``max_disp_mm``.
 
     The maximum is taken inside the mask when one is given (respiratory motion is largest below
-    the diaphragm, outside the lungs), else over the whole grid.
+    the diaphragm, outside the lungs), else over the whole grid. Respiratory motion is drawn with
+    its nominal amplitudes (30 mm shift, 0.12 contraction, 3 mm local field) times
+    ``max_disp_mm / 30``, so its fold check applies near the final size, then rescaled exactly.
     """
     if motion == "respiratory":
         if fixed.ndim != 3:
             raise InputError(f"motion 'respiratory' needs a 3D image, got {fixed.ndim}D; use 'single'")
-        disp = synth.respiratory_displacement(fixed, rng, lung_mask=None if mask is None else mask.data)
+        ratio = max_disp_mm / _NOMINAL_SHIFT_MM
+        disp = synth.respiratory_displacement(
+            fixed, rng, lung_mask=None if mask is None else mask.data, shift_mm=_NOMINAL_SHIFT_MM * ratio,
+            contraction=_NOMINAL_CONTRACTION * ratio, local_max_disp_mm=_NOMINAL_LOCAL_MM * ratio,
+        )
     else:
         disp = synth.random_smooth_displacement(
             fixed.shape, fixed.spacing, rng, grid_spacing_mm=grid_spacing_mm, max_disp_mm=max_disp_mm
@@ -160,6 +168,84 @@ def _check_inputs(
 # --------------------------------------------------------------------------- pair
 
 
+def deform_with_truth(
+    fixed: io.Image,
+    disp_vox: np.ndarray,
+    rng: np.random.Generator,
+    mask: io.Image | None = None,
+    labels: io.Image | None = None,
+    noise_std: float = 0.0,
+    n_landmarks: int = 0,
+    min_distance_mm: float | None = None,
+) -> TruthPair:
+    """The pair whose true displacement is the given ``disp_vox``: moving = ``fixed o (id + d)^-1`` + noise.
+
+    Args:
+        fixed: the real image (2D or 3D).
+        disp_vox: (ndim, *spatial) true displacement in voxels of the fixed grid; must not fold.
+        rng: draws the noise.
+        mask, labels: label maps on the fixed grid (or None), deformed nearest; the mask bounds the
+            landmarks and the reported maximum.
+        noise_std: Gaussian noise as a fraction of the fixed image's range (max - min).
+        n_landmarks: landmarks wanted (0: none); min_distance_mm: their smallest distance (mm),
+            default 5 voxels of the coarsest axis.
+
+    Returns:
+        The :class:`TruthPair`; ``info`` without motion and seed. Landmarks whose moving point
+        leaves the grid are dropped.
+
+    Raises:
+        InputError: a field of another shape, or one that folds (min det J <= 0).
+    """
+    disp = np.asarray(disp_vox, dtype=np.float64)
+    if disp.shape != (fixed.ndim, *fixed.shape) or not np.all(np.isfinite(disp)):
+        raise InputError(f"disp_vox has shape {disp.shape}; expected finite values of shape {(fixed.ndim, *fixed.shape)}")
+    detj_min = synth.min_jacobian_determinant(disp)
+    if detj_min <= 0:
+        raise InputError(f"the true displacement folds (min det J {detj_min:.3f}); lower max_disp_mm")
+    inverse, residual, iterations = invert_displacement(disp)
+    points = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in fixed.shape], indexing="ij"))
+    points += inverse
+    data = np.asarray(fixed.data, dtype=np.float64)
+    low, high = float(data.min()), float(data.max())
+    moving = np.clip(_resample_at(data, points, order=3), low, high)
+    moving += rng.normal(0.0, noise_std * (high - low), size=moving.shape)
+
+    def deformed(label_map: io.Image | None) -> io.Image | None:
+        return None if label_map is None else label_map.with_data(_resample_at(label_map.data, points, order=0))
+
+    fixed_points = np.zeros((0, fixed.ndim))
+    moving_points = fixed_points
+    if n_landmarks > 0:
+        distance = _DEFAULT_MIN_DISTANCE_VOX * max(fixed.spacing) if min_distance_mm is None else min_distance_mm
+        fixed_points = detect_landmarks(fixed, mask, int(n_landmarks), distance)
+        moving_points = fixed_points + spatial.sample_displacement_at(disp, fixed_points)
+    on_grid = np.all((moving_points >= -0.5) & (moving_points <= np.asarray(fixed.shape) - 0.5), axis=1)
+    magnitude = synth.magnitude_mm(disp, fixed.spacing)
+    info = {
+        "max_disp_mm": float(magnitude.max() if mask is None else magnitude[mask.data > 0].max()),
+        "noise_std": float(noise_std),
+        "inversion_residual_vox": residual,
+        "inversion_iterations": iterations,
+        "detj_min": detj_min,
+        "n_landmarks": int(on_grid.sum()),
+        "landmarks_dropped": int((~on_grid).sum()),
+        "conventions": "fixed point p corresponds to moving point p + d(p); moving o (id + d) ~ fixed",
+    }
+    return TruthPair(
+        fixed=fixed,
+        moving=fixed.with_data(moving.astype(np.float32)),
+        disp_vox=disp.astype(np.float32),
+        fixed_landmarks=fixed_points[on_grid],
+        moving_landmarks=moving_points[on_grid],
+        fixed_labels=labels,
+        moving_labels=deformed(labels),
+        mask=mask,
+        moving_mask=deformed(mask),
+        info=info,
+    )
+
+
 def make_truth_pair(
     fixed: io.Image,
     mask: io.Image | None = None,
@@ -172,7 +258,7 @@ def make_truth_pair(
     min_distance_mm: float | None = None,
     grid_spacing_mm: float = 40.0,
 ) -> TruthPair:
-    """Deform a real image by a known motion; see the module docstring for the construction.
+    """Deform a real image by a random known motion; see the module docstring for the construction.
 
     Args:
         fixed: the real image (2D or 3D; respiratory motion needs 3D), e.g. a CT clipped and
@@ -192,7 +278,7 @@ def make_truth_pair(
         grid_spacing_mm: control point spacing of the single-frequency field (mm).
 
     Returns:
-        The :class:`TruthPair`; landmarks whose moving point leaves the grid are dropped.
+        The :class:`TruthPair` of :func:`deform_with_truth`, ``info`` with ``motion`` and ``seed``.
 
     Raises:
         InputError: bad arguments, a mask/labels on another grid, or a motion that folds (det J <= 0).
@@ -200,52 +286,8 @@ def make_truth_pair(
     _check_inputs(fixed, mask, labels, motion, max_disp_mm, noise_std, n_landmarks)
     rng = np.random.default_rng(seed)
     disp = _scaled_motion(fixed, mask, motion, max_disp_mm, rng, grid_spacing_mm)
-    detj_min = synth.min_jacobian_determinant(disp)
-    if detj_min <= 0:
-        raise InputError(f"the {motion} motion at max_disp_mm={max_disp_mm} folds (min det J {detj_min:.3f}); lower it")
-    inverse, residual, iterations = invert_displacement(disp)
-    points = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in fixed.shape], indexing="ij"))
-    points += inverse
-    data = np.asarray(fixed.data, dtype=np.float64)
-    low, high = float(data.min()), float(data.max())
-    moving = np.clip(_resample_at(data, points, order=3), low, high)
-    moving += rng.normal(0.0, noise_std * (high - low), size=moving.shape)
-
-    def deformed(label_map: io.Image | None) -> io.Image | None:
-        return None if label_map is None else label_map.with_data(_resample_at(label_map.data, points, order=0))
-
-    fixed_points = np.zeros((0, fixed.ndim))
-    if n_landmarks > 0:
-        distance = _DEFAULT_MIN_DISTANCE_VOX * max(fixed.spacing) if min_distance_mm is None else min_distance_mm
-        fixed_points = detect_landmarks(fixed, mask, int(n_landmarks), distance)
-    moving_points = fixed_points + spatial.sample_displacement_at(disp, fixed_points)
-    on_grid = np.all((moving_points >= -0.5) & (moving_points <= np.asarray(fixed.shape) - 0.5), axis=1)
-    disp32 = disp.astype(np.float32)
-    max_inside = synth.magnitude_mm(disp32, fixed.spacing)[slice(None) if mask is None else mask.data > 0].max()
-    info = {
-        "motion": motion,
-        "seed": int(seed),
-        "max_disp_mm": float(max_inside),
-        "noise_std": float(noise_std),
-        "inversion_residual_vox": residual,
-        "inversion_iterations": iterations,
-        "detj_min": detj_min,
-        "n_landmarks": int(on_grid.sum()),
-        "landmarks_dropped": int((~on_grid).sum()),
-        "conventions": "fixed point p corresponds to moving point p + d(p); moving o (id + d) ~ fixed",
-    }
-    return TruthPair(
-        fixed=fixed,
-        moving=fixed.with_data(moving.astype(np.float32)),
-        disp_vox=disp32,
-        fixed_landmarks=fixed_points[on_grid],
-        moving_landmarks=moving_points[on_grid],
-        fixed_labels=labels,
-        moving_labels=deformed(labels),
-        mask=mask,
-        moving_mask=deformed(mask),
-        info=info,
-    )
+    pair = deform_with_truth(fixed, disp, rng, mask, labels, noise_std, n_landmarks, min_distance_mm)
+    return replace(pair, info={"motion": motion, "seed": int(seed), **pair.info})
 
 
 # --------------------------------------------------------------------------- fundus example
