@@ -3,12 +3,14 @@ blobs, the checkpoint round trip through the CLI, instance optimisation and real
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Iterator
 
 import numpy as np
@@ -284,35 +286,27 @@ def test_checkpoint_of_another_shape_is_refused(trained: dict[str, Path]) -> Non
 
 # -- real brain slices ------------------------------------------------------------------------------
 
-OASIS_STEPS = [
-    {"step": "reorient", "orientation": "RAS"},
-    {"step": "slice", "axis": 2, "index": "middle"},
-    {"step": "resample", "spacing": 2.0},
-    {"step": "clip", "percentiles": [0.5, 99.5]},
-    {"step": "normalize", "mode": "minmax"},
-]
+def learned_2d_benchmark() -> ModuleType:
+    """benchmarks/learned_2d.py (not a package): its OASIS-TRT slice preparation and pairs."""
+    spec = importlib.util.spec_from_file_location("learned_2d", Path(__file__).resolve().parents[1] / "benchmarks" / "learned_2d.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_brain_slices_dice_rises_on_held_out_pairs(shared_data: Path, tmp_path: Path) -> None:
-    """Train on axial slices (80x128, 2 mm) of OASIS-TRT sub-03..sub-10, register sub-01 <-> sub-02."""
-    from registration_core.preprocess import run_steps
-
-    root = shared_data / "oasis-trt"
-    affine = np.diag([2.0, 2.0, 2.0, 1.0])  # the subjects are not aligned: one shared grid for training
-    files: dict[str, tuple[Path, Path]] = {}
-    for n in range(1, 11):
-        name = f"sub-{n:02d}"
-        image, labels = run_steps(load_image(root / name / "t1w_brain.nii.gz"),
-                                  load_image(root / name / "labels.nii.gz", "labels"), OASIS_STEPS)
-        files[name] = (tmp_path / f"{name}.nii.gz", tmp_path / f"{name}_labels.nii.gz")
-        save_image(Image(image.data, affine), files[name][0])
-        save_image(Image(labels.data, affine), files[name][1])
-    training = [files[f"sub-{n:02d}"][0] for n in range(3, 11)]
+    """Affinely aligned axial slices (80x128, 2 mm) of OASIS-TRT: train on sub-03..sub-10, register sub-01 <-> sub-02."""
+    bench = learned_2d_benchmark()
+    files = bench.prepare(shared_data / "oasis-trt", tmp_path / "data", {"shrink_factors": (4,), "iterations": 50})
+    training = [files[name][0] for name in bench.TRAIN]
     train_method("voxelmorph", training, tmp_path / "model", {"steps": "300", "lr": "1e-3", "device": "cpu"})
     params = VXM.resolve_params({"checkpoint": str(tmp_path / "model" / "model.pt")})
-    for fixed_name, moving_name in [("sub-01", "sub-02"), ("sub-02", "sub-01")]:
+    for fixed_name, moving_name, kind in bench.PAIRS:
+        if kind != "held-out":
+            continue
         fixed, moving = load_image(files[fixed_name][0]), load_image(files[moving_name][0])
         fixed_labels = load_image(files[fixed_name][1], "labels").data
         moving_labels = load_image(files[moving_name][1], "labels").data
