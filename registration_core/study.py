@@ -650,6 +650,8 @@ class Study:
             shared = [s for s in train[key] if s in tested]
             if shared:
                 raise InputError(f"config key {where}.{key}: '{shared[0]}' is also in the test pairs; training and test subjects must differ")
+        if len(train["val_subjects"]) == 1:
+            raise InputError(f"config key {where}.val_subjects: give at least 2 subjects (validation pairs) or none")
         overlap = sorted(set(train["subjects"]) & set(train["val_subjects"]))
         if overlap:
             raise InputError(f"config key {where}.val_subjects: '{overlap[0]}' is also a training subject")

@@ -447,7 +447,7 @@ def test_subject_ids_are_unique_across_datasets(tmp_path: Path) -> None:
 
 def test_train_is_for_learned_methods_only() -> None:
     cfg = config()
-    cfg["methods"]["nodeo"]["train"] = {"subjects": ["demo-01"]}
+    cfg["methods"]["nodeo"]["train"] = {"subjects": ["demo-01", "demo-02"]}
     assert re.match(r"^config key methods\.nodeo\.train: nodeo is not a learned method \(learned: ", error_of(cfg))
     cfg["methods"]["nodeo"]["train"] = {"subject": ["demo-01"]}
     assert error_of(cfg).startswith("config key methods.nodeo.train: unknown key subject (allowed: dataset, subjects, val_subjects)")
@@ -460,11 +460,11 @@ def test_exact_regex_matches_exactly_the_subjects() -> None:
 
 
 def learned_config(**train) -> dict:
-    """VoxelMorph trained on demo-03..05 and NODEO, both tested on demo-00 -> demo-01, demo-02."""
-    cfg = config(datasets={"synthetic": {"adapter": "demo", "n_subjects": 6}})
+    """VoxelMorph trained on demo-03, 04 (validation 05, 06) and NODEO, both tested on demo-00 -> demo-01, demo-02."""
+    cfg = config(datasets={"synthetic": {"adapter": "demo", "n_subjects": 7}})
     cfg["pairs"] = {"atlases": ["demo-00"], "moving": ["demo-01", "demo-02"]}
     cfg["methods"]["voxelmorph"] = {
-        "train": {"subjects": ["demo-03", "demo-04"], "val_subjects": ["demo-05"], **train},
+        "train": {"subjects": ["demo-03", "demo-04"], "val_subjects": ["demo-05", "demo-06"], **train},
         "params": {"steps": 10}, "grid": {"lr": [0.001, 0.0001]},
     }
     return cfg
@@ -482,11 +482,11 @@ def test_learned_method_is_trained_per_grid_point_on_other_subjects() -> None:
     assert study.train_files("voxelmorph") == {
         "images": ["results/unit/prep/demo-03/image.nii.gz", "results/unit/prep/demo-04/image.nii.gz"],
         "labels": ["results/unit/prep/demo-03/labels.nii.gz", "results/unit/prep/demo-04/labels.nii.gz"],
-        "val_images": ["results/unit/prep/demo-05/image.nii.gz"],
-        "val_labels": ["results/unit/prep/demo-05/labels.nii.gz"],
+        "val_images": ["results/unit/prep/demo-05/image.nii.gz", "results/unit/prep/demo-06/image.nii.gz"],
+        "val_labels": ["results/unit/prep/demo-05/labels.nii.gz", "results/unit/prep/demo-06/labels.nii.gz"],
     }
-    assert study.prepared_subjects() == [f"demo-0{i}" for i in range(6)]
-    assert study.jobs_by_rule() == {"demo_subject": 6, "prepare": 6, "qc": 6, "train": 2, "register": 12, "evaluate": 12}
+    assert study.prepared_subjects() == [f"demo-0{i}" for i in range(7)]
+    assert study.jobs_by_rule() == {"demo_subject": 7, "prepare": 7, "qc": 7, "train": 2, "register": 12, "evaluate": 12}
 
 
 @pytest.mark.parametrize(
@@ -494,8 +494,10 @@ def test_learned_method_is_trained_per_grid_point_on_other_subjects() -> None:
     [
         ({"subjects": ["demo-01", "demo-03"]}, "config key methods.voxelmorph.train.subjects: 'demo-01' is also in the test pairs"),
         ({"val_subjects": ["demo-00"]}, "config key methods.voxelmorph.train.val_subjects: 'demo-00' is also in the test pairs"),
-        ({"val_subjects": ["demo-04"]}, "config key methods.voxelmorph.train.val_subjects: 'demo-04' is also a training subject"),
-        ({"subjects": ["demo-09"]}, "config key methods.voxelmorph.train.subjects: subject 'demo-09' is not in dataset synthetic"),
+        ({"val_subjects": ["demo-04", "demo-05"]}, "config key methods.voxelmorph.train.val_subjects: 'demo-04' is also a training subject"),
+        ({"val_subjects": ["demo-05"]}, "config key methods.voxelmorph.train.val_subjects: give at least 2 subjects (validation pairs) or none"),
+        ({"subjects": ["demo-03"]}, "config key methods.voxelmorph.train.subjects: ['demo-03'] is too short"),
+        ({"subjects": ["demo-03", "demo-09"]}, "config key methods.voxelmorph.train.subjects: subject 'demo-09' is not in dataset synthetic"),
         ({"dataset": "other"}, "config key methods.voxelmorph.train.dataset: 'other' is not a dataset (datasets: synthetic)"),
     ],
 )
