@@ -43,9 +43,10 @@ def prepare_ct(path: Path, spacing_mm: float, margin_vox: int) -> tuple[io.Image
     mask = lung.lung_mask(ct)
     image = preprocess.normalize(preprocess.clip_intensity(ct, -1000.0, 0.0))
     inside = np.argwhere(mask.data > 0)
-    shape = [int(n) for n in inside.max(axis=0) - inside.min(axis=0) + 1 + 2 * margin_vox]
-    centre = preprocess.foreground_centre(mask.data > 0)
-    return preprocess.crop_pad(image, shape, centre, 0.0), preprocess.crop_pad(mask, shape, centre, 0)
+    low = np.maximum(inside.min(axis=0) - margin_vox, 0)
+    high = np.minimum(inside.max(axis=0) + margin_vox, np.asarray(ct.shape) - 1)  # no padding: stay in the CT
+    shape, centre = (high - low + 1).tolist(), (low + high) / 2.0
+    return preprocess.crop_pad(image, shape, centre), preprocess.crop_pad(mask, shape, centre)
 
 
 def evaluate(pair: TruthPair, disp_vox: np.ndarray) -> dict[str, float]:
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ct", type=Path, default=CT)
     parser.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size (mm)")
     parser.add_argument("--margin", type=int, default=8, help="voxels kept around the lungs")
+    parser.add_argument("--motion", default="respiratory-inhale", help="respiratory or respiratory-inhale (see truth.py)")
     parser.add_argument("--max-disp-mm", type=float, default=15.0)
     parser.add_argument("--noise-std", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     fixed, mask = prepare_ct(args.ct, args.spacing, args.margin)
-    pair = make_truth_pair(fixed, mask, "respiratory", args.max_disp_mm, args.noise_std, args.seed, args.n_landmarks)
+    pair = make_truth_pair(fixed, mask, args.motion, args.max_disp_mm, args.noise_std, args.seed, args.n_landmarks)
     labels = mask.data[tuple(pair.fixed_landmarks.astype(int).T)]
     before = metrics.tre_before(pair.fixed_landmarks, pair.moving_landmarks, fixed.spacing)
     zero = np.zeros_like(pair.disp_vox)

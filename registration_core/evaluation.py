@@ -199,7 +199,7 @@ def _check_combinations(
     if (fixed_landmarks is None) != (moving_landmarks is None):
         raise InputError("landmarks: give both fixed_landmarks and moving_landmarks, or neither")
     if fixed_image is None and (moving_image is not None or warped_image is not None):
-        raise InputError("images: moving and warped images are compared with fixed_image, which is missing")
+        raise InputError("images: moving and warped images need fixed_image to be compared with")
     if mask is not None and truth_displacement is None:
         raise InputError("mask: it bounds tre_truth_mm and needs truth_displacement")
 

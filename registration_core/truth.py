@@ -39,8 +39,8 @@ from registration_core import io, spatial, synth
 from registration_core.errors import InputError
 from registration_core.landmarks import detect_landmarks
 
-Motion = Literal["respiratory", "single"]
-MOTIONS: tuple[str, ...] = ("respiratory", "single")
+Motion = Literal["respiratory", "respiratory-inhale", "single"]
+MOTIONS: tuple[str, ...] = ("respiratory", "respiratory-inhale", "single")
 SKIMAGE_RETINA = "skimage:retina"
 
 # Fixed-point inversion stops when the largest residual |e + d o (id + e)| falls below this (voxels).
@@ -126,14 +126,16 @@ def _scaled_motion(
     its nominal amplitudes (30 mm shift, 0.12 contraction, 3 mm local field) times
     ``max_disp_mm / 30``, so its fold check applies near the final size, then rescaled exactly.
     """
-    if motion == "respiratory":
+    if motion.startswith("respiratory"):
         if fixed.ndim != 3:
-            raise InputError(f"motion 'respiratory' needs a 3D image, got {fixed.ndim}D; use 'single'")
+            raise InputError(f"motion '{motion}' needs a 3D image, got {fixed.ndim}D; use 'single'")
         ratio = max_disp_mm / _NOMINAL_SHIFT_MM
         disp = synth.respiratory_displacement(
             fixed, rng, lung_mask=None if mask is None else mask.data, shift_mm=_NOMINAL_SHIFT_MM * ratio,
             contraction=_NOMINAL_CONTRACTION * ratio, local_max_disp_mm=_NOMINAL_LOCAL_MM * ratio,
         )
+        if motion == "respiratory-inhale":
+            disp = -disp
     else:
         disp = synth.random_smooth_displacement(
             fixed.shape, fixed.spacing, rng, grid_spacing_mm=grid_spacing_mm, max_disp_mm=max_disp_mm
@@ -265,8 +267,12 @@ def make_truth_pair(
             normalised to [0, 1].
         mask: label map on the fixed grid (lungs: 1 right, 2 left) or None. It bounds the
             respiratory motion, the maximum magnitude and the landmarks.
-        motion: "respiratory" (:func:`registration_core.synth.respiratory_displacement`) or
-            "single" (:func:`registration_core.synth.random_smooth_displacement`, a diffeomorphic
+        motion: "respiratory" (:func:`registration_core.synth.respiratory_displacement`: the fixed
+            image is the inhale phase, the moving one exhales: diaphragm up, chest narrower),
+            "respiratory-inhale" (that field negated: the fixed image is the exhale phase, the
+            moving one inhales; its content below the diaphragm then comes from inside the field
+            of view, which suits CTs cut just below the lungs) or "single"
+            (:func:`registration_core.synth.random_smooth_displacement`, a diffeomorphic
             single-frequency field with control spacing ``grid_spacing_mm``).
         max_disp_mm: largest true displacement (mm), inside the mask when given.
         noise_std: Gaussian noise added to the moving image, as a fraction of the fixed image's

@@ -251,3 +251,88 @@ def test_evaluate_pair_on_two_aligned_brains(shared_data: Path, tmp_path: Path) 
     assert 0.0 < result["hd95_mean"] < 30.0
     assert (result["neg_jac_ratio"], result["sdlogj"]) == (0.0, 0.0)
     assert _strict_json(tmp_path / "metrics.json")["n_labels"] == result["n_labels"]
+
+
+# --------------------------------------------------------------------------- images and known truth
+
+
+@pytest.fixture
+def truth_pair(tmp_path: Path) -> dict[str, Path]:
+    """A 2D pair without labels: images, a true field (1 voxel along axis 0), an estimate and a mask."""
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    grid = np.arange(48, dtype=np.float32).reshape(8, 6)
+    reference = io.Image(grid, affine)
+    truth = np.zeros((2, 8, 6), np.float32)
+    truth[0] = 1.0
+    estimate = truth.copy()
+    estimate[1, 2, 2] = 3.0  # 3 mm wrong at voxel (2, 2)
+    mask = np.zeros((8, 6), np.uint8)
+    mask[2, 1:3] = 1
+    files = {
+        "fixed_image": (grid, "fixed.nii.gz"),
+        "moving_image": (47 - grid, "moving.nii.gz"),
+        "warped_image": (2 * grid + 1, "warped.nii.gz"),
+        "mask": (mask, "mask.nii.gz"),
+    }
+    paths = {}
+    for key, (data, name) in files.items():
+        io.save_image(reference.with_data(data), tmp_path / name)
+        paths[key] = tmp_path / name
+    for key, field in (("truth_displacement", truth), ("displacement", estimate)):
+        io.save_displacement(field, reference, tmp_path / f"{key}.nii.gz")
+        paths[key] = tmp_path / f"{key}.nii.gz"
+    return paths
+
+
+def test_evaluate_without_labels_writes_similarity_and_truth_keys_only(truth_pair, tmp_path: Path) -> None:
+    out = tmp_path / "metrics.json"
+    evaluate_pair(None, None, labels=None, out=out, **truth_pair)
+    written = _strict_json(out)
+    assert not any(key.startswith(("dice", "hd95", "n_labels", "labels_")) for key in written)
+    assert written["ncc_after"] == pytest.approx(1.0) and written["ncc_before"] == pytest.approx(-1.0)
+    grid = np.arange(48.0).reshape(8, 6)
+    assert written["mse_after"] == pytest.approx(np.mean((grid + 1) ** 2), rel=1e-6)
+    assert written["mse_before"] == pytest.approx(np.mean((2 * grid - 47) ** 2), rel=1e-6)
+    # inside the mask: voxel (2, 1) exact, voxel (2, 2) 3 mm off; the truth moves 2 mm everywhere
+    assert written["tre_truth_mm"] == pytest.approx(1.5, abs=1e-5)
+    assert written["tre_truth_max_mm"] == pytest.approx(3.0, abs=1e-5)
+    assert written["tre_truth_before_mm"] == pytest.approx(2.0, abs=1e-5)
+    assert written["n_truth_voxels"] == 2
+    # the spike folds voxel (2, 3): central difference of u_1 along axis 1 is (0 - 3) / 2, det J = -0.5
+    assert written["neg_jac_ratio"] == pytest.approx(1 / 48)
+
+
+def test_evaluate_truth_over_the_whole_grid_without_a_mask(truth_pair, tmp_path: Path) -> None:
+    paths = {k: truth_pair[k] for k in ("displacement", "truth_displacement", "fixed_image")}
+    result = evaluate_pair(None, None, labels=None, out=tmp_path / "m.json", **paths)
+    assert result["tre_truth_mm"] == pytest.approx(3.0 / 48, abs=1e-5) and result["n_truth_voxels"] == 48
+    assert "ncc_after" not in result
+
+
+@pytest.mark.parametrize(
+    ("drop", "add", "message"),
+    [
+        (("fixed_image", "moving_image", "warped_image", "mask"), {}, "fixed labels, a fixed image or a mask"),
+        (("fixed_image",), {}, "need fixed_image"),
+        (("truth_displacement",), {}, "mask: it bounds tre_truth_mm"),
+        ((), {"fixed_labels": "fixed_image"}, "both fixed_labels and warped_labels"),
+        ((), {"labels": [1]}, "need fixed_labels and warped_labels"),
+    ],
+)
+def test_evaluate_rejects_inputs_missing_their_partner(truth_pair, tmp_path: Path, drop, add, message) -> None:
+    kwargs = {key: value for key, value in truth_pair.items() if key not in drop}
+    fixed_labels = truth_pair[add["fixed_labels"]] if "fixed_labels" in add else None
+    out = tmp_path / "m.json"
+    with pytest.raises(InputError, match=message):
+        evaluate_pair(fixed_labels, None, labels=add.get("labels"), out=out, **kwargs)
+    assert not out.exists()
+
+
+def test_evaluate_rejects_an_image_on_another_grid(truth_pair, tmp_path: Path) -> None:
+    small = np.arange(40, dtype=np.float32).reshape(8, 5)
+    io.save_image(io.Image(small, np.diag([2.0, 1.0, 1.0, 1.0])), tmp_path / "small.nii.gz")
+    with pytest.raises(InputError, match="is not on the grid"):
+        evaluate_pair(
+            None, None, truth_pair["displacement"], None, tmp_path / "m.json",
+            fixed_image=truth_pair["fixed_image"], warped_image=tmp_path / "small.nii.gz",
+        )

@@ -310,3 +310,58 @@ def test_tre_uses_the_border_displacement_within_half_a_voxel_of_the_grid() -> N
 def test_tre_rejects_bad_points(fixed: np.ndarray, moving: np.ndarray, message: str) -> None:
     with pytest.raises(InputError, match=message):
         metrics.tre_mm(fixed, moving, np.zeros((2, 10, 12)), (1.0, 1.0))
+
+
+# --------------------------------------------------------------------------- known truth and similarity
+
+
+def test_displacement_error_of_hand_computed_fields_in_mm() -> None:
+    spacing = (2.0, 1.0)
+    truth = np.zeros((2, 3, 3))
+    truth[0] = 1.0  # one voxel along axis 0 = 2 mm everywhere
+    zero = metrics.displacement_error_mm(np.zeros_like(truth), truth, spacing)
+    assert (zero["mean"], zero["max"], zero["before"], zero["n_voxels"]) == (2.0, 2.0, 2.0, 9)
+    estimate = truth.copy()
+    estimate[1, 0, 0] = 3.0  # 3 voxels of 1 mm wrong along axis 1 at voxel (0, 0)
+    mask = np.zeros((3, 3), bool)
+    mask[0, :2] = True
+    masked = metrics.displacement_error_mm(estimate, truth, spacing, mask)
+    assert (masked["mean"], masked["max"], masked["n_voxels"]) == (1.5, 3.0, 2)
+    assert metrics.displacement_error_mm(truth, truth, spacing)["max"] == 0.0
+
+
+def test_displacement_error_in_3d_combines_axes_with_their_spacing() -> None:
+    truth = np.zeros((3, 2, 2, 2))
+    estimate = np.zeros((3, 2, 2, 2))
+    estimate[0], estimate[2] = 1.0, 2.0  # (1 x 3 mm, 0, 2 x 2 mm) -> sqrt(9 + 16) = 5 mm
+    error = metrics.displacement_error_mm(estimate, truth, (3.0, 1.0, 2.0))
+    assert error["mean"] == pytest.approx(5.0) and error["before"] == 0.0
+
+
+def test_displacement_error_rejects_bad_input() -> None:
+    field = np.zeros((2, 4, 4))
+    with pytest.raises(InputError, match="differs from truth_vox shape"):
+        metrics.displacement_error_mm(field, np.zeros((2, 4, 5)), (1.0, 1.0))
+    with pytest.raises(InputError, match="mask is empty"):
+        metrics.displacement_error_mm(field, field, (1.0, 1.0), np.zeros((4, 4)))
+    with pytest.raises(InputError, match="mask shape"):
+        metrics.displacement_error_mm(field, field, (1.0, 1.0), np.ones((3, 4)))
+    with pytest.raises(InputError, match="spacing_mm"):
+        metrics.displacement_error_mm(field, field, (1.0, 0.0))
+
+
+def test_image_similarity_of_affine_related_images() -> None:
+    a = np.arange(12, dtype=float).reshape(3, 4)
+    assert metrics.image_similarity(a, 2 * a + 1)["ncc"] == pytest.approx(1.0)
+    assert metrics.image_similarity(a, -a)["ncc"] == pytest.approx(-1.0)
+    assert metrics.image_similarity(a, a + 1)["mse"] == pytest.approx(1.0)
+    assert math.isnan(metrics.image_similarity(a, np.ones_like(a))["ncc"])
+    mask = np.zeros((3, 4), bool)
+    mask[0] = True  # row 0: 0, 1, 2, 3 vs 0, 1, 2, 5
+    other = a.copy()
+    other[0, 3] = 5.0
+    assert metrics.image_similarity(a, other, mask)["mse"] == pytest.approx(4.0 / 4)
+    with pytest.raises(InputError, match="differ in shape"):
+        metrics.image_similarity(a, a[:2])
+    with pytest.raises(InputError, match="NaN"):
+        metrics.image_similarity(a, np.full_like(a, np.nan))
