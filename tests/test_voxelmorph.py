@@ -298,11 +298,12 @@ def learned_2d_benchmark() -> ModuleType:
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_brain_slices_dice_rises_on_held_out_pairs(shared_data: Path, tmp_path: Path) -> None:
-    """Affinely aligned axial slices (80x128, 2 mm) of OASIS-TRT: train on sub-03..sub-10, register sub-01 <-> sub-02."""
+    """Affinely aligned axial slices (80x128, 2 mm) of OASIS-TRT: train on sub-03..sub-10 (400 steps),
+    register sub-01 <-> sub-02. Measured: mean Dice 0.309 -> 0.386 and 0.217 -> 0.278."""
     bench = learned_2d_benchmark()
     files = bench.prepare(shared_data / "oasis-trt", tmp_path / "data", {"shrink_factors": (4,), "iterations": 50})
     training = [files[name][0] for name in bench.TRAIN]
-    train_method("voxelmorph", training, tmp_path / "model", {"steps": "300", "lr": "1e-3", "device": "cpu"})
+    train_method("voxelmorph", training, tmp_path / "model", {"steps": "400", "lr": "2e-3", "device": "cpu"})
     params = VXM.resolve_params({"checkpoint": str(tmp_path / "model" / "model.pt")})
     for fixed_name, moving_name, kind in bench.PAIRS:
         if kind != "held-out":
