@@ -1,0 +1,119 @@
+"""Resource estimates of registration jobs (registration_core.resources): hand-computed values of
+the linear cost model, the measured points it must cover, floors, retries, GPU and bad input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from registration_core.errors import InputError
+from registration_core.resources import image_shape, register_resources
+
+SMALL_BASE = {"threads": 1, "mem_mb": 1, "runtime": 1}
+
+
+def test_nodeo_2d_slice_hand_computed() -> None:
+    # 160 x 192 = 30,720 voxels: (550 + 443 x 0.03072) MB x 1.5 = 845.4 -> 846 MB;
+    # (20 s + 0.74 x 300 iterations x 0.03072) x 2 / 60 = 0.89 -> 1 minute.
+    assert register_resources("nodeo", {}, (160, 192), SMALL_BASE, use_gpu=False) == {
+        "threads": 1, "mem_mb": 846, "runtime": 1, "gpu": 0,
+    }
+
+
+def test_nodeo_3d_brain_covers_the_measured_run() -> None:
+    # Measured: 160 x 192 x 144 took 2.45 GiB peak RSS and 2 s per iteration on 2 threads.
+    resources = register_resources("nodeo", {"iterations": 300}, (160, 192, 144), {**SMALL_BASE, "threads": 2}, use_gpu=False)
+    voxels = 160 * 192 * 144 / 1e6
+    assert resources["mem_mb"] == math.ceil((550 + 443 * voxels) * 1.5) == 3765
+    assert resources["mem_mb"] > 2.45 * 1024
+    assert resources["runtime"] == math.ceil((20 + 0.74 * 300 * voxels / 2**0.7) * 2 / 60) == 21
+    assert resources["runtime"] * 60 > 300 * 2.0
+    assert resources["threads"] == 2
+
+
+def test_config_values_are_floors() -> None:
+    base = {"threads": 1, "mem_mb": 4000, "runtime": 120}
+    assert register_resources("nodeo", {"iterations": 10}, (66, 78), base, use_gpu=False) == {
+        "threads": 1, "mem_mb": 4000, "runtime": 120, "gpu": 0,
+    }
+
+
+def test_each_retry_asks_for_half_as_much_again() -> None:
+    first = register_resources("nodeo", {}, (160, 192), SMALL_BASE, use_gpu=False)
+    second = register_resources("nodeo", {}, (160, 192), SMALL_BASE, use_gpu=False, attempt=2)
+    third = register_resources("nodeo", {}, (160, 192), SMALL_BASE, use_gpu=False, attempt=3)
+    assert (first["mem_mb"], second["mem_mb"], third["mem_mb"]) == (846, 1269, 1903)  # 845.4 x 1, 1.5, 2.25
+    assert (first["runtime"], second["runtime"], third["runtime"]) == (1, 2, 3)  # 0.89 x 1, 1.5, 2.25
+
+
+def test_gpu_only_for_torch_methods() -> None:
+    base = {"threads": 4, "mem_mb": 1, "runtime": 1}
+    nodeo = register_resources("nodeo", {}, (160, 192), base, use_gpu=True)
+    assert nodeo["gpu"] == 1 and nodeo["cpus_per_gpu"] == 4 and nodeo["threads"] == 4
+    assert nodeo["mem_mb"] == math.ceil((550 + 443 * 0.03072 + 2500) * 1.5) == 4596  # CUDA context on the host
+    demons = register_resources("demons", {}, (160, 192), base, use_gpu=True)
+    assert demons["gpu"] == 0 and "cpus_per_gpu" not in demons
+
+
+def test_pyramid_levels_count_their_own_voxels() -> None:
+    # 3D 200^3 = 8 million voxels, 100 iterations on every level of 4x2x1:
+    # 100 x 8 x (1/64 + 1/8 + 1) = 912.5 million voxel-iterations; (10 + 0.25 x 912.5) x 2 / 60 = 7.9 -> 8.
+    shape = (200, 200, 200)
+    assert register_resources("demons", {"iterations": "100"}, shape, SMALL_BASE, use_gpu=False)["runtime"] == 8
+    # 400x200x100: 8 x (400/64 + 200/8 + 100) = 1050; (10 + 0.25 x 1050) x 2 / 60 = 9.1 -> 10.
+    assert register_resources("demons", {"iterations": "400x200x100"}, shape, SMALL_BASE, use_gpu=False)["runtime"] == 10
+
+
+def test_nodeo_memory_grows_with_the_ode_evaluations_kept() -> None:
+    def memory(**params: object) -> int:
+        return register_resources("nodeo", params, (100, 100, 100), SMALL_BASE, use_gpu=False)["mem_mb"]
+
+    assert memory() == math.ceil((550 + 443) * 1.5)
+    assert memory(ode_method="rk4") == math.ceil((550 + 443 * 2.5) * 1.5)  # 4 stages: 0.5 + 0.5 x 4
+    assert memory(ode_method="rk4", adjoint=True) == memory()
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "shape", "base", "message"),
+    [
+        ("nope", {}, (10, 10), SMALL_BASE, "unknown method 'nope'"),
+        ("nodeo", {"lr": -1}, (10, 10), SMALL_BASE, "parameter 'lr'"),
+        ("nodeo", {}, (10,), SMALL_BASE, "image shape must be 2 or 3 positive sizes"),
+        ("nodeo", {}, (10, 0), SMALL_BASE, "image shape must be 2 or 3 positive sizes"),
+        ("nodeo", {}, (10, 10), {"threads": 1, "runtime": 1}, "resources.register.mem_mb"),
+        ("nodeo", {}, (10, 10), {**SMALL_BASE, "threads": 0}, "resources.register.threads"),
+        ("demons", {"iterations": "100x50"}, (10, 10), SMALL_BASE, "iterations"),
+    ],
+)
+def test_bad_input_names_what_is_wrong(method: str, params: dict, shape: tuple, base: dict, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        register_resources(method, params, shape, base, use_gpu=False)
+
+
+def test_attempt_must_be_positive() -> None:
+    with pytest.raises(InputError, match="attempt"):
+        register_resources("nodeo", {}, (10, 10), SMALL_BASE, use_gpu=False, attempt=0)
+
+
+def test_image_shape_reads_the_header(tmp_path: Path) -> None:
+    for shape, expected in [((7, 9, 1), (7, 9)), ((7, 9), (7, 9)), ((4, 5, 6), (4, 5, 6))]:
+        path = tmp_path / f"{'x'.join(map(str, shape))}.nii.gz"
+        nib.save(nib.Nifti1Image(np.zeros(shape, np.float32), np.eye(4)), path)
+        assert image_shape(path) == expected
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 3), np.float32), np.eye(4)), tmp_path / "4d.nii.gz")
+    with pytest.raises(InputError, match="4d.nii.gz: expected a 2D or 3D image"):
+        image_shape(tmp_path / "4d.nii.gz")
+    with pytest.raises(InputError, match="missing.nii.gz: cannot read the image header"):
+        image_shape(tmp_path / "missing.nii.gz")
+
+
+@pytest.mark.realdata
+def test_real_brain_request(shared_data: Path) -> None:
+    shape = image_shape(shared_data / "aligned-brains" / "subject-a" / "t1w.nii.gz")
+    assert shape == (160, 192, 224)
+    resources = register_resources("nodeo", {}, shape, {"threads": 2, "mem_mb": 4000, "runtime": 120}, use_gpu=False)
+    assert resources["mem_mb"] == math.ceil((550 + 443 * 160 * 192 * 224 / 1e6) * 1.5) == 5398
