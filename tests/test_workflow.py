@@ -224,3 +224,44 @@ def test_labels_free_dataset_with_landmarks_and_alignment(tmp_path: Path) -> Non
     assert "dice_mean" not in metrics or metrics["dice_mean"].isna().all()
     assert (tmp_path / "results" / "points" / "qc" / "b.png").stat().st_size > 0
     assert (tmp_path / "reports" / "points" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_learned_method_is_trained_then_registers(tmp_path: Path) -> None:
+    config = demo_study("learned", n_subjects=4, grid={}, iterations=3)
+    config["datasets"]["demo"]["preprocess"].insert(1, {"step": "crop_pad", "shape": [64, 64]})
+    config["pairs"] = {"atlases": ["demo-00"], "moving": ["demo-01"]}
+    config["methods"] = {}
+    config["methods"]["voxelmorph"] = {
+        "train": {"subjects": ["demo-02", "demo-03"]},
+        "params": {"steps": 4, "val_every": 2, "checkpoint_every": 2, "enc_features": "4,8", "dec_features": "8,8,4"},
+        "grid": {"io_steps": [0, 2]},
+    }
+    config["anova"] = {"factors": []}
+    result = run_snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stdout[-4000:]
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 1 and counts["register"] == 2 and counts["prepare"] == 4
+    model = tmp_path / "results" / "learned" / "train" / "voxelmorph" / "default" / "model.pt"
+    assert model.stat().st_size > 0
+    log = json.loads((model.parent / "log.json").read_text())
+    assert log["n_train"] == 2 and log["history"]
+    for grid_id in ("io_steps~0", "io_steps~2"):
+        reg_log = json.loads((tmp_path / "results" / "learned" / "reg" / "voxelmorph" / grid_id / "demo-00__demo-01" / "log.json").read_text())
+        assert reg_log["params"]["checkpoint"] == "results/learned/train/voxelmorph/default/model.pt"
+    metrics = pd.read_csv(tmp_path / "results" / "learned" / "metrics.csv")
+    assert list(metrics["grid_id"]) == ["io_steps~0", "io_steps~2"] and metrics["dice_mean"].between(0, 1).all()
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+@pytest.mark.parametrize("name", ["oasis-trt", "lung-ct", "fundus", "learned-2d"])
+def test_example_study_dry_run(tmp_path: Path, shared_data: Path, name: str) -> None:
+    config = yaml.safe_load((REPO_ROOT / "config" / "studies" / f"{name}.yaml").read_text())
+    for dataset in config["datasets"].values():
+        if "path" in dataset:
+            dataset["path"] = str(shared_data / Path(dataset["path"]).name)
+    result = run_snakemake(tmp_path, config, "--dry-run", "--quiet", "rules")
+    assert result.returncode == 0, result.stdout[-4000:]
+    counts = job_counts(result.stdout)
+    assert counts["register"] == counts["evaluate"] > 0 and counts["qc"] == counts["prepare"]

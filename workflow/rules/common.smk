@@ -71,6 +71,11 @@ def option_args(files, options):
     return args
 
 
+def set_args(settings):
+    """``--set key=value`` arguments of a ``preprocess`` step (values as JSON, which the command reads as YAML)."""
+    return [arg for key, value in settings.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+
+
 def param_args(params):
     """``--param key=value`` arguments."""
     return [arg for key, value in params.items() for arg in ("--param", f"{key}={value_text(value)}")]
@@ -167,8 +172,6 @@ def truth_inputs(wildcards):
 
 
 TRUTH_OPTIONS = {"image": "--image", "labels": "--labels", "mask": "--mask"}
-
-
 PREPARE_OPTIONS = {
     "image": "--image", "labels": "--labels", "landmarks": "--landmarks", "mask": "--mask",
 }
@@ -184,6 +187,7 @@ def prepare_args(wildcards, input, output):
 
 
 PREPARE_VARIANTS = STUDY.variants([STUDY.subject_kinds(s) for s in PREPARED])
+
 
 def qc_inputs(wildcards):
     """Raw image (and labels) of a subject, its prepared image (and labels, mask)."""
@@ -212,15 +216,16 @@ def align_inputs(wildcards):
     return files
 
 
+ALIGN_OPTIONS = {
+    "fixed": "--fixed", "moving": "--moving", "moving_labels": "--moving-labels", "moving_landmarks": "--moving-landmarks",
+}
+ALIGN_OUTPUTS = {"image": "--out", "labels": "--out-labels", "landmarks": "--out-landmarks"}
+
+
 def align_args(wildcards, input, output):
     """Inputs, outputs and settings of an ``affine-align`` job."""
     settings = STUDY.owner(wildcards.moving).align
-    return quoted(
-        option_args(input, {"fixed": "--fixed", "moving": "--moving", "moving_labels": "--moving-labels",
-                            "moving_landmarks": "--moving-landmarks"})
-        + option_args(output, {"image": "--out", "labels": "--out-labels", "landmarks": "--out-landmarks"})
-        + [arg for key, value in settings.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-    )
+    return quoted(option_args(input, ALIGN_OPTIONS) + option_args(output, ALIGN_OUTPUTS) + set_args(settings))
 
 
 PAIR_LABELS = [tuple(k for k in STUDY.pair_kinds(*pair) if k == "labels") for pair in STUDY.pairs]

@@ -4,6 +4,7 @@
 # volumes or pictures, landmark CSVs converted from a dataset's point files, lung masks.
 # Known-truth moving images are made from a prepared subject (results/<study>/truth/<moving>/).
 
+
 rule demo_subject:
     output:
         image=STUDY.path("raw_image"),
@@ -76,11 +77,7 @@ rule lung_mask:
     output:
         mask=STUDY.path("raw_mask"),
     params:
-        settings=lambda wildcards: quoted(
-            arg
-            for key, value in STUDY.owner(wildcards.subject).mask.items()
-            for arg in ("--set", f"{key}={json.dumps(value)}")
-        ),
+        settings=lambda wildcards: quoted(set_args(STUDY.owner(wildcards.subject).mask)),
     wildcard_constraints:
         subject=prepared_where(lambda subject, dataset: dataset.mask is not None),
     log:
