@@ -87,6 +87,17 @@ def stop_daemons(cluster_dir: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
+def cancel_jobs(env: dict[str, str]) -> None:
+    """scancel every job of the test cluster and wait (30 s at most) until their processes are gone."""
+    subprocess.run(["scancel", "--partition", "debug"], env=env, capture_output=True, timeout=30)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        queue = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%T"], env=env, capture_output=True, text=True, timeout=30)
+        if queue.returncode != 0 or not {"RUNNING", "COMPLETING", "PENDING"} & set(queue.stdout.split()):
+            return
+        time.sleep(1)
+
+
 def log_tails(cluster_dir: Path) -> str:
     """The last lines of the daemons' logs (for failure messages)."""
     return "\n".join(f"--- {log.name}\n" + "\n".join(log.read_text().splitlines()[-15:]) for log in sorted((cluster_dir / "log").glob("*.log")))
@@ -101,21 +112,23 @@ def slurm_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
         pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install -e .[cluster])")
     install_slurm()
     cluster_dir = tmp_path_factory.mktemp("slurm-cluster")
+    env = dict(os.environ)
+    env["SLURM_CONF"] = str(cluster_dir / "etc" / "slurm.conf")
+    env["PATH"] = os.pathsep.join([str(cluster_dir / "bin"), env["PATH"]])
     ports = [str(port) for port in free_ports(2)]
     try:
         start = time.perf_counter()
         result = subprocess.run([str(CLUSTER_SCRIPT), "start", str(cluster_dir), *ports], capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, f"{result.stderr}\n{log_tails(cluster_dir)}"
         print(f"SLURM cluster started in {time.perf_counter() - start:.1f} s")
-        env = dict(os.environ)
-        env["SLURM_CONF"] = str(cluster_dir / "etc" / "slurm.conf")
-        env["PATH"] = os.pathsep.join([str(cluster_dir / "bin"), env["PATH"]])
         yield env
     finally:
+        if (cluster_dir / "run" / "slurmctld.pid").is_file():
+            cancel_jobs(env)
         stop_daemons(cluster_dir)
 
 
-def run_study(workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_study(workdir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 1200) -> subprocess.CompletedProcess:
     """The smoke study in ``workdir`` (its own .snakemake, results, logs); output streams merged."""
     command = [
         *snakemake_command(), "--snakefile", str(SNAKEFILE), "--directory", str(workdir),

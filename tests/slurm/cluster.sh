@@ -87,6 +87,11 @@ start() {
 stop() {
     local dir pid name
     dir=$(realpath -m "$1")
+    if [[ -s "$dir/run/slurmctld.pid" ]]; then  # cancel the jobs first, so that no job step outlives slurmd
+        export SLURM_CONF="$dir/etc/slurm.conf"
+        scancel --partition "$PARTITION" 2>/dev/null || true
+        for _ in $(seq 30); do [[ -z $(squeue -h -t RUNNING,COMPLETING,PENDING 2>/dev/null) ]] && break; sleep 1; done
+    fi
     for name in slurmd slurmctld munged; do
         [[ -s "$dir/run/$name.pid" ]] || continue
         pid=$(<"$dir/run/$name.pid")
