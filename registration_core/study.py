@@ -7,6 +7,13 @@ workflow (``workflow/rules/common.smk``) builds one :class:`Study` at parse time
 file name, parameter and job list from it, and ``python -m registration_core plan`` writes the same
 jobs table. Relative dataset paths are relative to ``base_dir`` (the run's working directory).
 
+Datasets are read by the adapters of :mod:`registration_core.datasets` (their manifest) or made
+by the demo generator; a ``truth`` dataset deforms a prepared subject of another dataset by a
+known displacement. Labels, landmarks and masks are optional per subject and used wherever they
+exist. Only the datasets a study uses (its pairs, a truth base, training sets) are read.
+Learned methods (``Method.trainable``) are trained per grid point on subjects that appear in no
+registered pair.
+
 Path templates (:data:`PATHS`) are relative to the working directory; ``{study}`` is the study
 name, ``{grid_id}`` is ``key~value__key~value`` over the method's grid keys in config order (or
 ``default`` for a method without a grid), subjects are ids without ``__`` so that

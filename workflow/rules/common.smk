@@ -252,7 +252,8 @@ RUN_ANOVA = bool(ANOVA["factors"])
 
 def report_inputs(wildcards):
     """Everything the HTML report reads: config, tables, ANOVA results, the QC figures of every prepared
-    subject (results/<study>/qc/<subject>.png; registration outputs come with the metrics)."""
+    subject (results/<study>/qc/<subject>.png), training logs of learned methods (registration
+    outputs come with the metrics)."""
     inputs = {
         "config": STUDY.path("config"),
         "jobs": STUDY.path("jobs"),
@@ -264,4 +265,5 @@ def report_inputs(wildcards):
     if RUN_ANOVA:
         inputs["anova"] = STUDY.path("anova_dir")
     inputs["qc"] = [STUDY.path("qc", subject=subject) for subject in STUDY.prepared_subjects()]
+    inputs["training"] = [STUDY.path("train_log", method=method, grid_id=train_id) for method, train_id in TRAINED]
     return inputs
