@@ -55,7 +55,9 @@ def prepare(data: Path, out: Path, align_settings: dict[str, Any] = ALIGN_SETTIN
     """Aligned middle axial slices of sub-01..sub-10 -> {subject: (image path, labels path)} under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     volumes = {
-        name: run_steps(load_image(data / name / "t1w_brain.nii.gz"), load_image(data / name / "labels.nii.gz", "labels"), STEPS_3D)
+        name: run_steps(
+            load_image(data / name / "t1w_brain.nii.gz"), load_image(data / name / "labels.nii.gz", "labels"), STEPS_3D
+        )
         for name in SUBJECTS
     }
     atlas_image = volumes[ATLAS][0]

@@ -305,7 +305,9 @@ class VoxelMorph(LearnedMethod):
             total = total + params["dice_weight"] * terms["dice"]
         return total, terms
 
-    def instance_loss(self, model: nn.Module, batch: Batch, params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def instance_loss(
+        self, model: nn.Module, batch: Batch, params: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Similarity + smoothness only: instance optimisation never uses labels."""
         total, terms, _ = self._image_terms(model, batch, params)
         return total, terms
