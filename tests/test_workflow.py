@@ -290,3 +290,37 @@ def test_known_truth_pairs_are_made_and_scored(tmp_path: Path) -> None:
     assert (metrics["tre_truth_before_mm"] > 0).all() and metrics["tre_truth_mm"].notna().all()
     assert (metrics["tre_mean_mm"] < metrics["tre_before_mm"]).all()
     assert (metrics["dice_mean"] > metrics["dice_mean_before"]).all()
+
+
+@pytest.mark.slow
+def test_fire_pictures_and_point_files_are_imported(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (tmp_path / "fire" / "Images").mkdir(parents=True)
+    (tmp_path / "fire" / "Ground Truth").mkdir()
+    rows, cols = np.meshgrid(np.arange(64.0), np.arange(64.0), indexing="ij")
+    centres = np.array([[20.0, 22.0], [40.0, 24.0], [24.0, 42.0], [42.0, 40.0]])  # (row, column)
+    shift = np.array([2.0, -3.0])
+    for image, points in ((1, centres), (2, centres + shift)):
+        picture = sum(np.exp(-((rows - r) ** 2 + (cols - c) ** 2) / (2 * 4.0**2)) for r, c in points)
+        plt.imsave(tmp_path / "fire" / "Images" / f"A01_{image}.jpg", picture, cmap="gray", vmin=0, vmax=1)
+    lines = [f"{c} {r} {c + shift[1]} {r + shift[0]}" for r, c in centres]  # x = column, y = row
+    (tmp_path / "fire" / "Ground Truth" / "control_points_A01_1_2.txt").write_text("\n".join(lines) + "\n")
+    config = {
+        "study": "fire",
+        "datasets": {"fire": {"adapter": "fire", "path": "fire", "preprocess": [{"step": "normalize", "mode": "minmax"}]}},
+        "pairs": {"dataset": "fire"},
+        "methods": {"demons": {"params": {"iterations": "30", "shrink_factors": "2x1", "smoothing_sigmas": "1x0"}}},
+        "anova": {"factors": []},
+    }
+    result = run_snakemake(tmp_path, config)
+    assert result.returncode == 0, result.stdout[-4000:]
+    counts = job_counts(result.stdout)
+    assert counts["import_raw"] == 2 and counts["import_landmarks"] == 2 and counts["register"] == 1
+    metrics = pd.read_csv(tmp_path / "results" / "fire" / "metrics.csv")
+    assert list(zip(metrics["atlas"], metrics["moving"])) == [("A01-1", "A01-2")]
+    assert metrics["tre_before_mm"].iloc[0] == pytest.approx(np.hypot(*shift), abs=1e-6)
+    assert metrics["tre_mean_mm"].iloc[0] < metrics["tre_before_mm"].iloc[0]
