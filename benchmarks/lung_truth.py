@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ct", type=Path, default=CT)
     parser.add_argument("--spacing", type=float, default=2.0, help="isotropic voxel size (mm)")
     parser.add_argument("--margin", type=int, default=8, help="voxels kept around the lungs")
-    parser.add_argument("--motion", default="respiratory-inhale", help="respiratory or respiratory-inhale (see truth.py)")
+    parser.add_argument("--motion", default="respiratory-inhale", help="respiratory or respiratory-inhale")
     parser.add_argument("--max-disp-mm", type=float, default=15.0)
     parser.add_argument("--noise-std", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {k: round(v, 3) for k, v in results[name].items() if isinstance(v, float)}
         print(name, json.dumps(row), flush=True)
 
-    print(f"\n| method | mTRE before (mm) | mTRE after (mm) | max TRE (mm) | dense TRE (mm) | runtime (s) | min det J |")
+    print("\n| method | mTRE before (mm) | mTRE after (mm) | max TRE (mm) | dense TRE (mm) | runtime (s) | min det J |")
     print("|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(

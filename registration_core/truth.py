@@ -9,8 +9,9 @@ Conventions (those of :mod:`registration_core.spatial`)
 * Landmarks are (N, ndim) voxel coordinates on the shared grid: ``moving = fixed + d(fixed)``,
   exact by construction (the fixed landmarks lie on voxel centres, where ``d`` is given).
 
-Construction (:func:`make_truth_pair`): ``d`` is drawn directly on the fixed grid (respiratory
-or single-frequency motion from :mod:`registration_core.synth`, scaled to a maximum magnitude),
+Construction (:func:`make_truth_pair`; :func:`deform_with_truth` for a field of your own): ``d``
+is drawn directly on the fixed grid (respiratory or single-frequency motion from
+:mod:`registration_core.synth`, scaled to a maximum magnitude),
 its inverse ``e`` (``(id + d) o (id + e) = id``) is found by fixed-point iteration
 (:func:`invert_displacement`, residual reported), and the moving image is
 ``fixed o (id + e)`` (cubic B-spline interpolation) plus Gaussian noise; moving labels and mask
@@ -46,6 +47,8 @@ SKIMAGE_RETINA = "skimage:retina"
 # Fixed-point inversion stops when the largest residual |e + d o (id + e)| falls below this (voxels).
 _INVERSION_TOL_VOX = 1e-3
 _INVERSION_MAX_ITERATIONS = 100
+# A pair is refused when the inverse is worse than this (voxels): the moving image would be wrong.
+_INVERSION_MAX_RESIDUAL_VOX = 0.05
 # Nominal respiratory amplitudes (synth.respiratory_displacement's defaults), scaled together.
 _NOMINAL_SHIFT_MM, _NOMINAL_CONTRACTION, _NOMINAL_LOCAL_MM = 30.0, 0.12, 3.0
 # Landmarks are at least this many voxels (of the coarsest axis) apart unless told otherwise.
@@ -197,15 +200,19 @@ def deform_with_truth(
         leaves the grid are dropped.
 
     Raises:
-        InputError: a field of another shape, or one that folds (min det J <= 0).
+        InputError: a field of another shape, one that folds (min det J <= 0) or one whose inverse
+            leaves a residual above 0.05 voxel.
     """
     disp = np.asarray(disp_vox, dtype=np.float64)
     if disp.shape != (fixed.ndim, *fixed.shape) or not np.all(np.isfinite(disp)):
-        raise InputError(f"disp_vox has shape {disp.shape}; expected finite values of shape {(fixed.ndim, *fixed.shape)}")
+        expected = (fixed.ndim, *fixed.shape)
+        raise InputError(f"disp_vox has shape {disp.shape}; expected finite values of shape {expected}")
     detj_min = synth.min_jacobian_determinant(disp)
     if detj_min <= 0:
         raise InputError(f"the true displacement folds (min det J {detj_min:.3f}); lower max_disp_mm")
     inverse, residual, iterations = invert_displacement(disp)
+    if residual > _INVERSION_MAX_RESIDUAL_VOX:
+        raise InputError(f"the true displacement is too steep to invert (residual {residual:.3f} voxel); lower it")
     points = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in fixed.shape], indexing="ij"))
     points += inverse
     data = np.asarray(fixed.data, dtype=np.float64)
