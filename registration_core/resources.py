@@ -51,16 +51,18 @@ class CostModel:
 
 
 COST_MODELS: dict[str, CostModel] = {
-    # 2D 160x192: 550 MB; 3D 160x192x144: 2450 MB, 2 s/iteration on 2 threads.
+    # 2D 160x192: 490-550 MB; 3D 160x192x144: 2450 MB and 2 s per iteration on 2 threads.
     "nodeo": CostModel(fixed_mb=550, mb_per_mvoxel=443, startup_s=20, s_per_mvoxel_iteration=0.74),
-    # SimpleITK filters: 2D 100x118 330 MB (demons), 530 MB (bspline), 324 MB (affine).
-    "demons": CostModel(fixed_mb=330, mb_per_mvoxel=250, startup_s=10, s_per_mvoxel_iteration=0.25),
-    "bspline": CostModel(fixed_mb=530, mb_per_mvoxel=250, startup_s=10, s_per_mvoxel_iteration=1.0),
-    "affine": CostModel(fixed_mb=330, mb_per_mvoxel=60, startup_s=10, s_per_mvoxel_iteration=0.05),
+    # SimpleITK, 2D 160x192: 335 MB (demons), 347 MB (bspline), 327 MB (affine); 3D 160x192x224:
+    # 2100 MB (demons), over 1360 MB (bspline). Times per iteration are rough (a shared, loaded
+    # machine); B-spline's L-BFGS evaluates the metric about twice per iteration.
+    "demons": CostModel(fixed_mb=335, mb_per_mvoxel=260, startup_s=10, s_per_mvoxel_iteration=0.5),
+    "bspline": CostModel(fixed_mb=350, mb_per_mvoxel=260, startup_s=10, s_per_mvoxel_iteration=3.0),
+    "affine": CostModel(fixed_mb=330, mb_per_mvoxel=60, startup_s=10, s_per_mvoxel_iteration=0.1),
 }
 TORCH_DEFAULT = CostModel(fixed_mb=650, mb_per_mvoxel=600, startup_s=30, s_per_mvoxel_iteration=1.0)
 """Methods without a measured model that run on torch (learned methods: inference + io_steps)."""
-SITK_DEFAULT = CostModel(fixed_mb=530, mb_per_mvoxel=250, startup_s=10, s_per_mvoxel_iteration=1.0)
+SITK_DEFAULT = CostModel(fixed_mb=350, mb_per_mvoxel=260, startup_s=10, s_per_mvoxel_iteration=3.0)
 """Methods without a measured model that run on SimpleITK."""
 _ODE_STAGES = {"euler": 1, "midpoint": 2, "rk4": 4, "dopri5": 6}
 
