@@ -16,10 +16,10 @@ from registration_core.errors import InputError
 from registration_core.io import Image, load_displacement, load_image, save_image
 from registration_core.losses import point_ncc_loss
 from registration_core.methods import get_method
-from registration_core.methods.nephi import sample_at_points
+from registration_core.methods.nephi import grid_points_norm, sample_at_points
 from registration_core.metrics import dice_summary, jacobian_stats
 from registration_core.preprocess import run_steps
-from registration_core.spatial import compose, warp_array
+from registration_core.spatial import compose, identity_grid_norm, warp_array
 
 NEPHI = get_method("nephi")
 SMALL = {"hidden": 32, "sim_points": 512, "reg_points": 32}
@@ -52,6 +52,13 @@ def test_points_at_voxel_centres_sample_the_voxel_values(shape: tuple[int, ...])
     values = sample_at_points(image, points_norm[None])[0, 0]
     expected = [image[(0, 0, *map(int, idx))] for idx in index]
     torch.testing.assert_close(values, torch.stack(expected))
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (4, 5, 6), (1, 3, 4)])
+def test_chunk_coordinates_are_the_identity_grid_in_c_order(shape: tuple[int, ...]) -> None:
+    grid = identity_grid_norm(shape).reshape(1, len(shape), -1).transpose(1, 2)
+    torch.testing.assert_close(grid_points_norm(shape, 0, grid.shape[1], grid), grid)
+    torch.testing.assert_close(grid_points_norm(shape, 3, 11, grid), grid[:, 3:11])
 
 
 def test_encoder_branches_local_codes_at_the_closest_grid() -> None:

@@ -47,7 +47,7 @@ from torch import nn
 
 from ..losses import gradicon_loss, point_ncc_loss
 from ..params import Param
-from ..spatial import disp_norm_to_vox, identity_grid_norm, sample
+from ..spatial import disp_norm_to_vox, sample
 from ..training import Batch, LearnedMethod, common_params, param_schema
 
 Direction = Literal["forward", "inverse"]
@@ -72,6 +72,20 @@ def sample_at_points(image: torch.Tensor, points_norm: torch.Tensor) -> torch.Te
 def uniform_points(batch: int, n: int, ndim: int, like: torch.Tensor) -> torch.Tensor:
     """``n`` points per batch element uniform in ``[-1, 1]^ndim`` (torch's global generator), (batch, n, ndim)."""
     return torch.rand(batch, n, ndim, device=like.device, dtype=like.dtype) * 2.0 - 1.0
+
+
+def grid_points_norm(shape: Sequence[int], start: int, stop: int, like: torch.Tensor) -> torch.Tensor:
+    """Normalised coordinates (1, stop - start, ndim) of the voxels ``start:stop`` of ``shape`` in C order.
+
+    Voxel index ``i`` along an axis of ``n`` voxels sits at ``2 i / (n - 1) - 1`` (``align_corners=True``).
+    """
+    flat = torch.arange(start, stop, device=like.device)
+    index = []
+    for n in reversed(shape):
+        index.append(flat % n)
+        flat = flat // n
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=like.device, dtype=like.dtype)
+    return (torch.stack(index[::-1], dim=-1).to(like.dtype) * scale - 1.0)[None]
 
 
 def _conv_output_size(n: int) -> int:
@@ -201,6 +215,7 @@ class NePhiNet(nn.Module):
         self.encoder = CodeEncoder(self.shape, params["global_dim"], params["local_dim"], params["local_grid"])
         self.features = FourierFeatures(ndim, params["fourier_features"], params["fourier_scale"])
         code_features = params["global_dim"] + params["local_dim"]
+
         def field() -> ModulatedSiren:
             return ModulatedSiren(
                 self.features.out_features, code_features, params["hidden"], params["hidden_layers"], ndim, params["omega"]
@@ -239,18 +254,19 @@ class NePhiNet(nn.Module):
         return lambda points: points + self.displacement(direction, points, codes)
 
     def dense_displacement(self, direction: Direction, codes: LatentCodes, chunk: int) -> torch.Tensor:
-        """Voxel displacement (B, ndim, *shape) on the whole grid, ``chunk`` points at a time, no gradient."""
-        ndim = len(self.shape)
-        batch = codes.global_code.shape[0]
+        """Voxel displacement (B, ndim, *shape) on the whole grid, ``chunk`` points at a time, no gradient.
+
+        Beyond the output, memory holds one chunk's points and activations.
+        """
+        ndim, n_voxels = len(self.shape), math.prod(self.shape)
         ref = codes.global_code
-        grid = identity_grid_norm(self.shape, device=ref.device, dtype=ref.dtype).reshape(1, ndim, -1).transpose(1, 2)
+        disp_norm = ref.new_empty(ref.shape[0], n_voxels, ndim)
         with torch.no_grad():
-            parts = [
-                self.displacement(direction, grid[:, start:start + chunk].expand(batch, -1, -1), codes)
-                for start in range(0, grid.shape[1], chunk)
-            ]
-        disp_norm = torch.cat(parts, dim=1).transpose(1, 2).reshape(batch, ndim, *self.shape)
-        return disp_norm_to_vox(disp_norm, self.shape)
+            for start in range(0, n_voxels, chunk):
+                stop = min(start + chunk, n_voxels)
+                points = grid_points_norm(self.shape, start, stop, ref).expand(ref.shape[0], -1, -1)
+                disp_norm[:, start:stop] = self.displacement(direction, points, codes)
+        return disp_norm_to_vox(disp_norm.transpose(1, 2).reshape(-1, ndim, *self.shape), self.shape)
 
 
 def _similarity(point_map: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor, source: torch.Tensor, n: int) -> torch.Tensor:
@@ -278,10 +294,10 @@ class NePhi(LearnedMethod):
         Param("omega", float, 30.0, "sine frequency factor (SIREN omega_0)", minimum=0.0, exclusive_minimum=True),
         Param("sim_points", int, 4096, "random points per pair and direction for the NCC", minimum=2),
         Param("reg_points", int, 256, "random points per pair for GradICON", minimum=1),
-        Param("lambda_gradicon", float, 1.0, "GradICON weight (||J - I||_F^2 summed, see losses.gradicon_loss)", minimum=0.0),
+        Param("lambda_gradicon", float, 4.0, "GradICON weight (||J - I||_F^2 summed, see losses.gradicon_loss)", minimum=0.0),
         Param("gradicon_delta", float, 1e-3, "GradICON finite-difference step, normalised units", minimum=0.0, exclusive_minimum=True),
         Param("lambda_latent", float, 1e-4, "latent code prior weight (mean squared code entry)", minimum=0.0),
-        Param("eval_chunk", int, 65536, "points per chunk when the dense fields are evaluated", minimum=1),
+        Param("eval_chunk", int, 16384, "points per chunk when the dense fields are evaluated (about 4 KiB of activations each at hidden=128)", minimum=1),
     )
 
     def build_model(self, shape: tuple[int, ...], params: Mapping[str, Any]) -> NePhiNet:
