@@ -118,7 +118,7 @@ def test_respiratory_training_fields_follow_the_mask() -> None:
 def test_sample_batch_shapes_targets_and_seed() -> None:
     images = torch.from_numpy(np.stack([texture(s, (41, 38)) for s in range(3)]))[:, None]
     data = TrainingSet(images, None, Image(images[0, 0].numpy(), np.eye(4)), ())
-    params = REGNET.resolve_params({**SMALL, "output_patch": "8", "patches_per_pair": "3"})
+    params = REGNET.resolve_params({**SMALL, "output_patch": "8", "patches_per_pair": "3", "batch_size": "2"})
     batch = REGNET.sample_batch(data, np.random.default_rng(5), params, torch.device("cpu"))
     assert batch["fixed"].shape == (6, 1, 24, 24) and batch["moving"].shape == (6, 1, 24, 24)
     assert batch["disp"].shape == (6, 2, 8, 8)
@@ -159,14 +159,14 @@ TRAIN_PARAMS = {**SMALL, "steps": "200", "val_every": "100", "lr": "1e-3", "devi
 HELD_OUT_SEEDS = (101, 102, 103, 104)
 
 
-def write_image(data: np.ndarray, path: Path) -> Path:
-    save_image(Image(data, np.eye(4)), path)
+def write_image(data: np.ndarray, path: Path, spacing_mm: float = 1.0) -> Path:
+    save_image(Image(data, np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])), path)
     return path
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """200 steps on 4 textures, 48x48 voxels of 1 mm (one thread)."""
+    """200 steps (4 pairs x 2 crops each) on 4 textures, 48x48 voxels of 1 mm (one thread)."""
     root = tmp_path_factory.mktemp("regnet")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -188,7 +188,7 @@ def test_training_lowers_the_displacement_error(trained: dict[str, Path]) -> Non
     log = json.loads(trained["log"].read_text())
     assert [v["step"] for v in log["validation"]] == [0, 100, 200]
     first, last = log["validation"][0], log["validation"][-1]
-    assert last["epe_mm"] < 0.8 * first["epe_mm"], (first, last)
+    assert last["epe_mm"] < 0.7 * first["epe_mm"], (first, last)
     assert set(log["history"][0]) == {"step", "elapsed_s", "total", "mse_mm2", "epe_mm"}
 
 
@@ -203,7 +203,8 @@ def test_held_out_synthetic_deformations_are_recovered(trained: dict[str, Path])
             assert result.disp_vox.shape == (2, *SHAPE) and result.disp_vox.dtype == np.float32
             before.append(mean_error_mm(np.zeros_like(truth), truth, fixed.spacing))
             after.append(mean_error_mm(result.disp_vox, truth, fixed.spacing))
-    assert np.mean(after) < 0.8 * np.mean(before), (np.mean(before), np.mean(after))
+    # measured: 0.80 mm -> 0.47 mm (identity -> RegNet, 8 pairs)
+    assert np.mean(after) < 0.75 * np.mean(before), (np.mean(before), np.mean(after))
 
 
 def test_instance_optimisation_lowers_the_ncc_loss(trained: dict[str, Path]) -> None:
@@ -231,3 +232,42 @@ def test_checkpoint_round_trip_through_the_cli(trained: dict[str, Path], tmp_pat
     np.testing.assert_allclose(load_displacement(tmp_path / "reg" / "displacement.nii.gz", reference), expected.disp_vox, atol=1e-4)
     log = json.loads((tmp_path / "reg" / "log.json").read_text())
     assert log["model_params"]["patch_size"] == 9 and log["model_params"]["synth"] == "single+mixed"
+
+
+# -- real brain slices ------------------------------------------------------------------------------
+
+
+def brain_slices(path: Path, slices: range) -> list[Image]:
+    """Axial slices of a 1 mm brain volume, averaged 2x2 into 2 mm voxels (80x96 for 160x192x224)."""
+    volume = load_image(path).data
+    images = []
+    for k in slices:
+        plane = volume[:, :, k]
+        plane = plane[: plane.shape[0] // 2 * 2, : plane.shape[1] // 2 * 2]
+        coarse = plane.reshape(plane.shape[0] // 2, 2, plane.shape[1] // 2, 2).mean(axis=(1, 3))
+        images.append(Image(coarse.astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0])))
+    return images
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_real_brain_slices_held_out_deformations(shared_data: Path, tmp_path: Path) -> None:
+    """Train on 10 slices of one brain (aligned-brains subject-a), recover unseen synthetic fields on
+    another subject's slices (subject-b): the mean error in mm inside the head drops below the identity's."""
+    brains = shared_data / "aligned-brains"
+    slices = brain_slices(brains / "subject-a" / "t1w.nii.gz", range(88, 148, 6))
+    training = [write_image(image.data, tmp_path / f"a{n}.nii.gz", spacing_mm=2.0) for n, image in enumerate(slices)]
+    raw = {"patch_size": "15", "steps": "300", "val_every": "100", "max_disp_mm": "8", "grid_spacing_mm": "40", "device": "cpu"}
+    train_method("regnet", training, tmp_path / "model", raw)
+    params = REGNET.resolve_params({"checkpoint": str(tmp_path / "model" / "model.pt")})
+    before, after = [], []
+    for n, image in enumerate(brain_slices(brains / "subject-b" / "t1w.nii.gz", range(106, 136, 10))):
+        for category in ("single", "mixed"):
+            disp = synthetic_displacement(category, image, np.random.default_rng(1000 + n), 8.0, 40.0)
+            fixed, moving, truth = synthetic_pair(torch.from_numpy(image.data)[None, None], torch.from_numpy(disp)[None], torch.zeros(2))
+            result = REGNET.register(image.with_data(fixed[0, 0].numpy()), image.with_data(moving[0, 0].numpy()), params)
+            head = image.data > 0.05
+            truth_np = truth[0].numpy()
+            before.append(mean_error_mm(np.zeros_like(truth_np)[:, head], truth_np[:, head], image.spacing))
+            after.append(mean_error_mm(result.disp_vox[:, head], truth_np[:, head], image.spacing))
+    assert np.mean(after) < 0.85 * np.mean(before), (np.mean(before), np.mean(after))

