@@ -11,9 +11,9 @@ Modes (one pair of smooth random images, the moving one shifted by 2 voxels; met
   field(s) at full resolution (NePhi: chunk-wise; NODEO: ``--steps`` iterations of its per-pair
   optimisation, its only mode).
 
-``s/step`` is the median wall time over steps after the first (warm-up); ``cpu/step`` the process
-CPU time of the whole case (all steps, and the dense fields for ``io``) over the steps, which a
-loaded machine distorts less. VoxelMorph is skipped when
+``s/step`` and ``cpu/step`` are the median wall and process CPU (all threads) seconds over the steps
+after the first (warm-up); CPU time is less distorted by a loaded machine. For NODEO, CPU time is
+its whole run over the iterations (set-up included). VoxelMorph is skipped when
 ``registration_core/methods/voxelmorph.py`` is absent; NODEO needs every axis >= 64.
 
     python benchmarks/memory.py                          # default: 2D 128, 256; 3D 64; 3 steps (~minutes)
@@ -52,18 +52,20 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def _timed_steps(step: Any, steps: int, sync: Any) -> list[float]:
-    """Seconds of each call of ``step()``; ``sync()`` waits for the device."""
+def _timed_steps(step: Any, steps: int, sync: Any) -> list[tuple[float, float]]:
+    """(wall, process CPU) seconds of each call of ``step()``; ``sync()`` waits for the device."""
     times = []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         step()
         sync()
-        times.append(time.perf_counter() - start)
+        times.append((time.perf_counter() - start, time.process_time() - cpu_start))
     return times
 
 
-def _learned_case(name: str, mode: str, fixed: np.ndarray, moving: np.ndarray, steps: int, device_name: str) -> list[float]:
+def _learned_case(
+    name: str, mode: str, fixed: np.ndarray, moving: np.ndarray, steps: int, device_name: str
+) -> list[tuple[float, float]]:
     """``steps`` training or instance-optimisation steps of a learned method (then its dense fields for io)."""
     import torch
 
@@ -96,16 +98,19 @@ def _learned_case(name: str, mode: str, fixed: np.ndarray, moving: np.ndarray, s
     return times
 
 
-def _nodeo_case(fixed: np.ndarray, moving: np.ndarray, steps: int, device_name: str) -> list[float]:
-    """``steps`` NODEO iterations; seconds per iteration from its loss history."""
+def _nodeo_case(fixed: np.ndarray, moving: np.ndarray, steps: int, device_name: str) -> list[tuple[float, float]]:
+    """``steps`` NODEO iterations: wall seconds per iteration from its loss history, CPU seconds the
+    run's total over the iterations (set-up included)."""
     from registration_core.io import Image
     from registration_core.methods import get_method
 
     nodeo = get_method("nodeo")
     params = nodeo.resolve_params({"iterations": steps, "device": device_name})
+    cpu_start = time.process_time()
     result = nodeo.register(Image(fixed, np.eye(4)), Image(moving, np.eye(4)), params)
+    cpu = (time.process_time() - cpu_start) / steps
     elapsed = [0.0] + [h["elapsed_s"] for h in result.loss_history]
-    return list(np.diff(elapsed))
+    return [(wall, cpu) for wall in np.diff(elapsed)]
 
 
 def run_case(name: str, mode: str, shape: tuple[int, ...], steps: int, device_name: str) -> dict[str, Any]:
@@ -117,19 +122,17 @@ def run_case(name: str, mode: str, shape: tuple[int, ...], steps: int, device_na
     get_method(name)  # the method's imports count in the baseline
     fixed, moving = make_pair(shape)
     baseline = _rss_mb()
-    cpu_start = time.process_time()
     if name == "nodeo":
         times = _nodeo_case(fixed, moving, steps, device_name)
     else:
         times = _learned_case(name, mode, fixed, moving, steps, device_name)
-    cpu = time.process_time() - cpu_start
+    timed = np.array(times[1:] if len(times) > 1 else times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     cuda = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     return {
         "method": name, "mode": mode, "shape": list(shape), "steps": steps,
         "device": "cuda" if cuda is not None else "cpu", "threads": torch.get_num_threads(),
-        "s_per_step": float(np.median(times[1:] if len(times) > 1 else times)), "wall_s": float(sum(times)),
-        "cpu_s_per_step": cpu / steps,
+        "s_per_step": float(np.median(timed[:, 0])), "cpu_s_per_step": float(np.median(timed[:, 1])),
         "peak_rss_mb": peak, "rss_growth_mb": peak - baseline, "peak_cuda_mb": cuda,
     }
 
@@ -178,7 +181,9 @@ def main() -> None:
     if "voxelmorph" in args.methods.split(",") and "voxelmorph" not in methods:
         print("voxelmorph: methods/voxelmorph.py not present, skipped", flush=True)
     shapes = _sizes(args.sizes_2d, 2) + _sizes(args.sizes_3d, 3)
-    print(f"{'method':>10} {'mode':>5} {'size':>12} {'dev':>5} {'s/step':>9} {'cpu/step':>9} {'peakRSS':>9} {'+RSS':>9} {'peakCUDA':>10}  (MiB)", flush=True)
+    header = ("method", "mode", "size", "dev", "s/step", "cpu/step", "peakRSS", "+RSS", "peakCUDA")
+    widths = (10, 5, 12, 5, 9, 9, 9, 9, 10)
+    print(" ".join(f"{h:>{w}}" for h, w in zip(header, widths)) + "  (MiB)", flush=True)
     rows = []
     for shape in shapes:
         for name in methods:

@@ -125,7 +125,9 @@ def gradicon_loss(
     value is this one divided by ``ndim`` (its weight 1.5 corresponds to ``1.5 / ndim`` here).
     """
     if points.dim() < 2 or points.shape[-1] not in (2, 3):
-        raise ValueError(f"gradicon_loss: points must have shape (..., N, ndim) with ndim 2 or 3, got {tuple(points.shape)}")
+        raise ValueError(
+            f"gradicon_loss: points must have shape (..., N, ndim) with ndim 2 or 3, got {tuple(points.shape)}"
+        )
     if delta is not None and delta <= 0:
         raise ValueError(f"gradicon_loss: delta must be > 0 or None, got {delta}")
     ndim = points.shape[-1]

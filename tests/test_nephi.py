@@ -127,7 +127,8 @@ def test_without_checkpoint_io_steps_must_be_positive() -> None:
 
 
 def _run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "registration_core", *map(str, args)], capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "registration_core", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 def test_training_over_shifted_disks_predicts_a_held_out_shift_via_the_cli(tmp_path: Path) -> None:
@@ -181,7 +182,8 @@ def test_real_slice_pair_by_instance_optimisation_alone(shared_data: Path) -> No
     root = shared_data / "oasis-trt"
 
     def subject(name: str) -> tuple[Image, Image]:
-        return run_steps(load_image(root / name / "t1w_brain.nii.gz"), load_image(root / name / "labels.nii.gz", "labels"), OASIS_2D)
+        labels = load_image(root / name / "labels.nii.gz", "labels")
+        return run_steps(load_image(root / name / "t1w_brain.nii.gz"), labels, OASIS_2D)
 
     (fixed, fixed_labels), (moving, moving_labels) = subject("sub-01"), subject("sub-03")
     labels = sorted(set(np.unique(fixed_labels.data)) & set(np.unique(moving_labels.data)) - {0})

@@ -177,7 +177,9 @@ class ModulatedSiren(nn.Module):
     initialisation; the head starts at zero, so the field starts at the identity map.
     """
 
-    def __init__(self, in_features: int, code_features: int, hidden: int, layers: int, out_features: int, omega: float) -> None:
+    def __init__(
+        self, in_features: int, code_features: int, hidden: int, layers: int, out_features: int, omega: float
+    ) -> None:
         super().__init__()
         self.omega = omega
         self.synthesis = nn.ModuleList(nn.Linear(in_features if i == 0 else hidden, hidden) for i in range(layers))
@@ -269,7 +271,9 @@ class NePhiNet(nn.Module):
         return disp_norm_to_vox(disp_norm.transpose(1, 2).reshape(-1, ndim, *self.shape), self.shape)
 
 
-def _similarity(point_map: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor, source: torch.Tensor, n: int) -> torch.Tensor:
+def _similarity(
+    point_map: Callable[[torch.Tensor], torch.Tensor], reference: torch.Tensor, source: torch.Tensor, n: int
+) -> torch.Tensor:
     """``1 - NCC(reference(x), source(map(x)))`` over ``n`` random points ``x`` per pair; images (B, 1, *spatial)."""
     points = uniform_points(reference.shape[0], n, reference.dim() - 2, reference)
     return point_ncc_loss(sample_at_points(reference, points), sample_at_points(source, point_map(points)))
@@ -295,9 +299,11 @@ class NePhi(LearnedMethod):
         Param("sim_points", int, 4096, "random points per pair and direction for the NCC", minimum=2),
         Param("reg_points", int, 256, "random points per pair for GradICON", minimum=1),
         Param("lambda_gradicon", float, 4.0, "GradICON weight (||J - I||_F^2 summed, see losses.gradicon_loss)", minimum=0.0),
-        Param("gradicon_delta", float, 1e-3, "GradICON finite-difference step, normalised units", minimum=0.0, exclusive_minimum=True),
+        Param("gradicon_delta", float, 1e-3, "GradICON finite-difference step, normalised units",
+              minimum=0.0, exclusive_minimum=True),
         Param("lambda_latent", float, 1e-4, "latent code prior weight (mean squared code entry)", minimum=0.0),
-        Param("eval_chunk", int, 16384, "points per chunk when the dense fields are evaluated (about 4 KiB of activations each at hidden=128)", minimum=1),
+        Param("eval_chunk", int, 16384, "points per chunk when the dense fields are evaluated "
+              "(about 4 KiB of activations each at hidden=128)", minimum=1),
     )
 
     def build_model(self, shape: tuple[int, ...], params: Mapping[str, Any]) -> NePhiNet:
@@ -315,7 +321,9 @@ class NePhi(LearnedMethod):
         total = sim + params["lambda_gradicon"] * gradicon + params["lambda_latent"] * prior
         return total, {"sim": sim, "gradicon": gradicon, "latent": prior}
 
-    def instance_loss(self, model: nn.Module, batch: Batch, params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def instance_loss(
+        self, model: nn.Module, batch: Batch, params: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """:meth:`loss` on the pair's own codes (taken from the encoder at the first step)."""
         if not model.instance:
             model.start_instance(batch["fixed"], batch["moving"])
@@ -330,7 +338,9 @@ class NePhi(LearnedMethod):
             codes = model.codes(fixed, moving)
         return model.dense_displacement("forward", codes, params["eval_chunk"])
 
-    def predict_inverse(self, model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
+    def predict_inverse(
+        self, model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor, params: Mapping[str, Any]
+    ) -> torch.Tensor:
         """Inverse displacement (B, ndim, *spatial), voxels (moving point y -> fixed point y + v(y))."""
         with torch.no_grad():
             codes = model.codes(fixed, moving)
