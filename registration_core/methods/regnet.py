@@ -237,7 +237,7 @@ PARAMS = param_schema(
     Param("synth", str, "single+mixed", "synthetic deformation categories drawn for training", choices=SYNTH_CHOICES),
     Param("max_disp_mm", float, 8.0, "largest displacement of the training fields (mm)", minimum=0.0, exclusive_minimum=True),
     Param("grid_spacing_mm", float, 40.0, "B-spline control spacing of the training fields (mm)", minimum=0.0, exclusive_minimum=True),
-    _odd("patch_size", 29, "fine patch per axis (voxels); the context patch is 2 * patch_size + 1"),
+    _odd("patch_size", 29, "fine patch per axis (voxels); the context sees patch_size voxels at half resolution"),
     Param("width", int, 16, "features per convolution", minimum=1),
     Param("output_patch", int, 24, "output voxels per axis of a training crop (even)", minimum=2),
     Param("patches_per_pair", int, 2, "training crops cut from each synthetic pair", minimum=1),
@@ -299,7 +299,7 @@ class RegNet(LearnedMethod):
         return {key: value.to(device) for key, value in batch.items()}
 
     def loss(self, model: nn.Module, batch: Batch, params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Squared end-point error in mm^2 of the crop centres' predicted displacement."""
+        """Mean squared end-point error (mm^2) of the displacements predicted on the crops' central voxels."""
         prediction = model(torch.cat([batch["fixed"], batch["moving"]], dim=1))
         spacing = batch["spacing_mm"].view(1, -1, *([1] * (prediction.dim() - 2)))
         squared = (((prediction - batch["disp"]) * spacing) ** 2).sum(dim=1)
