@@ -7,7 +7,8 @@ equal the local run's (NODEO repeats bit for bit on the CPU with the same seed).
 
 Needs root (to install slurm-wlm and munge with apt-get when missing and to run the daemons) and
 snakemake-executor-plugin-slurm (``pip install -e .[cluster]``); skips with the reason otherwise.
-The daemons are stopped by pid when the module's tests are done. About 4-6 minutes on 2 cores.
+The daemons are stopped by pid when the module's tests are done. About 15 minutes on 2 cores shared
+with other work (a local run of 4 minutes, the SLURM run 11 minutes: every SLURM job starts Snakemake).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def scores(study_dir: Path) -> pd.DataFrame:
 
 
 def job_state(env: dict[str, str], job_id: str) -> str:
-    """SLURM's state of a finished job (kept by slurmctld for MinJobAge = 300 s)."""
+    """SLURM's state of a finished job (kept by slurmctld for MinJobAge = 3600 s)."""
     result = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, env=env, check=True)
     return re.search(r"JobState=(\w+)", result.stdout).group(1)
 
@@ -168,7 +169,7 @@ def test_smoke_study_on_slurm_matches_local_run(slurm_env: dict[str, str], tmp_p
     cluster = run_study(
         tmp_path / "slurm", "--workflow-profile", str(REPO_ROOT / "profiles" / "slurm"),
         # The node has 2 CPUs: group jobs at most 2 wide. No accounting database, hence no account
-        # and squeue (MinJobAge 300 s) for the job states; poll every 2 s instead of 40 s.
+        # and squeue (MinJobAge 3600 s) for the job states; poll every 2 s instead of 40 s.
         "--cores", "2", "--slurm-no-account", "--slurm-status-command", "squeue",
         "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
         "--slurm-keep-successful-logs", "--latency-wait", "5", "--verbose",
