@@ -176,6 +176,10 @@ class LearnedMethod(Method):
         """A training batch: ``batch_size`` random ordered pairs of distinct training images."""
         return pair_batch(data, random_pairs(len(data), params["batch_size"], rng), device)
 
+    def check_training_set(self, data: TrainingSet, params: Mapping[str, Any], option: str) -> None:
+        """Refuse a training or validation set the loss cannot use (before anything is written);
+        ``option`` names where it came from (``--images``/``--val-images``). Default: accept."""
+
     def instance_loss(self, model: nn.Module, batch: Batch, params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss minimised by instance optimisation on one pair (no labels): :meth:`loss` by default."""
         return self.loss(model, batch, params)
@@ -353,13 +357,15 @@ def train_method(
         raise InputError("--val-labels needs --val-images")
     data = load_training_set(images, labels, "--images")
     val_data = load_training_set(val_images, val_labels, "--val-images", data.reference) if val_images else data
+    method.check_training_set(data, params, "--images")
+    if val_images:
+        method.check_training_set(val_data, params, "--val-images")
     device = resolve_device(params["device"])
+    torch.manual_seed(params["seed"])
+    model = method.build_model(data.shape, params).to(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / "checkpoint.pt"
-
-    torch.manual_seed(params["seed"])
-    model = method.build_model(data.shape, params).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
     rng = np.random.default_rng(params["seed"])
     history: list[dict[str, float]] = []

@@ -212,6 +212,14 @@ def write_image(data: np.ndarray, path: Path) -> Path:
     return path
 
 
+def test_training_without_labels_for_dice_writes_nothing(tmp_path: Path) -> None:
+    images = [write_image(blob((16 + d, 16 - d)), tmp_path / f"i{d}.nii.gz") for d in range(3)]
+    out = tmp_path / "model"
+    with pytest.raises(InputError, match=r"'dice_weight' > 0 needs label maps \(--labels\)"):
+        train_method("voxelmorph", images, out, {**SMALL, "dice_weight": "1", "steps": "1"})
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """300 MSE training steps on 8 blobs shifted by up to 3 voxels (one thread: ~10 s)."""

@@ -51,7 +51,7 @@ from ..errors import InputError
 from ..losses import LocalNCC, diffusion_loss, mse_loss
 from ..params import Param
 from ..spatial import compose, disp_norm_to_vox, disp_vox_to_norm, warp
-from ..training import Batch, LearnedMethod, common_params, param_schema
+from ..training import Batch, LearnedMethod, TrainingSet, common_params, param_schema
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _MAX_POOL = {2: F.max_pool2d, 3: F.max_pool3d}
@@ -294,6 +294,12 @@ class VoxelMorph(LearnedMethod):
         resized = field.shape[2:] != disp.shape[2:]
         grad = gradient_l2_loss(field) * (params["int_downsize"] if resized else 1)
         return sim + params["smooth_weight"] * grad, {"sim": sim, "grad": grad}, disp
+
+    def check_training_set(self, data: TrainingSet, params: Mapping[str, Any], option: str) -> None:
+        """Label supervision (``dice_weight`` > 0) needs label maps for every training/validation image."""
+        if params["dice_weight"] > 0 and data.labels is None:
+            labels_option = option.replace("images", "labels")
+            raise InputError(f"method 'voxelmorph': parameter 'dice_weight' > 0 needs label maps ({labels_option})")
 
     def loss(self, model: nn.Module, batch: Batch, params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss; the Dice term needs ``fixed_labels``/``moving_labels`` when ``dice_weight`` > 0."""
