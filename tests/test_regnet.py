@@ -133,7 +133,7 @@ def test_sample_batch_shapes_targets_and_seed() -> None:
 @pytest.mark.parametrize(
     ("raw", "shape", "message"),
     [
-        ({"patch_size": "10"}, (32, 32), "'patch_size' must be odd"),
+        ({"ncc_window": "8"}, (32, 32), "'ncc_window' must be odd"),
         ({"output_patch": "15"}, (32, 32), "'output_patch' must be even"),
         ({"output_patch": "40"}, (32, 32), "'output_patch'=40 exceeds the image shape"),
         ({"synth": "single+mixed+respiratory"}, (32, 32), "needs 3D images"),
@@ -142,6 +142,11 @@ def test_sample_batch_shapes_targets_and_seed() -> None:
 def test_bad_parameters_name_the_parameter(raw: dict[str, str], shape: tuple[int, ...], message: str) -> None:
     with pytest.raises(InputError, match=message):
         REGNET.build_model(shape, REGNET.resolve_params(raw))
+
+
+def test_even_patch_is_refused_before_any_image_is_read() -> None:
+    with pytest.raises(InputError, match="method 'regnet': parameter 'patch_size' must be odd, got 10"):
+        REGNET.resolve_params({"patch_size": "10"})
 
 
 def test_3d_forward_pass_of_the_published_size() -> None:

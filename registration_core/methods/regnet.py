@@ -254,14 +254,18 @@ class RegNet(LearnedMethod):
     name = "regnet"
     params = PARAMS
 
-    def build_model(self, shape: tuple[int, ...], params: Mapping[str, Any]) -> nn.Module:
+    def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        values = super().resolve_params(raw)
         for key in ("patch_size", "ncc_window"):
-            if params[key] % 2 == 0:
-                raise InputError(f"method 'regnet': parameter '{key}' must be odd, got {params[key]}")
+            if values[key] % 2 == 0:
+                raise InputError(f"method 'regnet': parameter '{key}' must be odd, got {values[key]}")
+        if values["output_patch"] % 2:
+            raise InputError(f"method 'regnet': parameter 'output_patch' must be even, got {values['output_patch']}")
+        return values
+
+    def build_model(self, shape: tuple[int, ...], params: Mapping[str, Any]) -> nn.Module:
         if "respiratory" in params["synth"] and len(shape) != 3:
             raise InputError(f"method 'regnet': parameter 'synth'={params['synth']} needs 3D images, got {len(shape)}D")
-        if params["output_patch"] % 2:
-            raise InputError(f"method 'regnet': parameter 'output_patch' must be even, got {params['output_patch']}")
         if min(shape) < params["output_patch"]:
             raise InputError(
                 f"method 'regnet': parameter 'output_patch'={params['output_patch']} exceeds the image shape {tuple(shape)}"
