@@ -31,9 +31,12 @@ CT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "thorax-ct
 
 # Lung settings per method (the rest are the method's defaults).
 LUNG_PARAMS: dict[str, dict[str, Any]] = {
-    "nodeo": {"iterations": 150, "ncc_window": 9, "stop_patience": 20},
-    "demons": {"shrink_factors": "4x2x1", "smoothing_sigmas": "2x1x0", "iterations": "100x100x50", "field_sigma": 1.5},
-    "bspline": {"control_spacing_mm": 20.0, "grid_scale_factors": "1x2x2", "metric": "mean_squares", "threads": 0},
+    "nodeo": {"iterations": 100, "ncc_window": 9, "stop_patience": 0},
+    "demons": {"iterations": "50x50x25", "field_sigma": 2.5},
+    "bspline": {
+        "control_spacing_mm": 15.0, "grid_scale_factors": "1x2x4", "metric": "mean_squares",
+        "sampling_percentage": 0.1, "iterations": 60, "threads": 0,
+    },
 }
 
 
