@@ -130,6 +130,31 @@ def test_sample_batch_shapes_targets_and_seed() -> None:
         torch.testing.assert_close(batch[key], again[key])
 
 
+def test_crops_and_targets_line_up_in_a_field_window() -> None:
+    """A linear image I = 0.5 i - 0.25 j: fixed - moving = 0.5 t_i - 0.25 t_j on each crop's outputs.
+
+    fixed = I(x + u), moving = I(x + s), t = u - s; exact wherever x + u and x + s stay inside the
+    image (the replicated border is not linear), i.e. on nearly all output voxels.
+    """
+    i, j = np.meshgrid(np.arange(64.0), np.arange(60.0), indexing="ij")
+    ramp = torch.from_numpy((0.5 * i - 0.25 * j).astype(np.float32))[None, None]
+    data = TrainingSet(ramp, None, Image(ramp[0, 0].numpy(), np.eye(4)), ())
+    raw = {**SMALL, "output_patch": "12", "field_window": "20", "noise_std": "0", "patches_per_pair": "3", "batch_size": "3"}
+    params = REGNET.resolve_params(raw)
+    batch = REGNET.sample_batch(data, np.random.default_rng(2), params, torch.device("cpu"))
+    assert batch["fixed"].shape == (9, 1, 28, 28) and batch["disp"].shape == (9, 2, 12, 12)
+    inner = (slice(None), 0, slice(8, -8), slice(8, -8))
+    difference = batch["fixed"][inner] - batch["moving"][inner]
+    expected = 0.5 * batch["disp"][:, 0] - 0.25 * batch["disp"][:, 1]
+    assert float(batch["disp"].abs().max()) > 0.5
+    assert float(((difference - expected).abs() < 1e-4).float().mean()) > 0.9
+
+
+def test_field_window_smaller_than_the_output_patch_is_refused() -> None:
+    with pytest.raises(InputError, match="'field_window'=8 is smaller than 'output_patch'=16"):
+        REGNET.resolve_params({"field_window": "8", "output_patch": "16"})
+
+
 @pytest.mark.parametrize(
     ("raw", "shape", "message"),
     [

@@ -36,7 +36,7 @@ For each of ``batch_size`` pairs a training image ``I`` and a synthetic displace
   ``(2, 1, 0.5) * grid_spacing_mm`` and regions seeded by the edges of ``I`` (RegNet's recipe);
 * ``respiratory`` (3D): :func:`~registration_core.synth.respiratory_displacement` with a
   cranio-caudal shift of the drawn maximum, inside the training label map when there is one
-  (a lung mask), else the whole image.
+  (a lung mask), else the whole image (the field's window, see below).
 
 The largest magnitude is drawn in ``[max_disp_mm / 2, max_disp_mm]``. The fields are plain
 displacements (RegNet normalises, it does not integrate): they are made to be sampled, not inverted.
@@ -48,11 +48,17 @@ The pair is built so that the target is exactly our convention (fixed point ``x`
 (``s`` a random sub-voxel translation in ``U(-0.5, 0.5)`` voxels per axis, so that both images
 are interpolated alike): ``moving(x + t(x)) = I(x + u(x)) = fixed(x)``. Gaussian noise of
 ``noise_std`` times the image's range is added to both. ``patches_per_pair`` crops of
-``output_patch + 2 * halo`` voxels per axis are cut from each pair (padded like at registration),
-with the target on their central ``output_patch`` voxels. Many pairs per step matter more than
-many crops per pair (the batch statistics and the gradient then span several fields): on the
-test textures, 4 pairs x 2 crops cut the held-out error by about 45 % in 300 steps where
-2 pairs x 4 crops (the same work) cut it by 25 %.
+``output_patch + 2 * halo`` voxels per axis are cut from each pair (images padded like at
+registration), with the target on their central ``output_patch`` voxels. Many pairs per step
+matter more than many crops per pair (the batch statistics and the gradient then span several
+fields): on the test textures, 4 pairs x 2 crops cut the held-out error by about 45 % in 300
+steps where 2 pairs x 4 crops (the same work) cut it by 25 %.
+
+With ``field_window`` > 0 each field is drawn on a random box of that many voxels per axis
+(0 outside it, the box's part of the mask for respiratory motion), which bounds the cost of a
+pair on large 3D volumes (a single-frequency pair on a 160x192x224 brain takes ~15 s on one
+CPU core, mostly the field); the network only ever sees crops of ``output_patch + 2 * halo``
+voxels anyway.
 
 Loss: ``mean |(prediction - t) * spacing|^2`` (mm^2, squared end-point error); the logged
 ``epe_mm`` is the mean end-point error in mm. Instance optimisation (``io_steps``, no truth at
@@ -66,7 +72,7 @@ fixed grid, channel ``d`` along array axis ``d`` (:mod:`registration_core.spatia
 from __future__ import annotations
 
 import itertools
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -211,18 +217,22 @@ def synthetic_pair(
     return warp(image, disp_vox), warp(image, shift), disp_vox - shift
 
 
-def _random_crops(
-    padded: torch.Tensor, target: torch.Tensor, rng: np.random.Generator, count: int, size: int, margin: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` random crops: inputs (count, C, *(size + 2 margin)) of the ``margin``-padded images
-    (1, C, *(S + 2 margin)) and targets (count, ndim, *size) of ``target`` (1, ndim, *S)."""
-    shape = target.shape[2:]
-    inputs, targets = [], []
-    for _ in range(count):
-        corner = [2 * int(rng.integers(0, (n - size) // 2 + 1)) for n in shape]  # even: the context's phase
-        inputs.append(padded[(0, slice(None), *[slice(c, c + size + 2 * margin) for c in corner])])
-        targets.append(target[(0, slice(None), *[slice(c, c + size) for c in corner])])
-    return torch.stack(inputs), torch.stack(targets)
+def window_image(image: Image, corner: Sequence[int], size: Sequence[int]) -> Image:
+    """The box ``[corner, corner + size)`` (voxels per axis) of ``image`` with its own affine (same mm positions)."""
+    box = tuple(slice(c, c + n) for c, n in zip(corner, size))
+    affine = np.array(image.affine, dtype=np.float64)
+    affine[:3, 3] += affine[:3, : len(corner)] @ np.asarray(corner, dtype=np.float64)
+    return Image(np.ascontiguousarray(image.data[box]), affine)
+
+
+def _even_corner(rng: np.random.Generator, extent: Sequence[int], size: Sequence[int]) -> list[int]:
+    """A random corner with even coordinates so that ``[corner, corner + size)`` fits in ``extent``."""
+    return [2 * int(rng.integers(0, (n - m) // 2 + 1)) for n, m in zip(extent, size)]
+
+
+def _box(corner: Sequence[int], size: Sequence[int], offset: int = 0) -> tuple[slice, ...]:
+    """Index of the box ``[corner + offset, corner + offset + size)`` on (B, C, *spatial) tensors."""
+    return (slice(None), slice(None), *[slice(c + offset, c + offset + n) for c, n in zip(corner, size)])
 
 
 # -- method -----------------------------------------------------------------------------------
@@ -241,6 +251,7 @@ PARAMS = param_schema(
     Param("width", int, 16, "features per convolution", minimum=1),
     Param("output_patch", int, 24, "output voxels per axis of a training crop (even)", minimum=2),
     Param("patches_per_pair", int, 2, "training crops cut from each synthetic pair", minimum=1),
+    Param("field_window", int, 0, "voxels per axis of the box each training field lives on (0: the whole image)", minimum=0),
     Param("noise_std", float, 0.01, "Gaussian noise added to training pairs (fraction of the image range)", minimum=0.0),
     Param("tile", int, 128, "output voxels per axis predicted at once at registration (even)", minimum=2),
     _odd("ncc_window", 9, "local NCC window of instance optimisation (voxels)"),
@@ -261,6 +272,11 @@ class RegNet(LearnedMethod):
                 raise InputError(f"method 'regnet': parameter '{key}' must be odd, got {values[key]}")
         if values["output_patch"] % 2:
             raise InputError(f"method 'regnet': parameter 'output_patch' must be even, got {values['output_patch']}")
+        if 0 < values["field_window"] < values["output_patch"]:
+            raise InputError(
+                f"method 'regnet': parameter 'field_window'={values['field_window']} is smaller than "
+                f"'output_patch'={values['output_patch']}; use 0 (whole image) or at least output_patch"
+            )
         return values
 
     def build_model(self, shape: tuple[int, ...], params: Mapping[str, Any]) -> nn.Module:
@@ -274,29 +290,41 @@ class RegNet(LearnedMethod):
 
     def sample_batch(self, data: TrainingSet, rng: np.random.Generator, params: Mapping[str, Any], device: torch.device) -> Batch:
         """``batch_size`` synthetic pairs x ``patches_per_pair`` crops: ``fixed``/``moving``
-        (N, 1, *(output_patch + 2 halo)), ``disp`` (N, ndim, *output_patch) voxels, ``spacing_mm`` (ndim,)."""
+        (N, 1, *(output_patch + 2 halo)), ``disp`` (N, ndim, *output_patch) voxels, ``spacing_mm`` (ndim,).
+
+        Each pair's field lives on a random window of at most ``field_window`` voxels per axis (the
+        whole image when 0), is 0 around it, and is applied to the window and its ``halo``-wide
+        surroundings (images padded by repeating their border values, as at registration).
+        """
         margin = halo(params["patch_size"])
         categories = params["synth"].split("+")
         ndim = len(data.shape)
+        window = [min(n, params["field_window"] or n) for n in data.shape]
+        size = [params["output_patch"]] * ndim
+        padded = F.pad(data.images, [margin] * (2 * ndim), mode=_PAD_MODE)
         inputs, targets = [], []
         for _ in range(params["batch_size"]):
             index = int(rng.integers(len(data)))
-            image = data.images[index : index + 1]
-            mask = None if data.labels is None else data.labels[index, 0].numpy() > 0
+            corner = _even_corner(rng, data.shape, window)
             category = categories[int(rng.integers(len(categories)))]
             max_disp = params["max_disp_mm"] * float(rng.uniform(0.5, 1.0))
+            mask = None if data.labels is None else data.labels[index, 0].numpy()[_box(corner, window)[2:]] > 0
+            mask = mask if mask is not None and mask.any() else None  # a window beside the lungs: its whole extent
             disp = synthetic_displacement(
-                category, data.reference.with_data(image[0, 0].numpy()), rng, max_disp, params["grid_spacing_mm"], mask
+                category, window_image(data.reference.with_data(data.images[index, 0].numpy()), corner, window),
+                rng, max_disp, params["grid_spacing_mm"], mask,
             )
+            disp_region = F.pad(torch.from_numpy(disp)[None], [margin] * (2 * ndim))  # 0 around the window
+            region = padded[index : index + 1][_box(corner, [n + 2 * margin for n in window])]
             shift = torch.from_numpy(rng.uniform(-0.5, 0.5, size=ndim))
-            fixed, moving, target = synthetic_pair(image, torch.from_numpy(disp)[None], shift)
+            fixed, moving, target = synthetic_pair(region, disp_region, shift)
             pair = torch.cat([fixed, moving], dim=1)
-            noise_scale = params["noise_std"] * float(image.max() - image.min())
+            noise_scale = params["noise_std"] * float(data.images[index].max() - data.images[index].min())
             pair = pair + noise_scale * torch.from_numpy(rng.standard_normal(pair.shape).astype(np.float32))
-            padded = F.pad(pair, [margin] * (2 * ndim), mode=_PAD_MODE)
-            crops, crop_targets = _random_crops(padded, target, rng, params["patches_per_pair"], params["output_patch"], margin)
-            inputs.append(crops)
-            targets.append(crop_targets)
+            for _ in range(params["patches_per_pair"]):
+                crop = _even_corner(rng, window, size)
+                inputs.append(pair[_box(crop, [n + 2 * margin for n in size])])
+                targets.append(target[_box(crop, size, offset=margin)])
         crops = torch.cat(inputs)
         spacing = torch.tensor(data.reference.spacing, dtype=torch.float32)
         batch = {"fixed": crops[:, :1], "moving": crops[:, 1:], "disp": torch.cat(targets), "spacing_mm": spacing}
