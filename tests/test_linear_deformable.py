@@ -213,7 +213,8 @@ def test_instance_optimisation_refines_the_pair_and_leaves_the_checkpoint(traine
     fixed, moving = held_out_pair()
     checkpoint = str(trained / "model.pt")
     plain = METHOD.register(fixed, moving, METHOD.resolve_params({"checkpoint": checkpoint}))
-    refined = METHOD.register(fixed, moving, METHOD.resolve_params({"checkpoint": checkpoint, "io_steps": 20, "io_lr": 1e-3}))
+    refine = {"checkpoint": checkpoint, "io_steps": 20, "io_lr": 1e-3}
+    refined = METHOD.register(fixed, moving, METHOD.resolve_params(refine))
     assert len(refined.loss_history) == 20 and refined.loss_history[-1]["mse"] < refined.loss_history[0]["mse"]
 
     def mse(disp: np.ndarray) -> float:
@@ -260,7 +261,8 @@ def test_checkpoint_round_trip_through_the_cli(tmp_path: Path) -> None:
     assert registered.returncode == 0, registered.stderr
     fixed, moving = load_image(images[0]), load_image(images[1])
     on_disk = load_displacement(tmp_path / "reg" / "displacement.nii.gz", fixed)
-    in_process = METHOD.register(fixed, moving, METHOD.resolve_params({"checkpoint": str(tmp_path / "model" / "model.pt")}))
+    params = METHOD.resolve_params({"checkpoint": str(tmp_path / "model" / "model.pt")})
+    in_process = METHOD.register(fixed, moving, params)
     np.testing.assert_allclose(on_disk, in_process.disp_vox, atol=1e-4)
     log = json.loads((tmp_path / "reg" / "log.json").read_text())
     assert log["method"] == "linear_deformable" and log["model_params"]["features"] == 2  # from the checkpoint
@@ -288,7 +290,9 @@ def test_real_2d_brain_slices_dice_rises(shared_data: Path, tmp_path: Path) -> N
     slices = {}
     for n in range(1, 11):
         folder = shared_data / "oasis-trt" / f"sub-{n:02d}"
-        image, labels = run_steps(load_image(folder / "t1w_brain.nii.gz"), load_image(folder / "labels.nii.gz", "labels"), STUDY_STEPS)
+        image, labels = run_steps(
+            load_image(folder / "t1w_brain.nii.gz"), load_image(folder / "labels.nii.gz", "labels"), STUDY_STEPS
+        )
         save_image(image, tmp_path / f"sub-{n:02d}.nii.gz")
         slices[n] = (image, labels.data)
     train_method("linear_deformable", [tmp_path / f"sub-{n:02d}.nii.gz" for n in range(3, 11)], tmp_path / "model",

@@ -83,7 +83,10 @@ PARAMS = param_schema(
     Param("features", int, 8, "base width of the convolutions (published: 32)", minimum=1),
     Param("alpha", float, 1e-6, "weight of sum|A - I| (affine matrix)", minimum=0.0),
     Param("beta", float, 1e-6, "weight of sum|phi - 1| over voxels and axes (spatial gradients)", minimum=0.0),
-    Param("max_gradient", float, 2.0, "upper bound of the spatial gradients (voxels per voxel)", minimum=1.0, exclusive_minimum=True),
+    Param(
+        "max_gradient", float, 2.0, "upper bound of the spatial gradients (voxels per voxel)",
+        minimum=1.0, exclusive_minimum=True,
+    ),
     Param("affine", bool, True, "use the affine branch (false: deformable grid only)"),
     Param("se_reduction", int, 16, "channel reduction of the squeeze-excitation block", minimum=1),
 )
@@ -141,8 +144,9 @@ def sampling_grid_to_disp_vox(gradients: torch.Tensor, matrix: torch.Tensor) -> 
 
 def identity_affine(ndim: int, batch: int = 1, like: torch.Tensor | None = None) -> torch.Tensor:
     """The identity ``[I | 0]`` of shape (batch, ndim, ndim + 1)."""
-    eye = torch.eye(ndim, ndim + 1, dtype=None if like is None else like.dtype, device=None if like is None else like.device)
-    return eye.expand(batch, ndim, ndim + 1)
+    if like is None:
+        return torch.eye(ndim, ndim + 1).expand(batch, ndim, ndim + 1)
+    return torch.eye(ndim, ndim + 1, dtype=like.dtype, device=like.device).expand(batch, ndim, ndim + 1)
 
 
 # -- network ---------------------------------------------------------------------------------------
@@ -241,12 +245,16 @@ class LinearDeformable(LearnedMethod):
 
     def build_model(self, shape: tuple[int, ...], params: Mapping[str, Any]) -> nn.Module:
         if len(shape) not in _CONV or min(shape) < 2:
-            raise InputError(f"method '{self.name}': images must be 2D or 3D with every axis >= 2 voxels, got shape {tuple(shape)}")
+            raise InputError(
+                f"method '{self.name}': images must be 2D or 3D with every axis >= 2 voxels, got shape {tuple(shape)}"
+            )
         return LinearDeformableNet(
             len(shape), params["features"], params["se_reduction"], params["max_gradient"], params["affine"]
         )
 
-    def loss(self, model: nn.Module, batch: Batch, params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, model: nn.Module, batch: Batch, params: Mapping[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         fixed, moving = batch["fixed"], batch["moving"]
         gradients, matrix = model(moving, fixed)
         warped = warp(moving, sampling_grid_to_disp_vox(gradients, matrix))
@@ -258,7 +266,9 @@ class LinearDeformable(LearnedMethod):
         total = terms["mse"] + params["alpha"] * terms["affine_l1"] + params["beta"] * terms["gradient_l1"]
         return total, terms
 
-    def predict(self, model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor, params: Mapping[str, Any]) -> torch.Tensor:
+    def predict(
+        self, model: nn.Module, fixed: torch.Tensor, moving: torch.Tensor, params: Mapping[str, Any]
+    ) -> torch.Tensor:
         gradients, matrix = model(moving, fixed)
         return sampling_grid_to_disp_vox(gradients, matrix)
 
