@@ -125,6 +125,11 @@ def _center_crop(x: torch.Tensor, margin: int) -> torch.Tensor:
     return x[(slice(None), slice(None), *[slice(margin, n - margin) for n in x.shape[2:]])]
 
 
+def _box(corner: Sequence[int], size: Sequence[int], offset: int = 0) -> tuple[slice, ...]:
+    """Index of the box ``[corner + offset, corner + offset + size)`` on (B, C, *spatial) tensors."""
+    return (slice(None), slice(None), *[slice(c + offset, c + offset + n) for c, n in zip(corner, size)])
+
+
 class RegNetCNN(nn.Module):
     """RegNet's two-pathway CNN in fully convolutional form; see the module docstring.
 
@@ -171,10 +176,9 @@ def predict_dense(model: RegNetCNN, fixed: torch.Tensor, moving: torch.Tensor, t
     step = max(2, tile - tile % 2)
     out = fixed.new_zeros((fixed.shape[0], len(shape), *even))
     for corner in itertools.product(*[range(0, n, step) for n in even]):
-        stop = [min(c + step, n) for c, n in zip(corner, even)]
-        window = padded[(slice(None), slice(None), *[slice(c, e + 2 * margin) for c, e in zip(corner, stop)])]
-        out[(slice(None), slice(None), *[slice(c, e) for c, e in zip(corner, stop)])] = model(window)
-    return out[(slice(None), slice(None), *[slice(0, n) for n in shape])]
+        size = [min(step, n - c) for c, n in zip(corner, even)]
+        out[_box(corner, size)] = model(padded[_box(corner, [n + 2 * margin for n in size])])
+    return out[_box([0] * len(shape), shape)]
 
 
 # -- synthetic training pairs -----------------------------------------------------------------
@@ -228,11 +232,6 @@ def window_image(image: Image, corner: Sequence[int], size: Sequence[int]) -> Im
 def _even_corner(rng: np.random.Generator, extent: Sequence[int], size: Sequence[int]) -> list[int]:
     """A random corner with even coordinates so that ``[corner, corner + size)`` fits in ``extent``."""
     return [2 * int(rng.integers(0, (n - m) // 2 + 1)) for n, m in zip(extent, size)]
-
-
-def _box(corner: Sequence[int], size: Sequence[int], offset: int = 0) -> tuple[slice, ...]:
-    """Index of the box ``[corner + offset, corner + offset + size)`` on (B, C, *spatial) tensors."""
-    return (slice(None), slice(None), *[slice(c + offset, c + offset + n) for c, n in zip(corner, size)])
 
 
 # -- method -----------------------------------------------------------------------------------
