@@ -259,7 +259,8 @@ def test_checkpoint_round_trip_through_the_cli(trained: dict[str, Path], tmp_pat
     assert proc.returncode == 0, proc.stderr
     reference = load_image(fixed_path)
     expected = REGNET.register(reference, load_image(moving_path), REGNET.resolve_params({"checkpoint": str(trained["model"])}))
-    np.testing.assert_allclose(load_displacement(tmp_path / "reg" / "displacement.nii.gz", reference), expected.disp_vox, atol=1e-4)
+    written = load_displacement(tmp_path / "reg" / "displacement.nii.gz", reference)
+    np.testing.assert_allclose(written, expected.disp_vox, atol=1e-4)
     log = json.loads((tmp_path / "reg" / "log.json").read_text())
     assert log["model_params"]["patch_size"] == 9 and log["model_params"]["synth"] == "single+mixed"
 
@@ -294,7 +295,9 @@ def test_real_brain_slices_held_out_deformations(shared_data: Path, tmp_path: Pa
     for n, image in enumerate(brain_slices(brains / "subject-b" / "t1w.nii.gz", range(106, 136, 10))):
         for category in ("single", "mixed"):
             disp = synthetic_displacement(category, image, np.random.default_rng(1000 + n), 8.0, 40.0)
-            fixed, moving, truth = synthetic_pair(torch.from_numpy(image.data)[None, None], torch.from_numpy(disp)[None], torch.zeros(2))
+            fixed, moving, truth = synthetic_pair(
+                torch.from_numpy(image.data)[None, None], torch.from_numpy(disp)[None], torch.zeros(2)
+            )
             result = REGNET.register(image.with_data(fixed[0, 0].numpy()), image.with_data(moving[0, 0].numpy()), params)
             head = image.data > 0.05
             truth_np = truth[0].numpy()

@@ -10,7 +10,8 @@ per voxel of any crop or whole image (the dense, fully convolutional form of sli
 over every voxel: registration needs every voxel, and one pass shares the overlapping work):
 
 * fine pathway: ``L = (patch_size - 1) / 2`` 3x3(x3) convolutions (batch normalisation and
-  LeakyReLU 0.2, as RegNet's code, ``width`` features) on ``cat([fixed, moving])``: each output sees a ``patch_size`` patch (29 published);
+  LeakyReLU 0.2, as RegNet's code, ``width`` features) on ``cat([fixed, moving])``: each output
+  sees a ``patch_size`` patch (29 published);
 * context pathway: 2x average pooling (downsampling by 2) then ``L`` 3x3(x3) convolutions and
   nearest 2x upsampling: each output sees ``patch_size`` coarse voxels, a ``2 * patch_size + 2``
   voxel context (60 for 29; published 54);
