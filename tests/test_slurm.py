@@ -21,13 +21,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_workflow import snakemake_command
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO_ROOT / "Snakefile"
@@ -35,16 +35,10 @@ CLUSTER_SCRIPT = REPO_ROOT / "tests" / "slurm" / "cluster.sh"
 STUDY_CONFIG = REPO_ROOT / "config" / "studies" / "slurm-smoke.yaml"
 SLURM_TOOLS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "srun")
 DAEMONS = ("slurmd", "slurmctld", "munged")
-# Scores of an evaluation; everything else in metrics.csv is bookkeeping or timing.
-TIMING_COLUMNS = ("runtime_s", "peak_rss_mb", "reg_dir", "metrics", "log")
+# Columns of metrics.csv that may differ between two runs of the same study (timing, memory).
+TIMING_COLUMNS = ("runtime_s", "peak_rss_mb")
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-
-
-def snakemake_command() -> list[str]:
-    """The snakemake executable next to this interpreter (the project's venv), else ``python -m snakemake``."""
-    executable = Path(sys.executable).parent / "snakemake"
-    return [str(executable)] if executable.is_file() else [sys.executable, "-m", "snakemake"]
 
 
 def free_ports(count: int) -> list[int]:
