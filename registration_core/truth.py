@@ -10,7 +10,7 @@ Conventions (those of :mod:`registration_core.spatial`)
   exact by construction (the fixed landmarks lie on voxel centres, where ``d`` is given).
 
 Construction (:func:`make_truth_pair`; :func:`deform_with_truth` for a field of your own): ``d``
-is drawn directly on the fixed grid (respiratory or single-frequency motion from
+is drawn directly on the fixed grid (respiratory, single- or mixed-frequency motion from
 :mod:`registration_core.synth`, scaled to a maximum magnitude),
 its inverse ``e`` (``(id + d) o (id + e) = id``) is found by fixed-point iteration
 (:func:`invert_displacement`, residual reported), and the moving image is
@@ -40,8 +40,8 @@ from registration_core import io, spatial, synth
 from registration_core.errors import InputError
 from registration_core.landmarks import detect_landmarks
 
-Motion = Literal["respiratory", "respiratory-inhale", "single"]
-MOTIONS: tuple[str, ...] = ("respiratory", "respiratory-inhale", "single")
+Motion = Literal["respiratory", "respiratory-inhale", "single", "mixed"]
+MOTIONS: tuple[str, ...] = ("respiratory", "respiratory-inhale", "single", "mixed")
 SKIMAGE_RETINA = "skimage:retina"
 
 # Fixed-point inversion stops when the largest residual |e + d o (id + e)| falls below this (voxels).
@@ -139,6 +139,10 @@ def _scaled_motion(
         )
         if motion == "respiratory-inhale":
             disp = -disp
+    elif motion == "mixed":
+        disp = synth.mixed_frequency_displacement(
+            fixed.shape, fixed.spacing, rng, max_disp_mm=max_disp_mm, structure=np.asarray(fixed.data)
+        )
     else:
         disp = synth.random_smooth_displacement(
             fixed.shape, fixed.spacing, rng, grid_spacing_mm=grid_spacing_mm, max_disp_mm=max_disp_mm
@@ -278,9 +282,11 @@ def make_truth_pair(
             image is the inhale phase, the moving one exhales: diaphragm up, chest narrower),
             "respiratory-inhale" (that field negated: the fixed image is the exhale phase, the
             moving one inhales; its content below the diaphragm then comes from inside the field
-            of view, which suits CTs cut just below the lungs) or "single"
+            of view, which suits CTs cut just below the lungs), "single"
             (:func:`registration_core.synth.random_smooth_displacement`, a diffeomorphic
-            single-frequency field with control spacing ``grid_spacing_mm``).
+            single-frequency field with control spacing ``grid_spacing_mm``) or "mixed"
+            (:func:`registration_core.synth.mixed_frequency_displacement` with its default levels,
+            finer motion near the fixed image's strongest edges).
         max_disp_mm: largest true displacement (mm), inside the mask when given.
         noise_std: Gaussian noise added to the moving image, as a fraction of the fixed image's
             intensity range (max - min).

@@ -100,6 +100,16 @@ def test_single_frequency_pair_is_known_exactly(single_pair) -> None:
     assert len(pair.fixed_landmarks) == 12 and np.all(inside[index])
 
 
+def test_mixed_frequency_pair_reaches_max_disp_mm_inside_the_mask() -> None:
+    fixed = _smooth_image((48, 44))
+    mask = _box_mask(fixed.shape, margin=3)
+    pair = make_truth_pair(fixed, mask, "mixed", max_disp_mm=4.0, noise_std=0.0, seed=2, n_landmarks=5)
+    spacing = np.array([2.0, 1.5]).reshape(2, 1, 1)
+    magnitude = np.sqrt(np.sum((pair.disp_vox * spacing) ** 2, axis=0))
+    assert magnitude[mask.data > 0].max() == pytest.approx(4.0, rel=1e-5)
+    assert pair.info["motion"] == "mixed" and pair.info["detj_min"] > 0
+
+
 def test_same_seed_gives_the_same_pair() -> None:
     fixed = _smooth_image((20, 20))
     a = make_truth_pair(fixed, None, "single", 3.0, 0.02, seed=5, n_landmarks=4)
