@@ -361,11 +361,13 @@ class Truth:
 
 @dataclass(frozen=True)
 class Training:
-    """Training set of a learned method: ``subjects`` (and ``val_subjects``) of dataset ``dataset``."""
+    """Training set of a learned method: ``subjects`` (and ``val_subjects``) of dataset ``dataset``,
+    pre-aligned to subject ``align_to`` with the dataset's ``align`` settings (None: as prepared)."""
 
     dataset: str
     subjects: tuple[str, ...]
     val_subjects: tuple[str, ...]
+    align_to: str | None = None
 
 
 REGISTER_ONLY_PARAMS = ("checkpoint", "io_steps", "io_lr")
@@ -662,7 +664,12 @@ class Study:
         overlap = sorted(set(train["subjects"]) & set(train["val_subjects"]))
         if overlap:
             raise InputError(f"config key {where}.val_subjects: '{overlap[0]}' is also a training subject")
-        return Training(name, tuple(train["subjects"]), tuple(train["val_subjects"]))
+        align_to = train.get("align_to")
+        if align_to is not None:
+            _check_subjects(f"{where}.align_to", [align_to], dataset)
+            if dataset.align is None:
+                raise InputError(f"config key {where}.align_to: dataset {name} has no align settings (datasets.{name}.align)")
+        return Training(name, tuple(train["subjects"]), tuple(train["val_subjects"]), align_to)
 
     def _anova_factors(self) -> list[str]:
         factors = self.config["anova"]["factors"]
@@ -778,8 +785,13 @@ class Study:
         return files
 
     def aligned_pairs(self) -> list[tuple[str, str]]:
-        """Pairs whose moving image is pre-aligned to the atlas."""
-        return [pair for pair in self.pairs if self.aligned(*pair)]
+        """(atlas, moving) of every pre-alignment: registered pairs of a dataset with ``align``, and
+        (``align_to``, subject) for the training images of a learned method."""
+        pairs = [pair for pair in self.pairs if self.aligned(*pair)]
+        for training in self.training.values():
+            if training is not None and training.align_to is not None:
+                pairs += [(training.align_to, s) for s in training.subjects + training.val_subjects]
+        return list(dict.fromkeys(pairs))
 
     def variants(self, items: Sequence[tuple[str, ...]]) -> list[tuple[str, ...]]:
         """Distinct kind sets of ``items``, largest first (rule variants and their order)."""
@@ -813,18 +825,24 @@ class Study:
         return {key: value for key, value in point.params.items() if key not in REGISTER_ONLY_PARAMS}
 
     def train_files(self, method: str) -> dict[str, list[str]]:
-        """``images`` (and ``labels`` when every training subject has them), ``val_images`` (and ``val_labels``)."""
+        """``images`` (and ``labels`` when every training and validation image has them),
+        ``val_images`` (and ``val_labels``): prepared, or pre-aligned to ``align_to``."""
         training = self.training[method]
         assert training is not None
+        groups = {prefix: subjects for prefix, subjects in (("", training.subjects), ("val_", training.val_subjects)) if subjects}
+        if training.align_to is None:
+            found = {prefix: [self.prepared_files(s) for s in subjects] for prefix, subjects in groups.items()}
+        else:
+            found = {
+                prefix: [self.align_outputs(training.align_to, s, self.pair_kinds(training.align_to, s)) for s in subjects]
+                for prefix, subjects in groups.items()
+            }
+        labelled = all("labels" in f for group in found.values() for f in group)
         files: dict[str, list[str]] = {}
-        for prefix, subjects in (("", training.subjects), ("val_", training.val_subjects)):
-            if not subjects:
-                continue
-            prepared = [self.prepared_files(s) for s in subjects]
-            files[f"{prefix}images"] = [p["image"] for p in prepared]
-            all_labelled = all("labels" in self.subject_kinds(s) for s in training.subjects + training.val_subjects)
-            if all_labelled:
-                files[f"{prefix}labels"] = [p["labels"] for p in prepared]
+        for prefix, group in found.items():
+            files[f"{prefix}images"] = [f["image"] for f in group]
+            if labelled:
+                files[f"{prefix}labels"] = [f["labels"] for f in group]
         return files
 
     def register_resources(self, method: str) -> dict[str, int]:

@@ -450,7 +450,7 @@ def test_train_is_for_learned_methods_only() -> None:
     cfg["methods"]["nodeo"]["train"] = {"subjects": ["demo-01", "demo-02"]}
     assert re.match(r"^config key methods\.nodeo\.train: nodeo is not a learned method \(learned: ", error_of(cfg))
     cfg["methods"]["nodeo"]["train"] = {"subject": ["demo-01"]}
-    assert error_of(cfg).startswith("config key methods.nodeo.train: unknown key subject (allowed: dataset, subjects, val_subjects)")
+    assert error_of(cfg).startswith("config key methods.nodeo.train: unknown key subject (allowed: align_to, dataset, subjects, val_subjects)")
 
 
 def test_exact_regex_matches_exactly_the_subjects() -> None:
@@ -527,3 +527,18 @@ def test_grid_points_differing_in_instance_optimisation_share_a_model() -> None:
     assert study.train_params("voxelmorph", "lr~0.001") == {"steps": 10, "lr": 0.001}
     cfg["methods"]["voxelmorph"]["grid"] = {"io_steps": [0, 20]}
     assert Study(cfg).trained_models() == [("voxelmorph", "default")]
+
+
+def test_training_images_can_be_aligned_to_a_subject() -> None:
+    cfg = learned_config(align_to="demo-00")
+    error = error_of(cfg)
+    assert error == "config key methods.voxelmorph.train.align_to: dataset synthetic has no align settings (datasets.synthetic.align)"
+    cfg["datasets"]["synthetic"]["align"] = {"transform": "affine"}
+    study = Study(cfg)
+    assert study.train_files("voxelmorph")["images"] == [
+        "results/unit/aligned/demo-00__demo-03/image.nii.gz", "results/unit/aligned/demo-00__demo-04/image.nii.gz",
+    ]
+    assert study.train_files("voxelmorph")["val_labels"][1] == "results/unit/aligned/demo-00__demo-06/labels.nii.gz"
+    assert study.aligned_pairs() == [("demo-00", f"demo-0{i}") for i in (1, 2, 3, 4, 5, 6)]
+    assert study.jobs_by_rule()["align"] == 6
+    assert error_of(learned_config(align_to="demo-09")).startswith("config key methods.voxelmorph.train.align_to: subject 'demo-09'")
