@@ -1,8 +1,8 @@
-# Training of learned methods (one model per grid point, grid keys used only at registration
-# aside: io_steps, io_lr) and one registration job per
-# method x grid point x (atlas, moving) pair. Fixed = atlas; the displacement field (mm, ITK
-# convention) lives on the atlas grid. Pairs with labels write warped labels too: a second
-# variant of the rule when the study has pairs with and without labels.
+# Training of learned methods (one model per grid point, leaving aside the grid keys used only
+# at registration: io_steps, io_lr) and one registration job per method x grid point x
+# (atlas, moving) pair. Fixed = atlas; the displacement field (mm, ITK convention) lives on the
+# atlas grid. Pairs with labels write warped labels too: a second variant of the rule when the
+# study has pairs with and without labels.
 
 if TRAINED:
 
