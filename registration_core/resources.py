@@ -51,8 +51,9 @@ class CostModel:
 
 
 COST_MODELS: dict[str, CostModel] = {
-    # 2D 160x192: 490-550 MB; 3D 160x192x144: 2450 MB and 2 s per iteration on 2 threads.
-    "nodeo": CostModel(fixed_mb=550, mb_per_mvoxel=443, startup_s=20, s_per_mvoxel_iteration=0.74),
+    # 2D 160x192: 490-550 MB; 3D 96^3: 904 MB and 2.6 CPU-seconds per iteration; 160x192x144:
+    # 2450 MB (2 s per iteration on 2 threads was also seen: the time estimate is on the safe side).
+    "nodeo": CostModel(fixed_mb=550, mb_per_mvoxel=443, startup_s=20, s_per_mvoxel_iteration=3.0),
     # SimpleITK, 2D 160x192: 335 MB (demons), 347 MB (bspline), 327 MB (affine); 3D 160x192x224:
     # 2100 MB (demons), over 1360 MB (bspline). Times per iteration are rough (a shared, loaded
     # machine); B-spline's L-BFGS evaluates the metric about twice per iteration.
@@ -142,14 +143,15 @@ def _base_value(base: Mapping[str, int], key: str) -> int:
 
 
 def _memory_factor(method: str, params: Mapping[str, Any]) -> float:
-    """How many copies of the per-voxel state the method keeps: NODEO without the adjoint keeps
-    every ODE function evaluation for backpropagation (one for the default Euler step)."""
+    """How much more per-voxel memory the method needs than its default: NODEO without the adjoint
+    keeps every ODE function evaluation for backpropagation, a quarter more per evaluation beyond
+    the first (measured 3D 96^3: 4 Euler steps x1.71, one RK4 step x1.33 of the per-voxel part)."""
     if method != "nodeo" or params["adjoint"]:
         return 1.0
     steps = params["time_steps"] - 1
     if params["step_size"] is not None:
         steps = math.ceil(params["time_span"] / params["step_size"])
-    return max(1.0, 0.5 + 0.5 * steps * _ODE_STAGES[params["ode_method"]])
+    return 1.0 + 0.25 * max(0, steps * _ODE_STAGES[params["ode_method"]] - 1)
 
 
 def _work_mvoxel_iterations(params: Mapping[str, Any], shape: Sequence[int]) -> float:
