@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[workflow,test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[workflow,cluster,test]'
 	touch $@
 
 .PHONY: setup demo test test-fast benchmark clean-demo

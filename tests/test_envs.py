@@ -44,7 +44,7 @@ def _env(name: str) -> tuple[dict, list[str]]:
 
 EXPECTED = {
     "registration.yaml": ["dependencies"],
-    "workflow.yaml": ["dependencies", "workflow", "test"],
+    "workflow.yaml": ["dependencies", "workflow", "cluster", "test"],
 }
 
 
