@@ -10,6 +10,10 @@ largest landmark error, dense TRE inside the lungs against the true field (mm), 
 
     python benchmarks/lung_truth.py                      # all methods, lung settings below
     python benchmarks/lung_truth.py --methods demons --out lung_truth.json
+
+Figures of one run (2 CPU cores shared with other jobs): mTRE 6.75 mm before; after NODEO 0.18
+(405 s), demons 0.42 (96 s), B-spline 2.07 (140 s); dense TRE in the lungs 7.42 -> 0.32 / 0.73 /
+2.50 mm; pair construction 57 s.
 """
 
 from __future__ import annotations
