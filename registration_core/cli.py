@@ -254,7 +254,10 @@ def _methods(args: argparse.Namespace) -> None:
     for name in args.names or available_methods():
         method = get_method(name)
         presets = f" (presets: {', '.join(method.presets)})" if method.presets else ""
-        trained = " (trained: `train` first, then register with checkpoint=DIR/model.pt)" if method.trainable else ""
+        trained = ""
+        if method.trainable:
+            trained = " (learned: `train`, then register with checkpoint=DIR/model.pt"
+            trained += ")" if method.requires_checkpoint else "; without one it optimises each pair from scratch)"
         print(f"{name}{presets}{trained}")
         for param in method.params.values():
             default = "none" if param.default is None else param.default
@@ -312,7 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, help="fixed image, or skimage:retina (2D fundus, 256x256, 1 mm)")
     p.add_argument("--mask", type=Path, help="label map on the image's grid (lungs 1, 2): motion, maximum, landmarks")
     p.add_argument("--labels", type=Path, help="label map of the image, deformed with it (nearest)")
-    p.add_argument("--motion", choices=("respiratory", "single"), default="respiratory")
+    p.add_argument("--motion", choices=("respiratory", "respiratory-inhale", "single", "mixed"), default="respiratory",
+                   help="respiratory: fixed inhale -> moving exhale; respiratory-inhale: the reverse; "
+                   "single / mixed: smooth random (single- / mixed-frequency)")
     p.add_argument("--max-disp-mm", type=float, default=15.0, help="largest true displacement, inside the mask")
     p.add_argument("--noise-std", type=float, default=0.01, help="noise on the moving image, fraction of the range")
     p.add_argument("--seed", type=int, default=0)
