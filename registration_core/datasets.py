@@ -574,7 +574,13 @@ def _folder_manifest(spec: _Spec) -> Manifest:
         raise spec.error("image", "is required: the image path inside the folder, with {subject}")
     patterns = {key: spec.spec.get(key) for key in PATTERN_KEYS}
     subjects, files = _pattern_files(spec, root, patterns, spec.spec.get("subjects"))
-    return Manifest(tuple(subjects), files, spec.pairs(subjects))
+    # pictures (fundus photographs, ...) are imported as 2D images: green channel, 1 mm pixels
+    raw_imports = {
+        subject: RawImport(files[subject].image, _picture_shape(Path(files[subject].image)), (1.0, 1.0), "u1")
+        for subject in subjects
+        if Path(files[subject].image).suffix.lower() in PICTURE_SUFFIXES
+    }
+    return Manifest(tuple(subjects), files, spec.pairs(subjects), raw_imports)
 
 
 # neurite-oasis: the OASIS-1 release prepared for VoxelMorph tutorials (Hoopes, Dalca et al.),

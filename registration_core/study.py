@@ -41,6 +41,7 @@ from .errors import InputError
 from .io import atomic_path
 from .methods import available_methods, get_method
 from .preprocess import validate_steps
+from .resources import register_resources as estimate_register_resources
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -644,7 +645,7 @@ class Study:
                 raise InputError(f"config key {where}: {method} is not a learned method (learned: {', '.join(learned) or 'none'})")
             return None
         if train is None:
-            if spec["params"].get("checkpoint") is None:
+            if get_method(method).requires_checkpoint and spec["params"].get("checkpoint") is None:
                 raise InputError(f"config key {where}: required for the learned method {method} (or set params.checkpoint)")
             return None
         if "checkpoint" in spec["params"] or "checkpoint" in spec["grid"]:
@@ -845,11 +846,19 @@ class Study:
                 files[f"{prefix}labels"] = [f["labels"] for f in group]
         return files
 
-    def register_resources(self, method: str) -> dict[str, int]:
-        """threads, mem_mb, runtime (minutes) and gpu (0 or 1) of ``method``'s registration jobs."""
-        resources = {**self.config["resources"]["register"], **self.config["methods"][method].get("resources", {})}
-        resources["gpu"] = int(bool(self._extra_params(method)))
-        return resources
+    def register_resources(
+        self, method: str, grid_id_: str | None = None, shape: Sequence[int] | None = None, attempt: int = 1
+    ) -> dict[str, int]:
+        """threads, mem_mb, runtime (minutes), gpu (0 or 1) and cpus_per_gpu of ``method``'s
+        registration jobs. With the grid point and the fixed image's ``shape``, memory and time are
+        estimated by :func:`registration_core.resources.register_resources` (the config's values
+        are floors; ``attempt`` > 1 asks for more); without them, the config's values."""
+        base = {**self.config["resources"]["register"], **self.config["methods"][method].get("resources", {})}
+        use_gpu = bool(self._extra_params(method))
+        if grid_id_ is None or shape is None:
+            return {**base, "gpu": int(use_gpu), "cpus_per_gpu": base["threads"] if use_gpu else 0}
+        params = self.register_params(method, grid_id_)
+        return estimate_register_resources(method, params, shape, base, use_gpu, attempt)
 
     def train_resources(self, method: str) -> dict[str, int]:
         """threads, mem_mb, runtime (minutes) and gpu (0 or 1) of ``method``'s training jobs."""

@@ -179,7 +179,7 @@ def test_example_of_a_3d_pair_uses_the_middle_axial_slice(tmp_path: Path) -> Non
     np.testing.assert_allclose(example.disp_vox[0], disp_vox[0][:, 6, :], atol=1e-5)
     np.testing.assert_allclose(example.jac_det, 1.1, atol=1e-4)
     figure = example_figure(example, "3D pair", ["atlas (fixed): a"])
-    assert len(figure.axes) == 8 and figure.axes[6].get_images()[0].norm.vcenter == 1.0
+    assert len(figure.axes) == 10 and figure.axes[8].get_images()[0].norm.vcenter == 1.0
 
 
 def test_example_rejects_images_on_another_grid(tmp_path: Path) -> None:
@@ -258,3 +258,22 @@ def test_sections_that_do_not_apply_are_left_out(report: tuple[str, list[Path], 
     html = report[0]
     for section in ("training", "qc", "before_after"):
         assert f'id="{section}"' not in html and f'href="#{section}"' not in html
+
+
+def test_learned_grid_points_find_the_model_they_used() -> None:
+    from registration_core.report.training import model_id
+
+    assert model_id("io_steps~50") == "default"
+    assert model_id("similarity~ncc__io_steps~0__io_lr~0.001") == "similarity~ncc"
+    assert model_id("default") == "default"
+    assert model_id("lr~0.01__kernel~AK") == "lr~0.01__kernel~AK"
+
+
+def test_checkerboard_interleaves_the_images() -> None:
+    from registration_core.report.examples import checkerboard
+
+    first, second = np.zeros((16, 8)), np.ones((16, 8))
+    board = checkerboard(first, second, tiles=4)  # squares of 4 px
+    assert board[0, 0] == 0 and board[0, 4] == 1 and board[4, 0] == 1 and board[4, 4] == 0
+    assert board[:4, :4].max() == 0 and board[:4, 4:].min() == 1
+    assert board.mean() == 0.5

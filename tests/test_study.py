@@ -145,7 +145,20 @@ def test_partial_resources_keep_the_other_defaults_and_methods_override() -> Non
     cfg = config(resources={"register": {"threads": 2}})
     cfg["methods"]["nodeo"]["resources"] = {"mem_mb": 900}
     study = Study(cfg)
-    assert study.register_resources("nodeo") == {"threads": 2, "mem_mb": 900, "runtime": 120, "gpu": 0}
+    assert study.register_resources("nodeo") == {"threads": 2, "mem_mb": 900, "runtime": 120, "gpu": 0, "cpus_per_gpu": 0}
+
+
+def test_register_resources_grow_with_the_image_and_the_attempt() -> None:
+    """With the fixed image's shape, memory and time are estimates floored by the config values."""
+    study = Study(config(resources={"register": {"threads": 1, "mem_mb": 500, "runtime": 1}}))
+    grid_id = study.grid["nodeo"][0].grid_id
+    small = study.register_resources("nodeo", grid_id, (80, 96))
+    large = study.register_resources("nodeo", grid_id, (160, 192, 144))
+    retry = study.register_resources("nodeo", grid_id, (160, 192, 144), attempt=2)
+    assert small["mem_mb"] >= 500 and large["mem_mb"] > 2 * small["mem_mb"] and large["runtime"] > small["runtime"]
+    assert retry["mem_mb"] > large["mem_mb"] and retry["runtime"] > large["runtime"]
+    floored = Study(config(resources={"register": {"threads": 1, "mem_mb": 64000, "runtime": 1}}))
+    assert floored.register_resources("nodeo", grid_id, (80, 96))["mem_mb"] == 64000
 
 
 def test_use_gpu_requests_a_gpu_and_cuda_for_torch_methods() -> None:
@@ -420,7 +433,7 @@ def test_truth_pairs_deform_a_prepared_subject(tmp_path: Path) -> None:
     [
         ({"base": "nothing"}, r"^config key datasets\.breathing\.base: 'nothing' is not a dataset to deform \(datasets: thorax\)"),
         ({"subject": "sub-09"}, r"^config key datasets\.breathing\.subject: subject 'sub-09' is not in dataset thorax"),
-        ({"motion": "cardiac"}, r"^config key datasets\.breathing\.motion: 'cardiac' is not allowed \(allowed: respiratory, single, mixed\)"),
+        ({"motion": "cardiac"}, r"^config key datasets\.breathing\.motion: 'cardiac' is not allowed \(allowed: respiratory, respiratory-inhale, single, mixed\)"),
         ({"max_disp_mm": 0}, r"^config key datasets\.breathing\.max_disp_mm: 0 is less than or equal to the minimum of 0"),
         ({"preprocess": [{"step": "normalize"}]}, r"^config key datasets\.breathing\.preprocess: a truth dataset uses the prepared base subject"),
         ({"sigma": 3}, r"^config key datasets\.breathing: unknown key sigma \(allowed: .*max_disp_mm, motion, n_landmarks, n_pairs"),

@@ -27,6 +27,7 @@ from registration_core.spatial import jacobian_determinant
 
 GRID_LINES = 24  # about this many deformation-grid lines per axis
 FACT_WIDTH = 32  # characters per line of the facts panel
+CHECKER_TILES = 8  # about this many checkerboard squares per axis
 
 
 @dataclass(frozen=True)
@@ -120,27 +121,37 @@ def _draw_grid(ax: Axes, disp_vox: np.ndarray) -> None:
     ax.set_ylim(-0.5, n_b - 0.5)
 
 
-def _panel_figure(example: ExampleSlices, panel_width_in: float = 3.0) -> tuple[Figure, list[Axes]]:
-    """A figure with 2 x 4 axes sized to the slice's physical aspect ratio (height/width in [0.4, 1.6])."""
+def _panel_figure(example: ExampleSlices, panel_width_in: float = 3.0, columns: int = 5) -> tuple[Figure, list[Axes]]:
+    """A figure with 2 x ``columns`` axes sized to the slice's physical aspect ratio (height/width in [0.4, 1.6])."""
     n_a, n_b = example.fixed.shape
     aspect = min(max((n_b * example.spacing_mm[1]) / (n_a * example.spacing_mm[0]), 0.4), 1.6)
     panel_height_in = panel_width_in * aspect
     title_in, row_gap_in, col_gap_in = 0.7, 0.45, 0.75
-    width = 4 * panel_width_in + 4 * col_gap_in
+    width = columns * panel_width_in + columns * col_gap_in
     height = 2 * panel_height_in + row_gap_in + title_in + 0.15
     figure = Figure(figsize=(width, height))
     figure.subplots_adjust(
         left=0.1 / width, right=1 - col_gap_in / width, bottom=0.1 / height, top=1 - title_in / height,
         wspace=col_gap_in / panel_width_in, hspace=row_gap_in / panel_height_in,
     )
-    return figure, list(figure.subplots(2, 4).ravel())
+    return figure, list(figure.subplots(2, columns).ravel())
+
+
+def checkerboard(first: np.ndarray, second: np.ndarray, tiles: int = CHECKER_TILES) -> np.ndarray:
+    """``first`` and ``second`` (same shape) interleaved in about ``tiles`` x ``tiles`` squares:
+    edges that continue across square borders show where the two images agree."""
+    side = max(1, round(max(first.shape) / tiles))
+    index = np.indices(first.shape) // side
+    return np.where(index.sum(axis=0) % 2 == 0, first, second)
 
 
 def example_figure(example: ExampleSlices, title: str, facts: list[str]) -> Figure:
-    """2 x 4 panels: fixed, moving, warped, deformation grid / |moving-fixed|, |warped-fixed|, det J, facts.
+    """2 x 5 panels: fixed, moving, warped, checkerboard fixed/moving, deformation grid /
+    |moving-fixed|, |warped-fixed|, checkerboard fixed/warped, det J, facts.
 
-    Intensity windows: the fixed image's 1st-99th percentiles for the three images, a shared
-    0..99th percentile of |moving - fixed| for both differences; det J on a diverging map centred at 1.
+    Intensity windows: the fixed image's 1st-99th percentiles for the images and checkerboards, a
+    shared 0..99th percentile of |moving - fixed| for both differences; det J on a diverging map
+    centred at 1.
     """
     figure, axes = _panel_figure(example)
     low, high = np.percentile(example.fixed, [1, 99])
@@ -148,22 +159,24 @@ def example_figure(example: ExampleSlices, title: str, facts: list[str]) -> Figu
     _show(axes[0], example.fixed, example, "fixed (atlas)", **gray)
     _show(axes[1], example.moving, example, "moving", **gray)
     _show(axes[2], example.warped, example, "warped moving", **gray)
-    _show(axes[3], example.fixed, example, "deformation grid x + u(x) on fixed", **gray)
-    _draw_grid(axes[3], example.disp_vox)
+    _show(axes[3], checkerboard(example.fixed, example.moving), example, "checkerboard fixed / moving", **gray)
+    _show(axes[4], example.fixed, example, "deformation grid x + u(x) on fixed", **gray)
+    _draw_grid(axes[4], example.disp_vox)
     before, after = np.abs(example.moving - example.fixed), np.abs(example.warped - example.fixed)
     diff = {"cmap": "magma", "vmin": 0, "vmax": max(float(np.percentile(before, 99)), 1e-12)}
-    _show(axes[4], before, example, "|moving - fixed| (before)", **diff)
-    shown = _show(axes[5], after, example, "|warped - fixed| (after)", **diff)
-    figure.colorbar(shown, cax=axes[5].inset_axes((1.03, 0.0, 0.05, 1.0)))
+    _show(axes[5], before, example, "|moving - fixed| (before)", **diff)
+    shown = _show(axes[6], after, example, "|warped - fixed| (after)", **diff)
+    figure.colorbar(shown, cax=axes[6].inset_axes((1.03, 0.0, 0.05, 1.0)))
+    _show(axes[7], checkerboard(example.fixed, example.warped), example, "checkerboard fixed / warped", **gray)
     half_range = max(float(np.abs(example.jac_det - 1).max()), 1e-3)
     n_fold = int(np.count_nonzero(example.jac_det <= 0))
     shown = _show(
-        axes[6], example.jac_det, example, f"Jacobian determinant ({n_fold} px <= 0)",
+        axes[8], example.jac_det, example, f"Jacobian determinant ({n_fold} px <= 0)",
         cmap="RdBu_r", norm=CenteredNorm(vcenter=1.0, halfrange=half_range),
     )
-    figure.colorbar(shown, cax=axes[6].inset_axes((1.03, 0.0, 0.05, 1.0)))
-    axes[7].axis("off")
+    figure.colorbar(shown, cax=axes[8].inset_axes((1.03, 0.0, 0.05, 1.0)))
+    axes[9].axis("off")
     lines = [wrapped for line in [*facts, example.plane] for wrapped in textwrap.wrap(line, FACT_WIDTH)]
-    axes[7].text(0.15, 1, "\n".join(lines), va="top", fontsize=8.5, family="monospace")
+    axes[9].text(0.15, 1, "\n".join(lines), va="top", fontsize=8.5, family="monospace")
     figure.suptitle(title, fontsize=11)
     return figure

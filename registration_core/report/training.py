@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from registration_core.aggregate import read_json_object
 from registration_core.report.plots import PALETTE, group_label, spans_decades
+from registration_core.study import REGISTER_ONLY_PARAMS
 
 SMOOTHING_STEPS = 25  # training loss drawn as a running mean over this many steps (raw values are noisy)
 COMPARED_METRICS = ("dice_mean", "tre_mean_mm", "tre_truth_mm", "neg_jac_ratio", "runtime_s")
@@ -93,12 +94,22 @@ def training_curves(runs: list[TrainingRun]) -> Figure:
     return figure
 
 
+def model_id(grid_id: str) -> str:
+    """The training run a registration grid point used: its grid id without the keys that only
+    act at registration (:data:`registration_core.study.REGISTER_ONLY_PARAMS`)."""
+    items = [item for item in grid_id.split("__") if item.split("~")[0] not in REGISTER_ONLY_PARAMS]
+    return "__".join(items) if grid_id != "default" and items else "default"
+
+
 def comparison_table(metrics: pd.DataFrame, runs: list[TrainingRun]) -> pd.DataFrame:
-    """Per method x grid point on the same test pairs: mean quality metrics, inference time per
-    pair and (for learned methods) training time. ``metrics``: metrics.csv with a ``group`` column."""
+    """Per method x grid point on the same test pairs: mean quality metrics, registration time per
+    pair and, for learned methods, the training time of the model it used. ``metrics``:
+    metrics.csv with a ``group`` column."""
     present = [m for m in COMPARED_METRICS if m in metrics.columns and metrics[m].notna().any()]
-    table = metrics.groupby("group", sort=False)[present].mean().reset_index()
-    table = table.rename(columns={"group": "method · grid point", "runtime_s": "registration time per pair (s)"})
-    training = {run.group: run.summary["training time (s)"] for run in runs}
-    table["training time (s)"] = [training.get(group, np.nan) for group in table["method · grid point"]]
-    return table
+    table = metrics.groupby(["group", "method", "grid_id"], sort=False)[present].mean().reset_index()
+    training = {(run.method, run.grid_id): run.summary["training time (s)"] for run in runs}
+    table["training time (s)"] = [
+        training.get((method, model_id(grid_id)), np.nan) for method, grid_id in zip(table["method"], table["grid_id"])
+    ]
+    table = table.drop(columns=["method", "grid_id"])
+    return table.rename(columns={"group": "method · grid point", "runtime_s": "registration time per pair (s)"})

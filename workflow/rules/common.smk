@@ -10,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from registration_core.errors import InputError
+from registration_core.resources import image_shape
 from registration_core.study import (
     GRID_ID_PATTERN,
     ID_PATTERN,
@@ -119,8 +120,13 @@ def register_args(wildcards, input):
 
 
 def register_resource(name):
-    """Input function for one resource (threads, mem_mb, runtime, gpu) of a method's registration
-    jobs. The hook for resource estimates: STUDY.register_resources(method) gives the values."""
+    """Resource function for one resource of a method's registration jobs. Memory and time are
+    estimated from the fixed image's shape (its header, read when the job is about to run: Snakemake
+    defers resource functions that take ``input``) and grow with ``attempt`` on retries."""
+    if name in ("mem_mb", "runtime"):
+        return lambda wildcards, input, attempt: STUDY.register_resources(
+            wildcards.method, wildcards.grid_id, image_shape(input.fixed), attempt
+        )[name]
     return lambda wildcards: STUDY.register_resources(wildcards.method)[name]
 
 

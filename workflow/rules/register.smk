@@ -30,7 +30,7 @@ if TRAINED:
         conda:
             ENV
         shell:
-            "python -m registration_core train --method {wildcards.method} {params.args}"
+            "OMP_NUM_THREADS={threads} python -m registration_core train --method {wildcards.method} {params.args}"
             " --out {params.out_dir} > {log} 2>&1"
 
 
@@ -59,10 +59,13 @@ for register_kinds in REGISTER_VARIANTS:
             mem_mb=register_resource("mem_mb"),
             runtime=register_resource("runtime"),
             gpu=register_resource("gpu"),
+            cpus_per_gpu=register_resource("cpus_per_gpu"),
         conda:
             ENV
         shell:
-            "python -m registration_core register --method {wildcards.method} {params.args}"
+            # torch uses as many threads as the job has cores (its default, all cores, oversubscribes
+            # the machine when several jobs run at once)
+            "OMP_NUM_THREADS={threads} python -m registration_core register --method {wildcards.method} {params.args}"
             " --out {params.out_dir} > {log} 2>&1"
 
 
