@@ -8,11 +8,18 @@ the affine's in-plane block, see :func:`registration_core.io.spatial_affine`).
 image and, for geometric steps, to its label map. Steps live in a registry filled by
 :func:`register_step`: adding a step is one decorated function, and its settings schema
 lands in :data:`STEP_SCHEMAS` for the workflow's config validation.
+
+:func:`prepare_subject` runs the steps once on a subject's image and carries its labels, mask
+and landmarks along. The ``affine_align`` step registers the subject onto a *reference* image
+(another subject's raw image, passed as the ``reference`` argument; the step's ``reference``
+setting only names that subject for the workflow) and resamples everything onto its grid, so
+that a later ``slice`` cuts every subject at the same anatomical level.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import jsonschema
@@ -20,6 +27,7 @@ import nibabel.orientations as nio
 import numpy as np
 import SimpleITK as sitk
 
+from registration_core.align import ALIGN_SCHEMA, affine_align, apply_alignment
 from registration_core.errors import InputError
 from registration_core.io import Image, image_to_sitk, spatial_affine
 
@@ -454,6 +462,101 @@ def _lung_mask_step(
     return (mask if output == "mask" else mask_image(image, mask, background)), labels
 
 
+AFFINE_ALIGN_SETTINGS: dict[str, Any] = {"reference": {"type": "string", "minLength": 1}, **ALIGN_SCHEMA["properties"]}
+STEP_SCHEMAS["affine_align"] = {
+    "type": "object", "properties": AFFINE_ALIGN_SETTINGS, "additionalProperties": False, "required": ["reference"],
+}
+"""``affine_align``: ``reference`` (the reference subject's id, resolved by the caller to the
+``reference`` image of :func:`prepare_subject`) and the settings of :func:`registration_core.align.affine_align`."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A subject during preprocessing.
+
+    Attributes:
+        image: the intensity image.
+        labels: its label map on the image's grid, or None.
+        mask: its mask (an integer map) on the image's grid, or None.
+        landmarks: continuous voxel coordinates (N, ndim) on the image's grid, or None.
+    """
+
+    image: Image
+    labels: Image | None = None
+    mask: Image | None = None
+    landmarks: np.ndarray | None = None
+
+
+def align_to_reference(
+    subject: Prepared, reference: Image, register: bool = True, **settings: Any
+) -> Prepared:
+    """Affinely register ``subject.image`` onto ``reference`` and resample everything on its grid.
+
+    The registration (:func:`registration_core.align.affine_align`, ``settings`` as there) works
+    in physical space, so any earlier grid change (reorient, resample, crop) is fine. The image
+    is resampled linearly, labels and mask by nearest neighbour (0 outside the subject), and the
+    landmarks are mapped exactly through the transform. ``register=False`` (the reference subject
+    itself) skips the registration: identity resampling onto the reference grid.
+    """
+    if subject.image.ndim != reference.ndim:
+        raise InputError(f"affine_align: {_name(subject.image)} is {subject.image.ndim}D but the reference is {reference.ndim}D")
+    transform = affine_align(reference, subject.image, **settings) if register else sitk.Transform()
+    aligned = apply_alignment(transform, reference, subject.image, subject.labels, subject.landmarks)
+    mask = None if subject.mask is None else apply_alignment(transform, reference, subject.image, subject.mask).labels
+    return Prepared(aligned.image, aligned.labels, mask, aligned.landmarks)
+
+
+def _run_step(subject: Prepared, name: str, settings: dict[str, Any], reference: Image | None, is_reference: bool) -> Prepared:
+    """One step on image, labels, mask (a second label map) and landmarks (mapped exactly, not across a slice)."""
+    if name == "affine_align":
+        if reference is None:
+            raise InputError("affine_align: needs the reference subject's image (prepare --reference)")
+        align_settings = {key: value for key, value in settings.items() if key != "reference"}
+        return align_to_reference(subject, reference, register=not is_reference, **align_settings)
+    function = _STEP_FUNCTIONS[name]
+    image, labels = function(subject.image, subject.labels, **settings)
+    mask = None if subject.mask is None else function(subject.image, subject.mask, **settings)[1]
+    landmarks = subject.landmarks
+    if landmarks is not None:
+        if name == "slice":
+            raise InputError("slice: landmarks cannot follow a slice extraction")
+        landmarks = map_landmarks(landmarks, subject.image, image)
+    return Prepared(image, labels, mask, landmarks)
+
+
+def prepare_subject(
+    image: Image,
+    steps: Sequence[dict[str, Any]],
+    labels: Image | None = None,
+    mask: Image | None = None,
+    landmarks: np.ndarray | None = None,
+    reference: Image | None = None,
+) -> Prepared:
+    """Apply ``steps`` (each ``{"step": name, **settings}``) in order to a subject, each step once.
+
+    Geometric steps (reorient, slice, resample, crop_pad, affine_align) move labels and mask
+    (nearest) and map the landmarks (voxels (N, ndim) of the image's grid) exactly; intensity
+    steps (clip, normalize) and lung_mask leave them unchanged. ``reference`` is the image an
+    ``affine_align`` step registers onto (the reference subject's raw image); when it is the
+    subject's own image (same grid and voxels) that step is the identity resampling onto it.
+    ``labels`` and ``mask`` must lie on the image's grid. Any bad step, setting or value raises
+    InputError naming ``steps[i]``.
+    """
+    validate_steps(steps)
+    for name, other in (("labels", labels), ("mask", mask)):
+        if other is not None and not image.same_grid(other, atol=1e-3):
+            raise InputError(f"{other.path or name}: not on the grid of {_name(image)} (shape or affine differ)")
+    is_reference = reference is not None and reference.same_grid(image) and np.array_equal(reference.data, image.data)
+    subject = Prepared(image, labels, mask, None if landmarks is None else np.asarray(landmarks, dtype=np.float64))
+    for position, step in enumerate(steps):
+        settings = {key: value for key, value in step.items() if key != "step"}
+        try:
+            subject = _run_step(subject, step["step"], settings, reference, is_reference)
+        except InputError as exc:
+            raise InputError(f"preprocessing steps[{position}]: {exc}") from exc
+    return subject
+
+
 def validate_steps(steps: Sequence[dict[str, Any]]) -> None:
     """Check a step list against the registry; raise InputError naming ``steps[i]``, the key and what is allowed."""
     if not isinstance(steps, Sequence) or isinstance(steps, str):
@@ -478,20 +581,9 @@ def validate_steps(steps: Sequence[dict[str, Any]]) -> None:
             raise InputError(f"{where} ({name}): setting {error.absolute_path[0]!r}: {error.message}")
 
 
-def run_steps(image: Image, labels: Image | None, steps: Sequence[dict[str, Any]]) -> tuple[Image, Image | None]:
-    """Apply ``steps`` (each ``{"step": name, **settings}``) in order to an image and its label map.
-
-    Geometric steps (reorient, slice, resample with nearest interpolation, crop_pad) transform
-    the labels too; intensity steps (clip, normalize) and lung_mask leave them unchanged.
-    ``labels`` must lie on the image's grid. Any bad step, setting or value raises InputError naming ``steps[i]``.
-    """
-    validate_steps(steps)
-    if labels is not None and not image.same_grid(labels, atol=1e-3):
-        raise InputError(f"{labels.path or 'labels'}: not on the grid of {_name(image)} (shape or affine differ)")
-    for position, step in enumerate(steps):
-        settings = {key: value for key, value in step.items() if key != "step"}
-        try:
-            image, labels = _STEP_FUNCTIONS[step["step"]](image, labels, **settings)
-        except InputError as exc:
-            raise InputError(f"preprocessing steps[{position}]: {exc}") from exc
-    return image, labels
+def run_steps(
+    image: Image, labels: Image | None, steps: Sequence[dict[str, Any]], reference: Image | None = None
+) -> tuple[Image, Image | None]:
+    """:func:`prepare_subject` on an image and its label map (or None): (prepared image, prepared labels)."""
+    prepared = prepare_subject(image, steps, labels=labels, reference=reference)
+    return prepared.image, prepared.labels

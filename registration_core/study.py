@@ -332,6 +332,11 @@ class Dataset:
     align: dict[str, Any] | None = None
     mask: dict[str, Any] | None = None
 
+    @property
+    def reference(self) -> str | None:
+        """The subject the ``affine_align`` preprocessing steps register onto (None: no such step)."""
+        return next((step["reference"] for step in self.preprocess if step["step"] == "affine_align"), None)
+
 
 @dataclass(frozen=True)
 class Truth:
@@ -459,8 +464,25 @@ def _manifest_dataset(study: str, name: str, spec: Mapping[str, Any], base_dir: 
 def build_dataset(study: str, name: str, spec: Mapping[str, Any], base_dir: Path) -> Dataset:
     """The :class:`Dataset` ``datasets.<name>`` of a validated config (not for the ``truth`` adapter)."""
     if spec["adapter"] == "demo":
-        return _demo_dataset(study, name, spec)
-    return _manifest_dataset(study, name, spec, base_dir)
+        dataset = _demo_dataset(study, name, spec)
+    else:
+        dataset = _manifest_dataset(study, name, spec, base_dir)
+    _check_references(f"datasets.{name}", dataset)
+    return dataset
+
+
+def _check_references(where: str, dataset: Dataset) -> None:
+    """Every ``affine_align`` step names one and the same subject of the dataset; InputError names the key."""
+    for position, step in enumerate(dataset.preprocess):
+        if step["step"] != "affine_align":
+            continue
+        key = f"{where}.preprocess[{position}].reference"
+        _check_subjects(key, [step["reference"]], dataset)
+        if step["reference"] != dataset.reference:
+            raise InputError(
+                f"config key {key}: '{step['reference']}' differs from the earlier reference '{dataset.reference}'; "
+                "the affine_align steps of a dataset share one reference subject"
+            )
 
 
 def _check_subjects(where: str, names: Sequence[str], dataset: Dataset) -> None:
@@ -744,6 +766,15 @@ class Study:
                 files["labels"] = truth["moving_labels"]
             return files
         return {kind: self.path(f"prep_{kind}", subject=subject) for kind in ("image", *self.subject_kinds(subject))}
+
+    def prepare_inputs(self, subject: str) -> dict[str, str]:
+        """Files a subject's ``prepare`` job reads: its raw ``image`` and optional files, and the raw
+        image of its dataset's ``affine_align`` reference subject as ``reference`` (when it has one)."""
+        dataset = self._owner[subject]
+        files = dict(dataset.files[subject])
+        if dataset.reference is not None:
+            files["reference"] = dataset.files[dataset.reference]["image"]
+        return files
 
     def pair_kinds(self, atlas: str, moving: str) -> tuple[str, ...]:
         """``labels`` / ``landmarks`` when both subjects of the pair have them (truth pairs always have landmarks)."""

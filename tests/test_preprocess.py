@@ -260,7 +260,7 @@ def test_run_steps_rejects_labels_on_another_grid() -> None:
 
 
 def test_step_schemas_are_valid_json_schemas() -> None:
-    assert set(STEP_SCHEMAS) == {"reorient", "clip", "normalize", "slice", "resample", "crop_pad", "lung_mask"}
+    assert set(STEP_SCHEMAS) == {"reorient", "clip", "normalize", "slice", "resample", "crop_pad", "lung_mask", "affine_align"}
     for schema in STEP_SCHEMAS.values():
         jsonschema.Draft202012Validator.check_schema(schema)
         assert schema["additionalProperties"] is False

@@ -555,3 +555,38 @@ def test_training_images_can_be_aligned_to_a_subject() -> None:
     assert study.aligned_pairs() == [("demo-00", f"demo-0{i}") for i in (1, 2, 3, 4, 5, 6)]
     assert study.jobs_by_rule()["align"] == 6
     assert error_of(learned_config(align_to="demo-09")).startswith("config key methods.voxelmorph.train.align_to: subject 'demo-09'")
+
+
+def test_reference_alignment_step_reads_the_reference_raw_image(tmp_path: Path) -> None:
+    root = folder_dataset(tmp_path / "data", ["s01", "s02", "s03"])
+    cfg = folder_config(root)
+    steps = [{"step": "affine_align", "reference": "s02", "transform": "rigid"}, {"step": "slice", "axis": 2}]
+    cfg["datasets"]["brains"]["preprocess"] = steps
+    study = Study(cfg)
+    assert study.owner("s01").reference == "s02"
+    for subject in ("s01", "s02", "s03"):
+        assert study.prepare_inputs(subject) == {
+            "image": f"{root}/{subject}/t1.nii.gz", "labels": f"{root}/{subject}/labels.nii.gz",
+            "reference": f"{root}/s02/t1.nii.gz",
+        }
+    cfg["datasets"]["brains"]["preprocess"] = [{"step": "normalize"}]
+    assert "reference" not in Study(cfg).prepare_inputs("s01")
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        ([{"step": "normalize"}, {"step": "affine_align", "reference": "s09"}],
+         r"^config key datasets\.brains\.preprocess\[1\]\.reference: subject 's09' is not in dataset brains"),
+        ([{"step": "affine_align", "reference": "s01"}, {"step": "affine_align", "reference": "s02"}],
+         r"^config key datasets\.brains\.preprocess\[1\]\.reference: 's02' differs from the earlier reference 's01'"),
+        ([{"step": "affine_align"}],
+         r"^config key datasets\.brains\.preprocess: preprocessing steps\[0\] \(affine_align\): 'reference' is a required"),
+        ([{"step": "affine_align", "reference": "s01", "transform": "spline"}],
+         r"^config key datasets\.brains\.preprocess: preprocessing steps\[0\] \(affine_align\): setting 'transform'"),
+    ],
+)
+def test_bad_reference_alignment_step_names_the_key(tmp_path: Path, steps: list[dict], expected: str) -> None:
+    cfg = folder_config(folder_dataset(tmp_path / "data", ["s01", "s02"]))
+    cfg["datasets"]["brains"]["preprocess"] = steps
+    assert re.match(expected, error_of(cfg))

@@ -84,8 +84,9 @@ def param_args(params):
 
 def raw_inputs(wildcards):
     """Files a subject's ``prepare`` job reads: image and, when the subject has them, labels,
-    landmarks and mask (dataset files, or files an earlier rule makes under results/<study>/data)."""
-    return STUDY.owner(wildcards.subject).files[wildcards.subject]
+    landmarks and mask (dataset files, or files an earlier rule makes under results/<study>/data),
+    and ``reference``, the raw image of the subject an ``affine_align`` step registers onto."""
+    return STUDY.prepare_inputs(wildcards.subject)
 
 
 def prep_files(subject):
@@ -179,7 +180,7 @@ def truth_inputs(wildcards):
 
 TRUTH_OPTIONS = {"image": "--image", "labels": "--labels", "mask": "--mask"}
 PREPARE_OPTIONS = {
-    "image": "--image", "labels": "--labels", "landmarks": "--landmarks", "mask": "--mask",
+    "image": "--image", "labels": "--labels", "landmarks": "--landmarks", "mask": "--mask", "reference": "--reference",
 }
 PREPARE_OUTPUTS = {
     "image": "--out-image", "labels": "--out-labels", "landmarks": "--out-landmarks", "mask": "--out-mask",

@@ -1,7 +1,9 @@
 # Preprocessing per subject: the dataset's `preprocess` steps (registration_core.preprocess) on
 # the image; labels and mask follow the geometric steps, landmarks are mapped exactly. A QC
-# figure per subject shows it before and after. Pairs of a dataset with `align` get the moving
-# image (labels, landmarks) rigidly / affinely pre-aligned onto the atlas grid.
+# figure per subject shows it before and after. An `affine_align` step registers every subject onto
+# the raw image of the dataset's reference subject (an input of each prepare job, --reference).
+# Pairs of a dataset with `align` get the moving image (labels, landmarks) rigidly / affinely
+# pre-aligned onto the atlas grid.
 #
 # Snakemake outputs are fixed per rule, so rules whose optional files vary (labels, landmarks,
 # mask) come in variants, one per combination the study has (see variant_name in common.smk).
