@@ -13,7 +13,9 @@ and translation (rigid, from the "moments" start) at the coarsest pyramid level 
 gradient descent, so motions larger than the descent's capture range (tens of voxels, tens of
 degrees) are recovered. ``mask: foreground`` restricts the metric to each image's eroded
 foreground (intensity above 5 % of its range), so a field-of-view edge shared by both images
-(the circular field of a fundus photograph) does not pin the alignment to the identity.
+(the circular field of a fundus photograph) does not pin the alignment to the identity; it
+is meant for such fields of view (a thresholded skull-stripped brain is too ragged: eroded,
+little of it is left).
 ``features: gradient`` matches Gaussian gradient magnitudes (sigma one voxel) instead of
 intensities: vessels and edges rather than a smooth illumination gradient drive the metric.
 """
@@ -227,12 +229,12 @@ def _metric_image(
 
 
 def _foreground(image: sitk.Image, erode_vox: int) -> sitk.Image:
-    """uint8 mask of voxels above 5 % of the intensity range, eroded by ``erode_vox`` voxels (ball)."""
+    """uint8 mask of voxels above 5 % of the intensity range, holes filled, eroded by ``erode_vox`` voxels (ball)."""
     array = sitk.GetArrayViewFromImage(image)
     low, high = float(array.min()), float(array.max())
     if high <= low:
         raise InputError("affine_align: mask 'foreground' needs an image that is not constant")
-    mask = sitk.Cast(image > low + FOREGROUND_FRACTION * (high - low), sitk.sitkUInt8)
+    mask = sitk.BinaryFillhole(sitk.Cast(image > low + FOREGROUND_FRACTION * (high - low), sitk.sitkUInt8))
     eroded = sitk.BinaryErode(mask, [erode_vox] * image.GetDimension(), sitk.sitkBall)
     return eroded if sitk.GetArrayViewFromImage(eroded).any() else mask
 
