@@ -499,14 +499,18 @@ def align_to_reference(
     itself) skips the registration: identity resampling onto the reference grid.
     """
     if subject.image.ndim != reference.ndim:
-        raise InputError(f"affine_align: {_name(subject.image)} is {subject.image.ndim}D but the reference is {reference.ndim}D")
+        raise InputError(
+            f"affine_align: {_name(subject.image)} is {subject.image.ndim}D but the reference is {reference.ndim}D"
+        )
     transform = affine_align(reference, subject.image, **settings) if register else sitk.Transform()
     aligned = apply_alignment(transform, reference, subject.image, subject.labels, subject.landmarks)
     mask = None if subject.mask is None else apply_alignment(transform, reference, subject.image, subject.mask).labels
     return Prepared(aligned.image, aligned.labels, mask, aligned.landmarks)
 
 
-def _run_step(subject: Prepared, name: str, settings: dict[str, Any], reference: Image | None, is_reference: bool) -> Prepared:
+def _run_step(
+    subject: Prepared, name: str, settings: dict[str, Any], reference: Image | None, is_reference: bool
+) -> Prepared:
     """One step on image, labels, mask (a second label map) and landmarks (mapped exactly, not across a slice)."""
     if name == "affine_align":
         if reference is None:
@@ -516,6 +520,8 @@ def _run_step(subject: Prepared, name: str, settings: dict[str, Any], reference:
     function = _STEP_FUNCTIONS[name]
     image, labels = function(subject.image, subject.labels, **settings)
     mask = None if subject.mask is None else function(subject.image, subject.mask, **settings)[1]
+    if mask is not None and not mask.same_grid(image, atol=1e-3):  # crop_pad centred on the labels
+        raise InputError(f"{name}: the mask would not follow the image (the step depends on the labels)")
     landmarks = subject.landmarks
     if landmarks is not None:
         if name == "slice":

@@ -23,6 +23,7 @@ from registration_core.preprocess import (
     foreground_centre,
     map_landmarks,
     normalize,
+    prepare_subject,
     reorient,
     resample,
     resample_to,
@@ -327,6 +328,19 @@ def test_crop_pad_step_follows_the_foreground_and_moves_labels() -> None:
         run_steps(image, None, [{"step": "crop_pad", "shape": [4, 4], "foreground": "labels"}])
     with pytest.raises(InputError, match="foreground is empty"):
         run_steps(image, None, [{"step": "crop_pad", "shape": [4, 4], "threshold": 9}])
+
+
+def test_prepare_subject_carries_the_mask_once_per_step() -> None:
+    data = np.zeros((20, 16), np.float32)
+    data[12:16, 3:7] = 5.0
+    image = Image(data, np.diag([2.0, 3.0, 1.0, 1.0]))
+    labels = image.with_data((data > 0).astype(np.int32) * 4)
+    mask = image.with_data(np.zeros((20, 16), np.uint8))
+    mask.data[1:3, 1:3] = 1  # far from the labels
+    prepared = prepare_subject(image, [{"step": "crop_pad", "shape": [6, 10]}], labels=labels, mask=mask)
+    assert prepared.mask.same_grid(prepared.image) and prepared.mask.data.sum() == 0  # cropped away, like the image
+    with pytest.raises(InputError, match=r"steps\[0\]: crop_pad: the mask would not follow the image"):
+        prepare_subject(image, [{"step": "crop_pad", "shape": [4, 4], "foreground": "labels"}], labels=labels, mask=mask)
 
 
 # ---------------------------------------------------------------------------- landmarks
