@@ -84,25 +84,28 @@ def _read_steps(text: str) -> list[dict]:
 
 def _prepare(args: argparse.Namespace) -> None:
     """The steps on the image; labels and mask follow them (a mask as a second label map), landmarks
-    are mapped exactly (not across a slice step). Everything is computed before anything is written."""
+    are mapped exactly (not across a slice step); an affine_align step registers onto --reference.
+    Everything is computed before anything is written."""
     from .io import load_image, load_landmarks, save_image, save_landmarks
-    from .preprocess import map_landmarks, run_steps
+    from .preprocess import prepare_subject
 
     for given in ("labels", "mask", "landmarks"):
         if (getattr(args, given) is None) != (getattr(args, f"out_{given}") is None):
             raise InputError(f"--{given} and --out-{given} must be given together")
     steps = _read_steps(args.steps)
     raw = load_image(args.image, "image")
-    labels = load_image(args.labels, "labels") if args.labels else None
-    image, labels = run_steps(raw, labels, steps)
-    mask = run_steps(raw, load_image(args.mask, "labels"), steps)[1] if args.mask else None
-    points = map_landmarks(load_landmarks(args.landmarks, raw), raw, image) if args.landmarks else None
-    save_image(image, args.out_image)
-    for output, result in ((args.out_labels, labels), (args.out_mask, mask)):
+    prepared = prepare_subject(
+        raw, steps, labels=load_image(args.labels, "labels") if args.labels else None,
+        mask=load_image(args.mask, "labels") if args.mask else None,
+        landmarks=load_landmarks(args.landmarks, raw) if args.landmarks else None,
+        reference=load_image(args.reference, "image") if args.reference else None,
+    )
+    save_image(prepared.image, args.out_image)
+    for output, result in ((args.out_labels, prepared.labels), (args.out_mask, prepared.mask)):
         if result is not None:
             save_image(result, output)
-    if points is not None:
-        save_landmarks(points, image, args.out_landmarks)
+    if prepared.landmarks is not None:
+        save_landmarks(prepared.landmarks, prepared.image, args.out_landmarks)
 
 
 def _parse_settings(items: list[str] | None) -> dict:
@@ -179,7 +182,7 @@ def _preprocess(args: argparse.Namespace) -> None:
         return
     from .preprocess import STEP_SCHEMAS
 
-    steps = [name.replace("_", "-") for name in STEP_SCHEMAS] + ["affine-align"]
+    steps = [name.replace("_", "-") for name in STEP_SCHEMAS]
     if args.step not in steps:
         raise InputError(f"preprocess: unknown step {args.step!r}; allowed: {', '.join(steps)}")
     _preprocess_step(args, settings)
@@ -331,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask", type=Path, help="a mask on the image's grid; geometric steps carry it like labels")
     p.add_argument("--landmarks", type=Path, help="landmarks (CSV or elastix points), mapped exactly")
     p.add_argument("--steps", required=True, help="JSON list of {step: name, ...} or a JSON/YAML file")
+    p.add_argument("--reference", type=Path, help="raw image of the reference subject of an affine_align step")
     p.add_argument("--out-image", type=Path, required=True)
     p.add_argument("--out-labels", type=Path)
     p.add_argument("--out-mask", type=Path)
