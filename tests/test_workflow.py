@@ -220,7 +220,9 @@ def test_labels_free_dataset_with_landmarks_and_alignment(tmp_path: Path) -> Non
     assert not list(results.glob("reg/demons/default/*/warped_labels.nii.gz"))
     metrics = pd.read_csv(results / "metrics.csv")
     assert list(metrics["moving"]) == ["b", "c"]
-    assert (metrics["tre_mean_mm"] < metrics["tre_before_mm"]).all() and (metrics["tre_before_mm"] < 2.0).all()
+    # the rigid pre-alignment removes the 3-4 mm shifts almost entirely (landmarks carried along);
+    # demons must not undo it (it may move them by a fraction of a voxel either way)
+    assert (metrics["tre_before_mm"] < 1.0).all() and (metrics["tre_mean_mm"] < 0.5).all()
     assert "dice_mean" not in metrics or metrics["dice_mean"].isna().all()
     assert (tmp_path / "results" / "points" / "qc" / "b.png").stat().st_size > 0
     assert (tmp_path / "reports" / "points" / "index.html").is_file()
