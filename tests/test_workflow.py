@@ -8,6 +8,7 @@ anything runs.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -120,6 +121,15 @@ def test_tiny_demo_study_end_to_end(tmp_path: Path) -> None:
 
     rerun = run_snakemake(tmp_path, config, "--dry-run")
     assert rerun.returncode == 0 and "Nothing to be done" in rerun.stdout
+    # a fixed parameter is not part of the result paths: changing it must still redo the registrations
+    changed = copy.deepcopy(config)
+    changed["methods"]["nodeo"]["params"]["seed"] = 1
+    rerun = run_snakemake(tmp_path, changed, "--dry-run")
+    assert rerun.returncode == 0 and job_counts(rerun.stdout)["register"] == 4, rerun.stdout[-3000:]
+    changed = copy.deepcopy(config)
+    changed["datasets"]["demo"]["preprocess"][1]["mode"] = "zscore"
+    rerun = run_snakemake(tmp_path, changed, "--dry-run")
+    assert rerun.returncode == 0 and job_counts(rerun.stdout)["prepare"] == 3, rerun.stdout[-3000:]
 
     report = run_snakemake(tmp_path, config, "--report", str(tmp_path / "snakemake-report.zip"))
     assert report.returncode == 0, report.stdout[-4000:]

@@ -157,6 +157,14 @@ EVALUATE_OPTIONS = {
 }
 
 
+def tracked(value):
+    """A job setting as JSON text, for a ``params`` entry of wildcards only. Snakemake reruns a job
+    when such an entry changes; entries computed from ``input``/``output`` (the command-line
+    arguments) are not compared, so every rule whose command depends on config settings also
+    lists them through this."""
+    return json.dumps(value, sort_keys=True, default=str)
+
+
 def evaluate_args(wildcards, input):
     """``evaluate`` options for the files the pair has, plus the label selection when it has labels."""
     labels = STUDY.evaluate_label_args() if "fixed_labels" in input.keys() else []

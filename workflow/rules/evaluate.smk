@@ -10,6 +10,7 @@ rule evaluate:
         metrics=STUDY.path("metrics"),
     params:
         args=evaluate_args,
+        settings=lambda wildcards: tracked(STUDY.evaluate_label_args()),
     log:
         f"{LOGS}/evaluate/{{method}}/{{grid_id}}/{{atlas}}__{{moving}}.log",
     threads: threads_of("evaluate")

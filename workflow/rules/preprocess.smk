@@ -19,6 +19,7 @@ for prepare_kinds in PREPARE_VARIANTS:
             **{kind: STUDY.path(f"prep_{kind}") for kind in ("image", *prepare_kinds)},
         params:
             args=prepare_args,
+            settings=lambda wildcards: tracked(list(STUDY.owner(wildcards.subject).preprocess)),
         wildcard_constraints:
             subject=exact_regex([s for s in PREPARED if STUDY.subject_kinds(s) == prepare_kinds]),
         log:
@@ -64,6 +65,7 @@ for align_kinds in ALIGN_VARIANTS:
             **STUDY.align_outputs("{atlas}", "{moving}", align_kinds),
         params:
             args=align_args,
+            settings=lambda wildcards: tracked(STUDY.owner(wildcards.moving).align),
         wildcard_constraints:
             atlas=exact_regex(align_subjects),
             moving=exact_regex(align_subjects),

@@ -17,6 +17,7 @@ if TRAINED:
                 option_args(input, TRAIN_OPTIONS) + param_args(STUDY.train_params(wildcards.method, wildcards.grid_id))
             ),
             out_dir=lambda wildcards, output: os.path.dirname(output.model),
+            settings=lambda wildcards: tracked(STUDY.train_params(wildcards.method, wildcards.grid_id)),
         wildcard_constraints:
             method=exact_regex(sorted({method for method, _ in TRAINED})),
             grid_id=exact_regex(sorted({train_id for _, train_id in TRAINED})),
@@ -49,6 +50,7 @@ for register_kinds in REGISTER_VARIANTS:
         params:
             args=register_args,
             out_dir=lambda wildcards, output: os.path.dirname(output.log),
+            settings=lambda wildcards: tracked(STUDY.register_params(wildcards.method, wildcards.grid_id)),
         wildcard_constraints:
             atlas=exact_regex(LABELLED) if register_kinds else ID_PATTERN,
             moving=exact_regex(LABELLED) if register_kinds else ID_PATTERN,
