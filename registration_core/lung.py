@@ -25,6 +25,8 @@ the side with the larger RAS x is the right lung).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
@@ -80,14 +82,33 @@ def _morphology(image: Image, mask: np.ndarray, radius_mm: float, operation: str
 
 
 def _convex_hull(plane: np.ndarray) -> np.ndarray:
-    """Filled convex hull of the True pixels of a 2D boolean array (empty stays empty)."""
+    """Filled convex hull of the True pixels of a 2D boolean array (empty stays empty).
+
+    A pixel (i, j) is inside when ``a i + b j + d <= 0.5`` for every hull facet ``(a, b, d)``;
+    solved for j per row, which gives one interval of columns per row.
+    """
     points = np.argwhere(plane)
     if len(points) < 3 or np.linalg.matrix_rank(points - points[0]) < 2:
         return plane.copy()
-    hull = ConvexHull(points)
-    grid = np.indices(plane.shape).reshape(2, -1).T
-    inside = np.all(grid @ hull.equations[:, :2].T + hull.equations[:, 2] <= 0.5, axis=1)
-    return inside.reshape(plane.shape)
+    a, b, d = ConvexHull(points).equations.T
+    rhs = 0.5 - d - a * np.arange(plane.shape[0])[:, None]  # (rows, facets): b j <= rhs
+    with np.errstate(divide="ignore", invalid="ignore"):
+        bound = rhs / b
+    lower = np.where(b < 0, bound, -np.inf).max(axis=1)
+    upper = np.where(b > 0, bound, np.inf).min(axis=1)
+    row_inside = np.where(b == 0, rhs >= 0, True).all(axis=1)
+    columns = np.arange(plane.shape[1])
+    return row_inside[:, None] & (columns >= lower[:, None]) & (columns <= upper[:, None])
+
+
+def _box(mask: np.ndarray, pad: Sequence[int]) -> tuple[slice, ...]:
+    """Bounding box of the True voxels of a non-empty mask, grown by ``pad`` voxels per axis (clipped to the array)."""
+    box = []
+    for axis, (size, margin) in enumerate(zip(mask.shape, pad)):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(int(present[0]) - margin, 0), min(int(present[-1]) + margin + 1, size)))
+    return tuple(box)
 
 
 def body_mask(image: Image, body_hu: float = -500.0) -> np.ndarray:
@@ -129,11 +150,33 @@ def _seeds(image: Image, candidates: np.ndarray, body: np.ndarray, radius_mm: fl
 
 
 def _reconstruct(image: Image, candidates: np.ndarray, seeds: np.ndarray, radius_mm: float) -> np.ndarray:
-    """Label each candidate voxel within ``radius_mm`` (+ one voxel) of a seed with its nearest seed's label."""
-    distance, nearest = ndimage.distance_transform_edt(seeds == 0, sampling=image.spacing, return_indices=True)
+    """Label each candidate voxel within ``radius_mm`` (+ one voxel) of a seed with its nearest seed's label.
+
+    Computed in the candidates' bounding box, which holds every seed (seeds are eroded candidates).
+    """
+    box = _box(candidates, [1] * image.ndim)
+    distance, nearest = ndimage.distance_transform_edt(seeds[box] == 0, sampling=image.spacing, return_indices=True)
     reach = radius_mm + max(image.spacing)
-    labels = seeds[tuple(nearest)]
-    return np.where(candidates & (distance <= reach), labels, 0)
+    labels = seeds[box][tuple(nearest)]
+    lungs = np.zeros_like(seeds)
+    lungs[box] = np.where(candidates[box] & (distance <= reach), labels, 0)
+    return lungs
+
+
+def _close_and_fill(image: Image, lung: np.ndarray, radius_mm: float) -> np.ndarray:
+    """Closing (ball of ``radius_mm``) then axial hole filling of one lung, in its bounding box grown
+    by the radius and one voxel (exactly what the whole volume would give: the closing cannot grow
+    further, and the box's border ring stays empty)."""
+    if not lung.any():
+        return lung
+    box = _box(lung, [r + 1 for r in _radius_vox(image, radius_mm)])
+    origin = [s.start for s in box]
+    sub_affine = image.affine.copy()
+    sub_affine[:3, 3] = image.affine[:3, :3] @ origin + image.affine[:3, 3]
+    sub_image = Image(lung[box].astype(np.uint8), sub_affine, None)
+    closed = np.zeros_like(lung)
+    closed[box] = _fill_slices(_morphology(sub_image, lung[box], radius_mm, "close"), _axis_towards(image, 2))
+    return closed
 
 
 def _name_sides(image: Image, lungs: np.ndarray) -> np.ndarray:
@@ -188,10 +231,9 @@ def lung_mask(
     candidates = body & (image.data < lung_hu)
     seeds = _seeds(image, candidates, body, airway_radius_mm, min_lung_fraction)
     lungs = _reconstruct(image, candidates, seeds, airway_radius_mm)
-    axial = _axis_towards(image, 2)
     result = np.zeros(image.shape, np.uint8)
     for label in (1, 2):
-        closed = _fill_slices(_morphology(image, lungs == label, closing_radius_mm, "close"), axial)
+        closed = _close_and_fill(image, lungs == label, closing_radius_mm)
         result[closed & (result == 0)] = label
     return image.with_data(_name_sides(image, result))
 
