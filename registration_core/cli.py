@@ -82,17 +82,16 @@ def _read_steps(text: str) -> list[dict]:
     return steps
 
 
-def _prepare(args: argparse.Namespace) -> None:
-    """The steps on the image; labels and mask follow them (a mask as a second label map), landmarks
-    are mapped exactly (not across a slice step); an affine_align step registers onto --reference.
-    Everything is computed before anything is written."""
+def _prepare_and_write(args: argparse.Namespace, steps: list[dict], out_image: Path) -> None:
+    """:func:`registration_core.preprocess.prepare_subject` on the files of ``args`` (image, labels,
+    mask, landmarks, reference); writes the image to ``out_image`` and the others to
+    ``args.out_<kind>``. Everything is computed before anything is written."""
     from .io import load_image, load_landmarks, save_image, save_landmarks
     from .preprocess import prepare_subject
 
     for given in ("labels", "mask", "landmarks"):
         if (getattr(args, given) is None) != (getattr(args, f"out_{given}") is None):
             raise InputError(f"--{given} and --out-{given} must be given together")
-    steps = _read_steps(args.steps)
     raw = load_image(args.image, "image")
     prepared = prepare_subject(
         raw, steps, labels=load_image(args.labels, "labels") if args.labels else None,
@@ -100,12 +99,18 @@ def _prepare(args: argparse.Namespace) -> None:
         landmarks=load_landmarks(args.landmarks, raw) if args.landmarks else None,
         reference=load_image(args.reference, "image") if args.reference else None,
     )
-    save_image(prepared.image, args.out_image)
+    save_image(prepared.image, out_image)
     for output, result in ((args.out_labels, prepared.labels), (args.out_mask, prepared.mask)):
         if result is not None:
             save_image(result, output)
     if prepared.landmarks is not None:
         save_landmarks(prepared.landmarks, prepared.image, args.out_landmarks)
+
+
+def _prepare(args: argparse.Namespace) -> None:
+    """The steps on the image; labels and mask follow them (a mask as a second label map), landmarks
+    are mapped exactly (not across a slice step); an affine_align step registers onto --reference."""
+    _prepare_and_write(args, _read_steps(args.steps), args.out_image)
 
 
 def _parse_settings(items: list[str] | None) -> dict:
@@ -126,66 +131,23 @@ def _parse_settings(items: list[str] | None) -> dict:
     return settings
 
 
-def _require(args: argparse.Namespace, step: str, needed: Sequence[str], unused: Sequence[str]) -> None:
-    """Check which ``preprocess`` options a step needs and which it does not take."""
-    for option in needed:
-        if getattr(args, option) is None:
-            raise InputError(f"preprocess {step}: --{option.replace('_', '-')} is required")
-    for option in unused:
-        if getattr(args, option) is not None:
-            raise InputError(f"preprocess {step}: --{option.replace('_', '-')} is not an option of this step")
-    for given, output in (("labels", "out_labels"), ("moving_labels", "out_labels"), ("landmarks", "out_landmarks"),
-                          ("moving_landmarks", "out_landmarks")):
-        if hasattr(args, given) and getattr(args, given) is not None and getattr(args, output) is None:
-            raise InputError(f"preprocess {step}: --{given.replace('_', '-')} needs --{output.replace('_', '-')}")
-
-
-def _preprocess_step(args: argparse.Namespace, settings: dict) -> None:
-    from .io import load_image, load_landmarks, save_image, save_landmarks
-    from .preprocess import map_landmarks, run_steps
-
-    _require(args, args.step, ["image", "out"], ["fixed", "moving", "moving_labels", "moving_landmarks"])
-    if args.landmarks is not None and args.step == "slice":
-        raise InputError("preprocess slice: landmarks cannot follow a slice extraction")
-    image = load_image(args.image, "image")
-    labels = load_image(args.labels, "labels") if args.labels else None
-    points = load_landmarks(args.landmarks, image) if args.landmarks else None
-    out, out_labels = run_steps(image, labels, [{"step": args.step.replace("-", "_"), **settings}])
-    save_image(out, args.out)
-    if out_labels is not None and args.out_labels is not None:
-        save_image(out_labels, args.out_labels)
-    if points is not None:
-        save_landmarks(map_landmarks(points, image, out), out, args.out_landmarks)
-
-
-def _affine_align(args: argparse.Namespace, settings: dict) -> None:
-    from .align import align_to_fixed, check_align_settings
-    from .io import load_image, load_landmarks, save_image, save_landmarks
-
-    _require(args, args.step, ["fixed", "moving", "out"], ["image", "labels", "landmarks"])
-    settings = check_align_settings(settings)
-    fixed, moving = load_image(args.fixed, "image"), load_image(args.moving, "image")
-    labels = load_image(args.moving_labels, "labels") if args.moving_labels else None
-    points = load_landmarks(args.moving_landmarks, moving) if args.moving_landmarks else None
-    aligned = align_to_fixed(fixed, moving, labels, points, **settings)
-    save_image(aligned.image, args.out)
-    if aligned.labels is not None:
-        save_image(aligned.labels, args.out_labels)
-    if aligned.landmarks is not None:
-        save_landmarks(aligned.landmarks, fixed, args.out_landmarks)
-
-
 def _preprocess(args: argparse.Namespace) -> None:
-    settings = _parse_settings(args.set)
-    if args.step == "affine-align":
-        _affine_align(args, settings)
-        return
+    """One step (the name with ``-`` or ``_``) and its ``--set`` settings on one subject's files;
+    ``affine-align`` registers onto ``--reference`` (its ``reference`` setting defaults to that path)."""
     from .preprocess import STEP_SCHEMAS
 
-    steps = [name.replace("_", "-") for name in STEP_SCHEMAS]
-    if args.step not in steps:
-        raise InputError(f"preprocess: unknown step {args.step!r}; allowed: {', '.join(steps)}")
-    _preprocess_step(args, settings)
+    name = args.step.replace("-", "_")
+    if name not in STEP_SCHEMAS:
+        steps = ", ".join(step.replace("_", "-") for step in STEP_SCHEMAS)
+        raise InputError(f"preprocess: unknown step {args.step!r}; allowed: {steps}")
+    settings = _parse_settings(args.set)
+    if name == "affine_align":
+        if args.reference is None:
+            raise InputError("preprocess affine-align: --reference is required")
+        settings.setdefault("reference", str(args.reference))
+    elif args.reference is not None:
+        raise InputError(f"preprocess {args.step}: --reference is an option of affine-align only")
+    _prepare_and_write(args, [{"step": name, **settings}], args.out)
 
 
 def _demo_subject(args: argparse.Namespace) -> None:
@@ -267,6 +229,21 @@ def _methods(args: argparse.Namespace) -> None:
             print(f"  {param.name} = {default}  [{param.allowed()}]  {param.help}")
 
 
+def _subject_options(p: argparse.ArgumentParser) -> None:
+    """Input files of ``prepare`` and ``preprocess``: one subject's image and optional files."""
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--labels", type=Path, help="its label map (geometric steps carry it along, nearest)")
+    p.add_argument("--mask", type=Path, help="a mask on the image's grid; geometric steps carry it like labels")
+    p.add_argument("--landmarks", type=Path, help="its landmarks (CSV or elastix points), mapped exactly")
+
+
+def _subject_outputs(p: argparse.ArgumentParser) -> None:
+    """Output files of ``prepare`` and ``preprocess`` beside the image."""
+    p.add_argument("--out-labels", type=Path)
+    p.add_argument("--out-mask", type=Path)
+    p.add_argument("--out-landmarks", type=Path, help="landmarks CSV on the output grid (i,j[,k],x,y[,z])")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all commands."""
     parser = argparse.ArgumentParser(prog="python -m registration_core", description=__doc__.splitlines()[0])
@@ -329,32 +306,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, required=True)
 
     p = command("prepare", _prepare, "preprocess one image (and its labels, mask, landmarks) by a list of steps")
-    p.add_argument("--image", type=Path, required=True)
-    p.add_argument("--labels", type=Path)
-    p.add_argument("--mask", type=Path, help="a mask on the image's grid; geometric steps carry it like labels")
-    p.add_argument("--landmarks", type=Path, help="landmarks (CSV or elastix points), mapped exactly")
+    _subject_options(p)
     p.add_argument("--steps", required=True, help="JSON list of {step: name, ...} or a JSON/YAML file")
-    p.add_argument("--reference", type=Path, help="raw image of the reference subject of an affine_align step")
+    p.add_argument("--reference", type=Path, help="image of the reference subject of affine_align steps, raw")
     p.add_argument("--out-image", type=Path, required=True)
-    p.add_argument("--out-labels", type=Path)
-    p.add_argument("--out-mask", type=Path)
-    p.add_argument("--out-landmarks", type=Path, help="landmarks CSV on the prepared grid (i,j[,k],x,y[,z])")
+    _subject_outputs(p)
 
-    p = command("preprocess", _preprocess, "run one preprocessing step on one image (and labels, landmarks)")
+    p = command("preprocess", _preprocess, "run one preprocessing step on one image (and its labels, mask, landmarks)")
     p.add_argument(
         "step",
-        help="a preprocessing step (reorient, clip, normalize, slice, resample, crop-pad, lung-mask) or affine-align",
+        help="a preprocessing step: reorient, clip, normalize, slice, resample, crop-pad, lung-mask, affine-align",
     )
-    p.add_argument("--image", type=Path, help="input image (every step but affine-align)")
-    p.add_argument("--labels", type=Path, help="its label map (geometric steps carry it along)")
-    p.add_argument("--landmarks", type=Path, help="its landmarks (CSV or elastix points), mapped exactly")
-    p.add_argument("--fixed", type=Path, help="affine-align: fixed image (the atlas)")
-    p.add_argument("--moving", type=Path, help="affine-align: moving image")
-    p.add_argument("--moving-labels", type=Path, help="affine-align: moving labels (resampled nearest)")
-    p.add_argument("--moving-landmarks", type=Path, help="affine-align: moving landmarks")
+    _subject_options(p)
+    p.add_argument("--reference", type=Path, help="affine-align: the image to align onto (the atlas / reference)")
     p.add_argument("--out", type=Path, required=True, help="output image (lung-mask: the mask)")
-    p.add_argument("--out-labels", type=Path)
-    p.add_argument("--out-landmarks", type=Path, help="landmarks CSV on the output grid (i,j[,k],x,y[,z])")
+    _subject_outputs(p)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="step setting, value as YAML (repeatable)")
 
     p = command("demo-subject", _demo_subject, "write one subject of the embedded demo dataset")

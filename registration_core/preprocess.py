@@ -10,8 +10,8 @@ image and, for geometric steps, to its label map. Steps live in a registry fille
 lands in :data:`STEP_SCHEMAS` for the workflow's config validation.
 
 :func:`prepare_subject` runs the steps once on a subject's image and carries its labels, mask
-and landmarks along. The ``affine_align`` step registers the subject onto a *reference* image
-(another subject's raw image, passed as the ``reference`` argument; the step's ``reference``
+and landmarks along. The ``affine_align`` step registers the subject onto a *reference* subject
+(another subject of the dataset, taken through the same earlier steps; the step's ``reference``
 setting only names that subject for the workflow) and resamples everything onto its grid, so
 that a later ``slice`` cuts every subject at the same anatomical level.
 """
@@ -487,36 +487,35 @@ class Prepared:
     landmarks: np.ndarray | None = None
 
 
-def align_to_reference(
-    subject: Prepared, reference: Image, register: bool = True, **settings: Any
-) -> Prepared:
+def align_to_reference(subject: Prepared, reference: Image, **settings: Any) -> Prepared:
     """Affinely register ``subject.image`` onto ``reference`` and resample everything on its grid.
 
     The registration (:func:`registration_core.align.affine_align`, ``settings`` as there) works
     in physical space, so any earlier grid change (reorient, resample, crop) is fine. The image
     is resampled linearly, labels and mask by nearest neighbour (0 outside the subject), and the
-    landmarks are mapped exactly through the transform. ``register=False`` (the reference subject
-    itself) skips the registration: identity resampling onto the reference grid.
+    landmarks are mapped exactly through the transform. When ``subject.image`` is the reference
+    itself (same grid and voxels: the reference subject) there is nothing to register and the
+    subject is returned unchanged.
     """
     if subject.image.ndim != reference.ndim:
         raise InputError(
             f"affine_align: {_name(subject.image)} is {subject.image.ndim}D but the reference is {reference.ndim}D"
         )
-    transform = affine_align(reference, subject.image, **settings) if register else sitk.Transform()
+    if reference.same_grid(subject.image) and np.array_equal(reference.data, subject.image.data):
+        return subject
+    transform = affine_align(reference, subject.image, **settings)
     aligned = apply_alignment(transform, reference, subject.image, subject.labels, subject.landmarks)
     mask = None if subject.mask is None else apply_alignment(transform, reference, subject.image, subject.mask).labels
     return Prepared(aligned.image, aligned.labels, mask, aligned.landmarks)
 
 
-def _run_step(
-    subject: Prepared, name: str, settings: dict[str, Any], reference: Image | None, is_reference: bool
-) -> Prepared:
-    """One step on image, labels, mask (a second label map) and landmarks (mapped exactly, not across a slice)."""
+def _run_step(subject: Prepared, name: str, settings: dict[str, Any], reference: Image | None) -> Prepared:
+    """One step on image, labels, mask (a second label map) and landmarks (mapped exactly, not
+    across a slice); ``reference``: the reference subject's image at this stage (affine_align)."""
     if name == "affine_align":
         if reference is None:
-            raise InputError("affine_align: needs the reference subject's image (prepare --reference)")
-        align_settings = {key: value for key, value in settings.items() if key != "reference"}
-        return align_to_reference(subject, reference, register=not is_reference, **align_settings)
+            raise InputError("affine_align: needs the reference subject's image (--reference)")
+        return align_to_reference(subject, reference, **{k: v for k, v in settings.items() if k != "reference"})
     function = _STEP_FUNCTIONS[name]
     image, labels = function(subject.image, subject.labels, **settings)
     mask = None if subject.mask is None else function(subject.image, subject.mask, **settings)[1]
@@ -542,22 +541,24 @@ def prepare_subject(
 
     Geometric steps (reorient, slice, resample, crop_pad, affine_align) move labels and mask
     (nearest) and map the landmarks (voxels (N, ndim) of the image's grid) exactly; intensity
-    steps (clip, normalize) and lung_mask leave them unchanged. ``reference`` is the image an
-    ``affine_align`` step registers onto (the reference subject's raw image); when it is the
-    subject's own image (same grid and voxels) that step is the identity resampling onto it.
-    ``labels`` and ``mask`` must lie on the image's grid. Any bad step, setting or value raises
-    InputError naming ``steps[i]``.
+    steps (clip, normalize) and lung_mask leave them unchanged. ``reference`` is the image of the
+    subject an ``affine_align`` step registers onto, as it is before ``steps``: the steps before
+    each ``affine_align`` are run on it too, so that subject and reference meet at the same stage
+    (and the reference subject itself is left in place). ``labels`` and ``mask`` must lie on the
+    image's grid. Any bad step, setting or value raises InputError naming ``steps[i]``.
     """
     validate_steps(steps)
     for name, other in (("labels", labels), ("mask", mask)):
         if other is not None and not image.same_grid(other, atol=1e-3):
             raise InputError(f"{other.path or name}: not on the grid of {_name(image)} (shape or affine differ)")
-    is_reference = reference is not None and reference.same_grid(image) and np.array_equal(reference.data, image.data)
     subject = Prepared(image, labels, mask, None if landmarks is None else np.asarray(landmarks, dtype=np.float64))
     for position, step in enumerate(steps):
         settings = {key: value for key, value in step.items() if key != "step"}
+        staged_reference = reference
+        if step["step"] == "affine_align" and reference is not None and position > 0:
+            staged_reference = prepare_subject(reference, steps[:position], reference=reference).image
         try:
-            subject = _run_step(subject, step["step"], settings, reference, is_reference)
+            subject = _run_step(subject, step["step"], settings, staged_reference)
         except InputError as exc:
             raise InputError(f"preprocessing steps[{position}]: {exc}") from exc
     return subject

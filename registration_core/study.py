@@ -66,6 +66,10 @@ PATHS: dict[str, str] = {
     "prep_labels": "results/{study}/prep/{subject}/labels.nii.gz",
     "prep_landmarks": "results/{study}/prep/{subject}/landmarks.csv",
     "prep_mask": "results/{study}/prep/{subject}/mask.nii.gz",
+    "stage_image": "results/{study}/prep/{subject}/stages/{stage}/image.nii.gz",
+    "stage_labels": "results/{study}/prep/{subject}/stages/{stage}/labels.nii.gz",
+    "stage_landmarks": "results/{study}/prep/{subject}/stages/{stage}/landmarks.csv",
+    "stage_mask": "results/{study}/prep/{subject}/stages/{stage}/mask.nii.gz",
     "qc": "results/{study}/qc/{subject}.png",
     "truth_dir": "results/{study}/truth/{moving}",
     "aligned_image": "results/{study}/aligned/{atlas}__{moving}/image.nii.gz",
@@ -767,14 +771,34 @@ class Study:
             return files
         return {kind: self.path(f"prep_{kind}", subject=subject) for kind in ("image", *self.subject_kinds(subject))}
 
-    def prepare_inputs(self, subject: str) -> dict[str, str]:
-        """Files a subject's ``prepare`` job reads: its raw ``image`` and optional files, and the raw
-        image of its dataset's ``affine_align`` reference subject as ``reference`` (when it has one)."""
+    def stage_files(self, subject: str, position: int) -> dict[str, str]:
+        """``image`` and optional files of a subject after its preprocessing step ``position``
+        (1-based): the raw files for 0, the prepared files after the last step, else the files of
+        stage ``<position>-<step>`` (results/<study>/prep/<subject>/stages/, temporary)."""
         dataset = self._owner[subject]
-        files = dict(dataset.files[subject])
-        if dataset.reference is not None:
-            files["reference"] = dataset.files[dataset.reference]["image"]
+        if position == 0:
+            return dict(dataset.files[subject])
+        if position == len(dataset.preprocess):
+            return self.prepared_files(subject)
+        stage = f"{position}-{dataset.preprocess[position - 1]['step']}"
+        return {kind: self.path(f"stage_{kind}", subject=subject, stage=stage) for kind in ("image", *self.subject_kinds(subject))}
+
+    def step_inputs(self, subject: str, position: int) -> dict[str, str]:
+        """Files the job of a subject's preprocessing step ``position`` (1-based) reads: the files of
+        the stage before and, for an ``affine_align`` step, ``reference``: the image of the dataset's
+        reference subject at that same stage."""
+        dataset = self._owner[subject]
+        files = self.stage_files(subject, position - 1)
+        if dataset.preprocess[position - 1]["step"] == "affine_align":
+            assert dataset.reference is not None
+            files["reference"] = self.stage_files(dataset.reference, position - 1)["image"]
         return files
+
+    def staged_subjects(self) -> list[str]:
+        """Subjects with preprocessing jobs: the prepared ones and the ``affine_align`` references of their datasets."""
+        prepared = self.prepared_subjects()
+        references = {self._owner[s].reference for s in prepared} - {None}
+        return [s for s in self._owner if s in prepared or s in references]
 
     def pair_kinds(self, atlas: str, moving: str) -> tuple[str, ...]:
         """``labels`` / ``landmarks`` when both subjects of the pair have them (truth pairs always have landmarks)."""
@@ -907,6 +931,12 @@ class Study:
             raise InputError(f"config key metrics.labels: label file {path} not found (or use 'all' or a list)")
         return ["--labels-file", str(path)]
 
+    def _step_jobs(self, subject: str, prepared: bool) -> int:
+        """Preprocessing step jobs of a subject: all its steps when it is prepared, else (a reference
+        subject only) the steps before its dataset's last ``affine_align`` step."""
+        steps = [step["step"] for step in self._owner[subject].preprocess]
+        return len(steps) if prepared else len(steps) - 1 - steps[::-1].index("affine_align")
+
     def jobs_by_rule(self) -> dict[str, int]:
         """Number of jobs of each per-item rule family (for the parse-time summary)."""
         prepared = self.prepared_subjects()
@@ -916,7 +946,8 @@ class Study:
             "import_raw": sum(s in d.raw_imports for s, d in zip(prepared, owners)),
             "import_landmarks": sum(s in d.landmark_imports for s, d in zip(prepared, owners)),
             "lung_mask": sum(d.mask is not None for d in owners),
-            "prepare": len(prepared),
+            "prepare": sum(not d.preprocess for d in owners),
+            "preprocess": sum(self._step_jobs(s, s in prepared) for s in self.staged_subjects()),
             "qc": len(prepared),
             "synth_pair": len(self.truth.movers) if self.truth else 0,
             "align": len(self.aligned_pairs()),
@@ -924,7 +955,7 @@ class Study:
             "register": len(self.jobs),
             "evaluate": len(self.jobs),
         }
-        return {rule: count for rule, count in counts.items() if count or rule in ("prepare", "register", "evaluate")}
+        return {rule: count for rule, count in counts.items() if count or rule in ("register", "evaluate")}
 
     def describe(self) -> str:
         """One line: subjects, pairs, grid points per method and jobs per rule."""

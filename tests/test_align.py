@@ -120,8 +120,8 @@ def test_cli_affine_align(tmp_path: Path) -> None:
     save_landmarks(map_points_to_fixed(np.array([[22.0, 28.0]]), truth, fixed, fixed), fixed, tmp_path / "points.csv")
     result = subprocess.run(
         [sys.executable, "-m", "registration_core", "preprocess", "affine-align",
-         "--fixed", tmp_path / "fixed.nii.gz", "--moving", tmp_path / "moving.nii.gz",
-         "--moving-labels", tmp_path / "moving_labels.nii.gz", "--moving-landmarks", tmp_path / "points.csv",
+         "--reference", tmp_path / "fixed.nii.gz", "--image", tmp_path / "moving.nii.gz",
+         "--labels", tmp_path / "moving_labels.nii.gz", "--landmarks", tmp_path / "points.csv",
          "--out", tmp_path / "out.nii.gz", "--out-labels", tmp_path / "out_labels.nii.gz",
          "--out-landmarks", tmp_path / "out.csv", "--set", "transform=rigid"],
         capture_output=True, text=True, timeout=120,

@@ -411,10 +411,11 @@ def test_cli_preprocess_step_with_labels_and_landmarks(tmp_path: Path) -> None:
         (["nope", "--image", "IMAGE", "--out", "OUT"], "unknown step 'nope'; allowed: reorient,"),
         (["crop-pad", "--image", "IMAGE", "--out", "OUT", "--set", "shape=[4, x]"], "setting 'shape'"),
         (["resample", "--image", "IMAGE", "--out", "OUT", "--set", "spacing"], "not of the form key=value"),
-        (["clip", "--out", "OUT", "--set", "low=0"], "--image is required"),
-        (["clip", "--image", "IMAGE", "--labels", "IMAGE", "--out", "OUT"], "--labels needs --out-labels"),
-        (["affine-align", "--fixed", "IMAGE", "--out", "OUT"], "--moving is required"),
-        (["affine-align", "--fixed", "IMAGE", "--moving", "IMAGE", "--out", "OUT", "--set", "bins=2"], "'bins'"),
+        (["clip", "--image", "IMAGE", "--labels", "IMAGE", "--out", "OUT"], "--labels and --out-labels"),
+        (["clip", "--image", "IMAGE", "--mask", "IMAGE", "--out", "OUT"], "--mask and --out-mask"),
+        (["clip", "--image", "IMAGE", "--reference", "IMAGE", "--out", "OUT"], "option of affine-align only"),
+        (["affine-align", "--image", "IMAGE", "--out", "OUT"], "--reference is required"),
+        (["affine-align", "--image", "IMAGE", "--reference", "IMAGE", "--out", "OUT", "--set", "bins=2"], "'bins'"),
     ],
 )
 def test_cli_preprocess_errors(tmp_path: Path, args: list[str], message: str) -> None:

@@ -75,7 +75,7 @@ def test_moving_subject_lands_on_the_reference_grid() -> None:
     assert np.abs(prepared.landmarks - expected).max() < 0.5
 
 
-def test_reference_subject_is_resampled_onto_its_own_grid_unchanged() -> None:
+def test_reference_subject_is_left_unchanged() -> None:
     reference, _, _, _ = reference_and_moving()
     labels = reference.with_data(phantom()[1])
     points = np.array([[3.25, 7.0, 9.5]])
@@ -146,3 +146,41 @@ def test_slices_of_aligned_brains_overlap(shared_data: Path) -> None:
     after = subcortical_dice(atlas.labels.data, aligned.labels.data)
     before = subcortical_dice(atlas.labels.data, sliced.labels.data)  # same shape: both RAS 160x256 slices at 2 mm
     assert after > 0.4 and after > before + 0.2
+
+
+def test_a_later_align_step_meets_the_reference_at_the_same_stage_step_by_step_as_in_one_run(tmp_path: Path) -> None:
+    """Steps before ``affine_align`` run on the reference too: the subject lands on the grid of the
+    *resampled* reference. One ``preprocess`` command per step (as the workflow runs them, the
+    reference's stage file as --reference) gives what one ``prepare`` run of the whole list gives."""
+    reference, moving, moving_labels, _ = reference_and_moving()
+    steps = [{"step": "resample", "spacing": 3.0}, STEP, {"step": "normalize"}]
+    staged_reference = prepare_subject(reference, steps[:1]).image
+    in_one_run = prepare_subject(moving, steps, labels=moving_labels, reference=reference)
+    assert in_one_run.image.same_grid(staged_reference) and not in_one_run.image.same_grid(reference)
+    reference_labels = prepare_subject(reference.with_data(phantom()[1]), steps[:1]).image
+    assert np.mean(in_one_run.labels.data != reference_labels.data) < 0.03
+    itself = prepare_subject(reference, steps, reference=reference)
+    np.testing.assert_array_equal(itself.image.data, prepare_subject(staged_reference, steps[2:]).image.data)
+
+    def run(*args: object) -> None:
+        result = subprocess.run([sys.executable, "-m", "registration_core", *map(str, args)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+
+    for name, image in (("ref", reference), ("mov", moving), ("mov_labels", moving_labels)):
+        save_image(image, tmp_path / f"{name}.nii.gz")
+    run("preprocess", "resample", "--image", tmp_path / "ref.nii.gz", "--out", tmp_path / "1-ref.nii.gz", "--set", "spacing=3")
+    run(
+        "preprocess", "resample", "--image", tmp_path / "mov.nii.gz", "--out", tmp_path / "1-mov.nii.gz",
+        "--labels", tmp_path / "mov_labels.nii.gz", "--out-labels", tmp_path / "1-mov_labels.nii.gz", "--set", "spacing=3",
+    )
+    run(
+        "preprocess", "affine-align", "--reference", tmp_path / "1-ref.nii.gz",
+        "--image", tmp_path / "1-mov.nii.gz", "--out", tmp_path / "2-mov.nii.gz",
+        "--labels", tmp_path / "1-mov_labels.nii.gz", "--out-labels", tmp_path / "2-mov_labels.nii.gz",
+        *[arg for key in ("transform", "shrink_factors", "sampling") for arg in ("--set", f"{key}={STEP[key]}")],
+    )
+    run("preprocess", "normalize", "--image", tmp_path / "2-mov.nii.gz", "--out", tmp_path / "3-mov.nii.gz")
+    step_by_step = load_image(tmp_path / "3-mov.nii.gz")
+    assert step_by_step.same_grid(in_one_run.image)
+    np.testing.assert_allclose(step_by_step.data, in_one_run.image.data, atol=1e-4)
+    np.testing.assert_array_equal(load_image(tmp_path / "2-mov_labels.nii.gz", "labels").data, in_one_run.labels.data)

@@ -424,7 +424,7 @@ def test_truth_pairs_deform_a_prepared_subject(tmp_path: Path) -> None:
     }
     assert set(study.truth_files()) == {"fixed", "moving", "mask", "truth_displacement", "fixed_landmarks", "moving_landmarks"}
     assert study.jobs_by_rule() == {
-        "lung_mask": 1, "prepare": 1, "qc": 1, "synth_pair": 2, "register": 8, "evaluate": 8,
+        "lung_mask": 1, "preprocess": 1, "qc": 1, "synth_pair": 2, "register": 8, "evaluate": 8,
     }
 
 
@@ -557,20 +557,35 @@ def test_training_images_can_be_aligned_to_a_subject() -> None:
     assert error_of(learned_config(align_to="demo-09")).startswith("config key methods.voxelmorph.train.align_to: subject 'demo-09'")
 
 
-def test_reference_alignment_step_reads_the_reference_raw_image(tmp_path: Path) -> None:
+def test_preprocessing_steps_chain_stage_files_and_share_the_reference_stage(tmp_path: Path) -> None:
     root = folder_dataset(tmp_path / "data", ["s01", "s02", "s03"])
     cfg = folder_config(root)
-    steps = [{"step": "affine_align", "reference": "s02", "transform": "rigid"}, {"step": "slice", "axis": 2}]
+    cfg["pairs"] = {"atlases": ["s01"], "moving": ["s03"]}
+    steps = [
+        {"step": "reorient"}, {"step": "affine_align", "reference": "s02", "transform": "rigid"}, {"step": "slice", "axis": 2},
+    ]
     cfg["datasets"]["brains"]["preprocess"] = steps
     study = Study(cfg)
     assert study.owner("s01").reference == "s02"
-    for subject in ("s01", "s02", "s03"):
-        assert study.prepare_inputs(subject) == {
-            "image": f"{root}/{subject}/t1.nii.gz", "labels": f"{root}/{subject}/labels.nii.gz",
-            "reference": f"{root}/s02/t1.nii.gz",
-        }
-    cfg["datasets"]["brains"]["preprocess"] = [{"step": "normalize"}]
-    assert "reference" not in Study(cfg).prepare_inputs("s01")
+    stage = "results/unit/prep/{}/stages/{}/{}"
+    raw = {"image": f"{root}/s01/t1.nii.gz", "labels": f"{root}/s01/labels.nii.gz"}
+    assert study.step_inputs("s01", 1) == raw == study.stage_files("s01", 0)
+    assert study.step_inputs("s01", 2) == {
+        "image": stage.format("s01", "1-reorient", "image.nii.gz"), "labels": stage.format("s01", "1-reorient", "labels.nii.gz"),
+        "reference": stage.format("s02", "1-reorient", "image.nii.gz"),
+    }
+    assert study.step_inputs("s01", 3) == {
+        "image": stage.format("s01", "2-affine_align", "image.nii.gz"),
+        "labels": stage.format("s01", "2-affine_align", "labels.nii.gz"),
+    }
+    assert study.stage_files("s01", 3) == study.prepared_files("s01")
+    # s02 is only the reference: its steps before the affine_align step run, nothing after
+    assert study.staged_subjects() == ["s01", "s02", "s03"] and study.prepared_subjects() == ["s01", "s03"]
+    assert study.jobs_by_rule()["preprocess"] == 3 + 3 + 1 and "prepare" not in study.jobs_by_rule()
+    cfg["datasets"]["brains"]["preprocess"] = []
+    study = Study(cfg)
+    assert study.staged_subjects() == ["s01", "s03"] and study.jobs_by_rule()["prepare"] == 2
+    assert "preprocess" not in study.jobs_by_rule()
 
 
 @pytest.mark.parametrize(

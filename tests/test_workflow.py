@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from registration_core.io import Image, save_image, save_landmarks
+from registration_core.io import Image, load_image, save_image, save_landmarks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO_ROOT / "Snakefile"
@@ -50,6 +50,12 @@ def job_counts(output: str) -> dict[str, int]:
     """The "Job stats" table of a Snakemake run or dry run: rule -> number of jobs."""
     table = output[output.index("Job stats:"):]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def prepared_jobs(counts: dict[str, int]) -> int:
+    """Jobs that write prepared subjects: the last preprocessing step (rules ``<step>_final...``)
+    or ``prepare`` (subjects without steps)."""
+    return sum(n for rule, n in counts.items() if rule.startswith("prepare") or "_final" in rule)
 
 
 def demo_study(name: str, n_subjects: int, grid: dict, iterations: int) -> dict:
@@ -97,7 +103,14 @@ def test_tiny_demo_study_end_to_end(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout[-4000:]
     counts = job_counts(result.stdout)
     assert counts["register"] == 2 * 2 and counts["evaluate"] == 4 and counts["demo_subject"] == 3
+    assert counts["slice"] == counts["normalize_final"] == 3 and "prepare" not in counts
     results = tmp_path / "results" / "tiny"
+    # one job (and log) per step; the intermediate stage is temporary, the prepared files stay
+    assert (tmp_path / "logs" / "tiny" / "preprocess" / "demo-01" / "1-slice.log").is_file()
+    assert (tmp_path / "logs" / "tiny" / "preprocess" / "demo-01" / "final-normalize.log").is_file()
+    assert not list(results.glob("prep/*/stages/*/*.nii.gz"))
+    prepared = load_image(results / "prep" / "demo-01" / "image.nii.gz")
+    assert prepared.ndim == 2 and prepared.data.min() == 0.0 and prepared.data.max() == 1.0
     assert len(list(results.glob("reg/nodeo/*/demo-00__*/displacement.nii.gz"))) == 4
 
     metrics = pd.read_csv(results / "metrics.csv")
@@ -129,7 +142,9 @@ def test_tiny_demo_study_end_to_end(tmp_path: Path) -> None:
     changed = copy.deepcopy(config)
     changed["datasets"]["demo"]["preprocess"][1]["mode"] = "zscore"
     rerun = run_snakemake(tmp_path, changed, "--dry-run")
-    assert rerun.returncode == 0 and job_counts(rerun.stdout)["prepare"] == 3, rerun.stdout[-3000:]
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    # the changed last step reruns, and with it the (temporary, deleted) stage it reads
+    assert job_counts(rerun.stdout)["normalize_final"] == job_counts(rerun.stdout)["slice"] == 3
 
     report = run_snakemake(tmp_path, config, "--report", str(tmp_path / "snakemake-report.zip"))
     assert report.returncode == 0, report.stdout[-4000:]
@@ -224,7 +239,7 @@ def test_labels_free_dataset_with_landmarks_and_alignment(tmp_path: Path) -> Non
     result = run_snakemake(tmp_path, config)
     assert result.returncode == 0, result.stdout[-4000:]
     counts = job_counts(result.stdout)
-    assert counts["prepare"] == 3 and counts["qc"] == 3 and counts["align"] == 2 and counts["register"] == 2
+    assert counts["normalize_final"] == 3 and counts["qc"] == 3 and counts["align"] == 2 and counts["register"] == 2
     results = tmp_path / "results" / "points"
     assert (results / "aligned" / "a__b" / "landmarks.csv").is_file()
     assert not list(results.glob("reg/demons/default/*/warped_labels.nii.gz"))
@@ -253,7 +268,7 @@ def test_learned_method_is_trained_then_registers(tmp_path: Path) -> None:
     result = run_snakemake(tmp_path, config)
     assert result.returncode == 0, result.stdout[-4000:]
     counts = job_counts(result.stdout)
-    assert counts["train"] == 1 and counts["register"] == 2 and counts["prepare"] == 4
+    assert counts["train"] == 1 and counts["register"] == 2 and prepared_jobs(counts) == 4
     model = tmp_path / "results" / "learned" / "train" / "voxelmorph" / "default" / "model.pt"
     assert model.stat().st_size > 0
     log = json.loads((model.parent / "log.json").read_text())
@@ -276,7 +291,7 @@ def test_example_study_dry_run(tmp_path: Path, shared_data: Path, name: str) -> 
     result = run_snakemake(tmp_path, config, "--dry-run", "--quiet", "rules")
     assert result.returncode == 0, result.stdout[-4000:]
     counts = job_counts(result.stdout)
-    assert counts["register"] == counts["evaluate"] > 0 and counts["qc"] == counts["prepare"]
+    assert counts["register"] == counts["evaluate"] > 0 and counts["qc"] == prepared_jobs(counts)
 
 
 @pytest.mark.slow
@@ -292,7 +307,7 @@ def test_known_truth_pairs_are_made_and_scored(tmp_path: Path) -> None:
     result = run_snakemake(tmp_path, config)
     assert result.returncode == 0, result.stdout[-4000:]
     counts = job_counts(result.stdout)
-    assert counts["synth_pair"] == 2 and counts["prepare"] == 1 and counts["register"] == 2
+    assert counts["synth_pair"] == 2 and prepared_jobs(counts) == 1 and counts["register"] == 2
     results = tmp_path / "results" / "truth"
     assert (results / "truth" / "demo-00-m1" / "truth_displacement.nii.gz").is_file()
     metrics = pd.read_csv(results / "metrics.csv")

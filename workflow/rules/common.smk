@@ -83,10 +83,9 @@ def param_args(params):
 
 
 def raw_inputs(wildcards):
-    """Files a subject's ``prepare`` job reads: image and, when the subject has them, labels,
-    landmarks and mask (dataset files, or files an earlier rule makes under results/<study>/data),
-    and ``reference``, the raw image of the subject an ``affine_align`` step registers onto."""
-    return STUDY.prepare_inputs(wildcards.subject)
+    """A subject's dataset files: image and, when it has them, labels, landmarks and mask (files of
+    the dataset, or files an earlier rule makes under results/<study>/data)."""
+    return STUDY.stage_files(wildcards.subject, 0)
 
 
 def prep_files(subject):
@@ -187,21 +186,85 @@ def truth_inputs(wildcards):
 
 
 TRUTH_OPTIONS = {"image": "--image", "labels": "--labels", "mask": "--mask"}
-PREPARE_OPTIONS = {
+SUBJECT_OPTIONS = {
     "image": "--image", "labels": "--labels", "landmarks": "--landmarks", "mask": "--mask", "reference": "--reference",
 }
-PREPARE_OUTPUTS = {
-    "image": "--out-image", "labels": "--out-labels", "landmarks": "--out-landmarks", "mask": "--out-mask",
-}
+SUBJECT_OUTPUTS = {"labels": "--out-labels", "landmarks": "--out-landmarks", "mask": "--out-mask"}
 
 
 def prepare_args(wildcards, input, output):
-    """Inputs, outputs and steps of a subject's ``prepare`` job."""
-    steps = json.dumps(list(STUDY.owner(wildcards.subject).preprocess))
-    return quoted(option_args(input, PREPARE_OPTIONS) + option_args(output, PREPARE_OUTPUTS) + ["--steps", steps])
+    """Inputs and outputs of the ``prepare`` job of a subject without preprocessing steps."""
+    return quoted(
+        option_args(input, SUBJECT_OPTIONS) + ["--out-image", output.image] + option_args(output, SUBJECT_OUTPUTS)
+        + ["--steps", "[]"]
+    )
 
 
-PREPARE_VARIANTS = STUDY.variants([STUDY.subject_kinds(s) for s in PREPARED])
+PREPARE_VARIANTS = STUDY.variants([STUDY.subject_kinds(s) for s in PREPARED if not STUDY.owner(s).preprocess])
+STAGED = STUDY.staged_subjects()
+
+
+def step_position(wildcards):
+    """1-based position of the step a preprocessing job runs: the ``position`` wildcard of a
+    stage, or the last step for the job that writes the prepared files."""
+    position = getattr(wildcards, "position", None)
+    return len(STUDY.owner(wildcards.subject).preprocess) if position is None else int(position)
+
+
+def step_settings(wildcards):
+    """Settings of the step a preprocessing job runs (without ``step``, and without ``reference``,
+    which the job gets as the --reference file)."""
+    step = STUDY.owner(wildcards.subject).preprocess[step_position(wildcards) - 1]
+    return {key: value for key, value in step.items() if key not in ("step", "reference")}
+
+
+def step_inputs(wildcards):
+    """The subject's files before the step (raw files, or the previous stage's) and, for
+    ``affine_align``, the reference subject's image at the same stage."""
+    return STUDY.step_inputs(wildcards.subject, step_position(wildcards))
+
+
+def step_args(wildcards, input, output):
+    """Inputs, outputs and ``--set`` settings of a preprocessing step job."""
+    return quoted(
+        option_args(input, SUBJECT_OPTIONS) + ["--out", output.image] + option_args(output, SUBJECT_OUTPUTS)
+        + set_args(step_settings(wildcards))
+    )
+
+
+def step_rules():
+    """The preprocessing step rules the study needs: {(step, kinds, last): subjects}, where
+    ``kinds`` are the subjects' optional files and ``last`` says the rule writes the prepared
+    files (else temporary stage files)."""
+    rules = {}
+    for subject in STAGED:
+        steps = STUDY.owner(subject).preprocess
+        for position, step in enumerate(steps, 1):
+            key = (step["step"], STUDY.subject_kinds(subject), position == len(steps))
+            rules.setdefault(key, []).append(subject)
+    return rules
+
+
+def step_rule_name(step, kinds, last, rules):
+    """``<step>`` (a stage) or ``<step>_final`` (writes the prepared files), with a ``_with_<kinds>``
+    suffix when the study has subjects with different optional files."""
+    base = f"{step}_final" if last else step
+    variants = STUDY.variants([k for (name, k, final) in rules if (name, final) == (step, last)])
+    return variant_name(base, kinds, variants)
+
+
+def step_outputs(step, kinds, last):
+    """Output files of a step rule: the prepared files, or the temporary files of stage ``<position>-<step>``."""
+    if last:
+        return {kind: STUDY.path(f"prep_{kind}") for kind in ("image", *kinds)}
+    return {
+        kind: temp(STUDY.path(f"stage_{kind}", stage=f"{{position}}-{step}")) for kind in ("image", *kinds)
+    }
+
+
+PREP_GROUP = None if any(STUDY.owner(s).reference for s in STAGED) else "prep"
+"""SLURM batch of the per-subject data, preprocessing and QC jobs. None (one SLURM job each) when a
+dataset has an affine_align step: its jobs join every subject to the reference subject."""
 
 
 def qc_inputs(wildcards):
@@ -223,24 +286,22 @@ ALIGN_VARIANTS = STUDY.variants([STUDY.pair_kinds(*pair) for pair in ALIGNED_PAI
 
 
 def align_inputs(wildcards):
-    """The atlas image and the prepared moving image, with the moving labels / landmarks the pair uses."""
+    """The atlas image (``reference``) and the prepared moving image, with the moving labels /
+    landmarks the pair uses."""
     kinds = STUDY.pair_kinds(wildcards.atlas, wildcards.moving)
     moving = prep_files(wildcards.moving)
-    files = {"fixed": prep_files(wildcards.atlas)["image"], "moving": moving["image"]}
-    files.update({f"moving_{kind}": moving[kind] for kind in kinds})
+    files = {"reference": prep_files(wildcards.atlas)["image"], "image": moving["image"]}
+    files.update({kind: moving[kind] for kind in kinds})
     return files
-
-
-ALIGN_OPTIONS = {
-    "fixed": "--fixed", "moving": "--moving", "moving_labels": "--moving-labels", "moving_landmarks": "--moving-landmarks",
-}
-ALIGN_OUTPUTS = {"image": "--out", "labels": "--out-labels", "landmarks": "--out-landmarks"}
 
 
 def align_args(wildcards, input, output):
     """Inputs, outputs and settings of an ``affine-align`` job."""
     settings = STUDY.owner(wildcards.moving).align
-    return quoted(option_args(input, ALIGN_OPTIONS) + option_args(output, ALIGN_OUTPUTS) + set_args(settings))
+    return quoted(
+        option_args(input, SUBJECT_OPTIONS) + ["--out", output.image] + option_args(output, SUBJECT_OUTPUTS)
+        + set_args(settings)
+    )
 
 
 PAIR_LABELS = [tuple(k for k in STUDY.pair_kinds(*pair) if k == "labels") for pair in STUDY.pairs]

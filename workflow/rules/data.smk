@@ -18,6 +18,8 @@ rule demo_subject:
         subject=prepared_where(lambda subject, dataset: dataset.adapter == "demo"),
     log:
         f"{LOGS}/demo_subject/{{subject}}.log",
+    group:
+        PREP_GROUP
     threads: threads_of("prepare")
     resources:
         **resources_of("prepare"),
@@ -40,6 +42,8 @@ rule import_raw:
         subject=prepared_where(lambda subject, dataset: subject in dataset.raw_imports),
     log:
         f"{LOGS}/import_raw/{{subject}}.log",
+    group:
+        PREP_GROUP
     threads: threads_of("prepare")
     resources:
         **resources_of("prepare"),
@@ -61,6 +65,8 @@ rule import_landmarks:
         subject=prepared_where(lambda subject, dataset: subject in dataset.landmark_imports),
     log:
         f"{LOGS}/import_landmarks/{{subject}}.log",
+    group:
+        PREP_GROUP
     threads: threads_of("prepare")
     resources:
         **resources_of("prepare"),
@@ -82,6 +88,8 @@ rule lung_mask:
         subject=prepared_where(lambda subject, dataset: dataset.mask is not None),
     log:
         f"{LOGS}/lung_mask/{{subject}}.log",
+    group:
+        PREP_GROUP
     threads: threads_of("prepare")
     resources:
         **resources_of("prepare"),
