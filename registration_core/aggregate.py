@@ -26,7 +26,6 @@ logged ``iterations``) gets the prefix ``metric_``, ``log_`` or ``loss_``; the f
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from registration_core.errors import InputError
-from registration_core.io import atomic_path
+from registration_core.io import atomic_path, read_json_object
 
 JOB_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving", "reg_dir", "metrics", "log")
 ID_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving")
@@ -114,23 +113,6 @@ def read_jobs(jobs_tsv: Path) -> tuple[pd.DataFrame, list[str]]:
 def job_name(job: pd.Series) -> str:
     """Human-readable job id ``method/grid_id/atlas__moving`` for messages and captions."""
     return f"{job['method']}/{job['grid_id']}/{job['atlas']}__{job['moving']}"
-
-
-def read_json_object(path: Path, what: str) -> dict[str, Any]:
-    """Load a JSON file whose top level must be an object; InputError naming the file otherwise.
-
-    ``what`` names the file in messages, e.g. ``"metrics file of job nodeo/default/a__b"``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: {what} not found")
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: {what} is not valid JSON ({exc})") from exc
-    if not isinstance(content, dict):
-        raise InputError(f"{path}: {what} must hold a JSON object, found {type(content).__name__}")
-    return content
 
 
 def _is_number(value: Any) -> bool:

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -79,7 +78,7 @@ from scipy import ndimage
 
 from registration_core import spatial, synth
 from registration_core.errors import InputError
-from registration_core.io import Image, save_image, save_landmarks
+from registration_core.io import Image, read_json_object, save_image, save_landmarks
 
 DEMO_LABELS: dict[int, str] = {
     1: "left CSF",
@@ -726,13 +725,7 @@ def _learn2reg_json(spec: _Spec, root: Path) -> tuple[Path, dict[str, Any]]:
         raise spec.error("json", f"{name!r}: file not found in {root}")
     else:
         path = root / name
-    try:
-        content = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a JSON file ({exc})") from None
-    if not isinstance(content, dict):
-        raise InputError(f"{path}: expected a JSON object with 'training' and pair lists")
-    return path, content
+    return path, read_json_object(path, "Learn2Reg dataset JSON")
 
 
 def _learn2reg_entries(path: Path, content: dict[str, Any], key: str) -> list[dict[str, str]]:

@@ -297,6 +297,23 @@ def write_json(obj: Any, path: str | os.PathLike[str]) -> None:
         tmp.write_text(text + "\n")
 
 
+def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
+    """Load a JSON file whose top level must be an object; InputError naming the file otherwise.
+
+    ``what`` names the file in messages, e.g. ``"metrics file of job nodeo/default/a__b"``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: {what} not found")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: {what} is not valid JSON ({exc})") from exc
+    if not isinstance(content, dict):
+        raise InputError(f"{path}: {what} must hold a JSON object, found {type(content).__name__}")
+    return content
+
+
 def write_sitk_checked(itk_image: sitk.Image, path: Path) -> None:
     """Write with SimpleITK, then read the file back and compare the voxels.
 

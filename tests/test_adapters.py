@@ -312,7 +312,7 @@ def test_learn2reg_errors(tmp_path: Path) -> None:
     (root / "OASIS_dataset.json").write_text("{not json")
     with pytest.raises(InputError, match=r"datasets.d.json: name the dataset JSON .*NLST_dataset.json, OASIS"):
         manifest("learn2reg", root)
-    with pytest.raises(InputError, match=r"OASIS_dataset.json: not a JSON file"):
+    with pytest.raises(InputError, match=r"OASIS_dataset.json: Learn2Reg dataset JSON is not valid JSON"):
         manifest("learn2reg", root, json="OASIS_dataset.json")
     (root / "bad.csv").write_text("1,2\n")
     with pytest.raises(InputError, match=r"bad.csv: line 1 has 2 values; learn2reg-csv expects 3"):

@@ -101,7 +101,7 @@ def test_prepare_command_aligns_onto_the_reference(tmp_path: Path) -> None:
     for name, image in (("ref", reference), ("mov", moving), ("mov_labels", moving_labels)):
         save_image(image, tmp_path / f"{name}.nii.gz")
     save_landmarks(np.array([[8.0, 9.0, 10.0]]), moving, tmp_path / "points.csv")
-    steps = f'[{{"step": "affine_align", "reference": "ref", "transform": "rigid", "shrink_factors": [2, 1]}}]'
+    steps = '[{"step": "affine_align", "reference": "ref", "transform": "rigid", "shrink_factors": [2, 1]}]'
     args = [
         "--image", tmp_path / "mov.nii.gz", "--labels", tmp_path / "mov_labels.nii.gz", "--landmarks", tmp_path / "points.csv",
         "--reference", tmp_path / "ref.nii.gz", "--steps", steps, "--out-image", tmp_path / "out.nii.gz",

@@ -34,9 +34,9 @@ import yaml
 from matplotlib.figure import Figure
 
 import registration_core
-from registration_core.aggregate import ID_COLUMNS, JOB_COLUMNS, read_jobs, read_json_object
+from registration_core.aggregate import ID_COLUMNS, JOB_COLUMNS, read_jobs
 from registration_core.errors import InputError
-from registration_core.io import atomic_path
+from registration_core.io import atomic_path, read_json_object
 from registration_core.report import markup
 from registration_core.report.examples import example_figure, load_example
 from registration_core.report.plots import (

@@ -20,9 +20,8 @@ from matplotlib.axes import Axes
 from matplotlib.colors import CenteredNorm
 from matplotlib.figure import Figure
 
-from registration_core.aggregate import read_json_object
 from registration_core.errors import InputError
-from registration_core.io import Image, load_displacement, load_image
+from registration_core.io import Image, load_displacement, load_image, read_json_object
 from registration_core.spatial import jacobian_determinant
 
 GRID_LINES = 24  # about this many deformation-grid lines per axis

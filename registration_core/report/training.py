@@ -17,7 +17,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from registration_core.aggregate import read_json_object
+from registration_core.io import read_json_object
 from registration_core.report.plots import PALETTE, group_label, spans_decades
 from registration_core.study import REGISTER_ONLY_PARAMS
 
