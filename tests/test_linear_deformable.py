@@ -7,8 +7,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -26,9 +26,10 @@ from registration_core.methods.linear_deformable import (
     sampling_grid_to_disp_vox,
 )
 from registration_core.metrics import dice_summary, jacobian_stats
-from registration_core.preprocess import run_steps
 from registration_core.spatial import warp_array
 from registration_core.training import train_method
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 METHOD = get_method("linear_deformable")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -176,16 +177,6 @@ def write_images(folder: Path, shifts: list[tuple[float, float]]) -> list[Path]:
     return paths
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: results then do not depend on the machine's cores (the held-out checks
-    below are seeded but float reductions differ between thread counts), and a shared 2-core
-    machine is not slowed down by OpenMP's waiting."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 TRAIN_SHIFTS = [(0, 0), (2, -1), (-2, 1), (1, 2), (-1, -2), (2, 2), (-2, -1), (0, 2)]
 
@@ -285,26 +276,16 @@ def test_checkpoint_round_trip_through_the_cli(tmp_path: Path) -> None:
 
 # -- real brains -------------------------------------------------------------------------------------
 
-STUDY_STEPS = [  # config/studies/oasis-trt-2d.yaml: axial middle slice at 2 mm, 80x128
-    {"step": "reorient", "orientation": "RAS"},
-    {"step": "slice", "axis": 2, "index": "middle"},
-    {"step": "resample", "spacing": 2.0},
-    {"step": "clip", "percentiles": [0.5, 99.5]},
-    {"step": "normalize", "mode": "minmax"},
-]
 
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_real_2d_brain_slices_dice_rises(shared_data: Path, tmp_path: Path) -> None:
+def test_real_2d_brain_slices_dice_rises(oasis_2d_slice: Callable[[str], tuple], tmp_path: Path) -> None:
     """Train on OASIS-TRT sub-03..sub-10 slices, register sub-02 -> sub-01 and sub-01 -> sub-02
     (not affinely pre-aligned); Dice over the labels present in both slices."""
     slices = {}
     for n in range(1, 11):
-        folder = shared_data / "oasis-trt" / f"sub-{n:02d}"
-        image, labels = run_steps(
-            load_image(folder / "t1w_brain.nii.gz"), load_image(folder / "labels.nii.gz", "labels"), STUDY_STEPS
-        )
+        image, labels = oasis_2d_slice(f"sub-{n:02d}")
         save_image(image, tmp_path / f"sub-{n:02d}.nii.gz")
         slices[n] = (image, labels.data)
     train_method("linear_deformable", [tmp_path / f"sub-{n:02d}.nii.gz" for n in range(3, 11)], tmp_path / "model",

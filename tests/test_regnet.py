@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -23,18 +22,12 @@ from registration_core.methods.regnet import RegNetCNN, halo, predict_dense, syn
 from registration_core.spatial import warp
 from registration_core.training import TrainingSet, train_method
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 REGNET = get_method("regnet")
 SHAPE = (48, 48)
 SMALL = {"patch_size": "9", "width": "16", "output_patch": "16", "max_disp_mm": "3", "grid_spacing_mm": "16"}
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine OpenMP's waiting makes 2 threads far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def texture(seed: int, shape: tuple[int, ...] = SHAPE) -> np.ndarray:

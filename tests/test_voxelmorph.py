@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
 
 import numpy as np
 import pytest
@@ -30,18 +29,12 @@ from registration_core.metrics import dice_summary
 from registration_core.spatial import compose, warp_array
 from registration_core.training import train_method
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 VXM = get_method("voxelmorph")
 SMALL = {"enc_features": "8,16", "dec_features": "16,16,8"}
 BLOB_SHAPE = (32, 32)
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a shared 2-core machine OpenMP's waiting makes 2 threads ~40x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def blob(centre: tuple[float, ...], shape: tuple[int, ...] = BLOB_SHAPE, sigma: float = 4.0) -> np.ndarray:
