@@ -588,9 +588,7 @@ def validate_steps(steps: Sequence[dict[str, Any]]) -> None:
             raise InputError(f"{where} ({name}): setting {error.absolute_path[0]!r}: {error.message}")
 
 
-def run_steps(
-    image: Image, labels: Image | None, steps: Sequence[dict[str, Any]], reference: Image | None = None
-) -> tuple[Image, Image | None]:
+def run_steps(image: Image, labels: Image | None, steps: Sequence[dict[str, Any]]) -> tuple[Image, Image | None]:
     """:func:`prepare_subject` on an image and its label map (or None): (prepared image, prepared labels)."""
-    prepared = prepare_subject(image, steps, labels=labels, reference=reference)
+    prepared = prepare_subject(image, steps, labels=labels)
     return prepared.image, prepared.labels

@@ -192,12 +192,14 @@ SUBJECT_OPTIONS = {
 SUBJECT_OUTPUTS = {"labels": "--out-labels", "landmarks": "--out-landmarks", "mask": "--out-mask"}
 
 
+def subject_args(input, output, out_image="--out"):
+    """Input and output options of a ``prepare`` / ``preprocess`` job on one subject's files."""
+    return option_args(input, SUBJECT_OPTIONS) + [out_image, output.image] + option_args(output, SUBJECT_OUTPUTS)
+
+
 def prepare_args(wildcards, input, output):
     """Inputs and outputs of the ``prepare`` job of a subject without preprocessing steps."""
-    return quoted(
-        option_args(input, SUBJECT_OPTIONS) + ["--out-image", output.image] + option_args(output, SUBJECT_OUTPUTS)
-        + ["--steps", "[]"]
-    )
+    return quoted(subject_args(input, output, "--out-image") + ["--steps", "[]"])
 
 
 PREPARE_VARIANTS = STUDY.variants([STUDY.subject_kinds(s) for s in PREPARED if not STUDY.owner(s).preprocess])
@@ -226,10 +228,7 @@ def step_inputs(wildcards):
 
 def step_args(wildcards, input, output):
     """Inputs, outputs and ``--set`` settings of a preprocessing step job."""
-    return quoted(
-        option_args(input, SUBJECT_OPTIONS) + ["--out", output.image] + option_args(output, SUBJECT_OUTPUTS)
-        + set_args(step_settings(wildcards))
-    )
+    return quoted(subject_args(input, output) + set_args(step_settings(wildcards)))
 
 
 def step_rules():
@@ -298,10 +297,7 @@ def align_inputs(wildcards):
 def align_args(wildcards, input, output):
     """Inputs, outputs and settings of an ``affine-align`` job."""
     settings = STUDY.owner(wildcards.moving).align
-    return quoted(
-        option_args(input, SUBJECT_OPTIONS) + ["--out", output.image] + option_args(output, SUBJECT_OUTPUTS)
-        + set_args(settings)
-    )
+    return quoted(subject_args(input, output) + set_args(settings))
 
 
 PAIR_LABELS = [tuple(k for k in STUDY.pair_kinds(*pair) if k == "labels") for pair in STUDY.pairs]

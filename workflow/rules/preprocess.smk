@@ -33,7 +33,7 @@ for (step, step_kinds, last), step_subjects in STEP_RULES.items():
         log:
             f"{LOGS}/preprocess/{{subject}}/final-{step}.log" if last else f"{LOGS}/preprocess/{{subject}}/{{position}}-{step}.log",
         group:
-            None if step == "affine_align" else PREP_GROUP
+            PREP_GROUP
         threads: threads_of("prepare")
         resources:
             **resources_of("prepare"),
