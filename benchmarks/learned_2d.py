@@ -2,7 +2,7 @@
 
 Preparation (:func:`prepare`): every subject is reoriented to RAS, resampled to 2 mm, clipped to its
 0.5-99.5 percentiles and min-max normalised in 3D, affinely aligned to sub-01 (Mattes MI,
-:func:`registration_core.align.align_to_fixed`; VoxelMorph assumes affinely aligned inputs), and the
+:func:`registration_core.preprocessing.align.align_to_fixed`; VoxelMorph assumes affinely aligned inputs), and the
 middle axial slice of sub-01's grid is kept (80x128 at 2 mm, one grid for all). The learned method
 trains on sub-03..sub-10 and registers the held-out pairs sub-01 <-> sub-02 and the atlas pairs
 sub-01 <- sub-03..sub-10 (training images, unseen as pairs with this fixed image). Dice is the mean
@@ -27,14 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from registration_core.align import align_to_fixed
-from registration_core.io import load_displacement, load_image, save_image
-from registration_core.metrics import dice_summary, jacobian_stats
-from registration_core.params import parse_assignments
-from registration_core.preprocess import extract_slice, run_steps
+from registration_core.preprocessing.align import align_to_fixed
+from registration_core.core.io import load_displacement, load_image, save_image
+from registration_core.evaluation.metrics import dice_summary, jacobian_stats
+from registration_core.core.params import parse_assignments
+from registration_core.preprocessing.steps import extract_slice, run_steps
 from registration_core.registration import run_registration
-from registration_core.spatial import warp_array
-from registration_core.training import train_method
+from registration_core.core.spatial import warp_array
+from registration_core.methods.training import train_method
 
 STEPS_3D = [
     {"step": "reorient", "orientation": "RAS"},

@@ -1,6 +1,6 @@
 """Lung masking of the real thorax CT: wall time and lung volumes at several spacings.
 
-Runs :func:`registration_core.lung.lung_mask` on ``../shared/data/thorax-ct/ct.nii.gz`` (512x512x141,
+Runs :func:`registration_core.preprocessing.lung.lung_mask` on ``../shared/data/thorax-ct/ct.nii.gz`` (512x512x141,
 0.98x0.98x2 mm) at full resolution and resampled, and on the small lung CT against its
 published mask (Dice). Prints one line per case.
 
@@ -20,7 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from registration_core import io, lung, metrics, preprocess
+from registration_core.core import io
+from registration_core.preprocessing import lung
+from registration_core.evaluation import metrics
+from registration_core.preprocessing import steps as preprocess
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

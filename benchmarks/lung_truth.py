@@ -1,9 +1,9 @@
 """Lung CT with a known respiratory motion: landmark and dense TRE of NODEO, demons and B-spline.
 
 The real thorax CT of ``../shared/data/thorax-ct`` is resampled to ``--spacing`` mm, masked
-(:func:`registration_core.lung.lung_mask`), clipped to HU [-1000, 0] and normalised to [0, 1],
+(:func:`registration_core.preprocessing.lung.lung_mask`), clipped to HU [-1000, 0] and normalised to [0, 1],
 cropped to the lungs plus a margin, and deformed by a respiratory motion of largest magnitude
-``--max-disp-mm`` inside the lungs plus Gaussian noise (:func:`registration_core.truth.make_truth_pair`).
+``--max-disp-mm`` inside the lungs plus Gaussian noise (:func:`registration_core.data.truth.make_truth_pair`).
 Landmarks are detected in both lungs of the fixed image and mapped exactly. Each method registers
 the deformed copy (moving) onto the CT (fixed); printed per method: landmark mTRE before/after (mm),
 largest landmark error, dense TRE inside the lungs against the true field (mm), runtime, min det J.
@@ -27,9 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from registration_core import io, lung, metrics, preprocess
+from registration_core.core import io
+from registration_core.preprocessing import lung
+from registration_core.evaluation import metrics
+from registration_core.preprocessing import steps as preprocess
 from registration_core.methods import get_method
-from registration_core.truth import TruthPair, make_truth_pair
+from registration_core.data.truth import TruthPair, make_truth_pair
 
 CT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "thorax-ct" / "ct.nii.gz"
 

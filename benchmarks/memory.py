@@ -70,7 +70,7 @@ def _learned_case(
     import torch
 
     from registration_core.methods import get_method
-    from registration_core.provenance import resolve_device
+    from registration_core.core.provenance import resolve_device
 
     method = get_method(name)
     params = method.resolve_params({"device": device_name})
@@ -101,7 +101,7 @@ def _learned_case(
 def _nodeo_case(fixed: np.ndarray, moving: np.ndarray, steps: int, device_name: str) -> list[tuple[float, float]]:
     """``steps`` NODEO iterations: wall seconds per iteration from its loss history, CPU seconds the
     run's total over the iterations (set-up included)."""
-    from registration_core.io import Image
+    from registration_core.core.io import Image
     from registration_core.methods import get_method
 
     nodeo = get_method("nodeo")

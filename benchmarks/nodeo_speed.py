@@ -43,7 +43,7 @@ def run_case(ndim: int, preset: str, iterations: int, device: str) -> dict:
     """One case in this process; returns its figures."""
     import torch
 
-    from registration_core.io import Image
+    from registration_core.core.io import Image
     from registration_core.methods import get_method
 
     fixed, moving, source = load_case(ndim)

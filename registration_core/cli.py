@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import InputError
+from registration_core.errors import InputError
 
 Handler = Callable[[argparse.Namespace], None]
 
@@ -22,8 +22,8 @@ def _csv_list(text: str) -> list[str]:
 
 
 def _register(args: argparse.Namespace) -> None:
-    from .params import parse_assignments
-    from .registration import run_registration
+    from registration_core.core.params import parse_assignments
+    from registration_core.registration import run_registration
 
     run_registration(
         args.method, args.fixed, args.moving, args.out, parse_assignments(args.param),
@@ -32,8 +32,8 @@ def _register(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .params import parse_assignments
-    from .training import train_method
+    from registration_core.core.params import parse_assignments
+    from registration_core.methods.training import train_method
 
     train_method(
         args.method, args.images, args.out, parse_assignments(args.param),
@@ -42,7 +42,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .evaluation import evaluate_pair, parse_label_spec
+    from registration_core.evaluation.evaluate import evaluate_pair, parse_label_spec
 
     if (args.fixed_landmarks is None) != (args.moving_landmarks is None):
         raise InputError("--fixed-landmarks and --moving-landmarks must be given together")
@@ -56,7 +56,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _synth_pair(args: argparse.Namespace) -> None:
-    from .truth import synth_pair
+    from registration_core.data.truth import synth_pair
 
     synth_pair(
         args.image, args.out_dir, mask=args.mask, labels=args.labels, motion=args.motion,
@@ -83,11 +83,11 @@ def _read_steps(text: str) -> list[dict]:
 
 
 def _prepare_and_write(args: argparse.Namespace, steps: list[dict], out_image: Path) -> None:
-    """:func:`registration_core.preprocess.prepare_subject` on the files of ``args`` (image, labels,
+    """:func:`registration_core.preprocessing.steps.prepare_subject` on the files of ``args`` (image, labels,
     mask, landmarks, reference); writes the image to ``out_image`` and the others to
     ``args.out_<kind>``. Everything is computed before anything is written."""
-    from .io import load_image, load_landmarks, save_image, save_landmarks
-    from .preprocess import prepare_subject
+    from registration_core.core.io import load_image, load_landmarks, save_image, save_landmarks
+    from registration_core.preprocessing.steps import prepare_subject
 
     for given in ("labels", "mask", "landmarks"):
         if (getattr(args, given) is None) != (getattr(args, f"out_{given}") is None):
@@ -134,7 +134,7 @@ def _parse_settings(items: list[str] | None) -> dict:
 def _preprocess(args: argparse.Namespace) -> None:
     """One step (the name with ``-`` or ``_``) and its ``--set`` settings on one subject's files;
     ``affine-align`` registers onto ``--reference`` (its ``reference`` setting defaults to that path)."""
-    from .preprocess import STEP_SCHEMAS
+    from registration_core.preprocessing.steps import STEP_SCHEMAS
 
     name = args.step.replace("-", "_")
     if name not in STEP_SCHEMAS:
@@ -151,7 +151,7 @@ def _preprocess(args: argparse.Namespace) -> None:
 
 
 def _demo_subject(args: argparse.Namespace) -> None:
-    from .datasets import write_demo_subject
+    from registration_core.data.datasets import write_demo_subject
 
     write_demo_subject(
         args.index, args.seed, args.out_image, args.out_labels,
@@ -160,22 +160,22 @@ def _demo_subject(args: argparse.Namespace) -> None:
 
 
 def _import_raw(args: argparse.Namespace) -> None:
-    from .datasets import RawImport, import_raw
+    from registration_core.data.datasets import RawImport, import_raw
 
     raw = RawImport(str(args.raw), tuple(args.shape), tuple(args.spacing), args.dtype, args.orientation, args.intercept)
     import_raw(raw, args.out)
 
 
 def _import_landmarks(args: argparse.Namespace) -> None:
-    from .datasets import LandmarkImport, import_landmarks
-    from .io import load_image
+    from registration_core.data.datasets import LandmarkImport, import_landmarks
+    from registration_core.core.io import load_image
 
     import_landmarks(LandmarkImport(str(args.points), args.format), load_image(args.reference), args.out)
 
 
 def _qc(args: argparse.Namespace) -> None:
-    from .io import load_image
-    from .qc import save_qc_png
+    from registration_core.core.io import load_image
+    from registration_core.preprocessing.qc import save_qc_png
 
     def optional(path: Path | None, kind: str):
         return load_image(path, kind) if path is not None else None
@@ -187,19 +187,19 @@ def _qc(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
-    from .study import write_jobs_table
+    from registration_core.study.plan import write_jobs_table
 
     write_jobs_table(args.config, args.out)
 
 
 def _aggregate(args: argparse.Namespace) -> None:
-    from .aggregate import aggregate_study
+    from registration_core.evaluation.aggregate import aggregate_study
 
     aggregate_study(args.jobs, args.out_dir)
 
 
 def _anova(args: argparse.Namespace) -> None:
-    from .stats import run_anova_study
+    from registration_core.evaluation.stats import run_anova_study
 
     run_anova_study(
         args.metrics, _csv_list(args.responses), _csv_list(args.factors), args.alpha, args.out_dir,
@@ -208,13 +208,13 @@ def _anova(args: argparse.Namespace) -> None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from .report import build_report
+    from registration_core.report import build_report
 
     build_report(args.study_dir, args.config, args.out)
 
 
 def _methods(args: argparse.Namespace) -> None:
-    from .methods import available_methods, get_method
+    from registration_core.methods import available_methods, get_method
 
     for name in args.names or available_methods():
         method = get_method(name)

@@ -21,11 +21,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import InputError
-from .io import Image, load_image, load_landmarks, save_displacement, save_image, write_json
-from .methods import RegistrationResult, get_method
-from .provenance import peak_memory_mb, software_versions
-from .spatial import warp_array
+from registration_core.errors import InputError
+from registration_core.core.io import Image, load_image, load_landmarks, save_displacement, save_image, write_json
+from registration_core.methods import RegistrationResult, get_method
+from registration_core.core.provenance import peak_memory_mb, software_versions
+from registration_core.core.spatial import warp_array
 
 
 @dataclass(frozen=True)

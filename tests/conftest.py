@@ -37,8 +37,8 @@ def torch_one_thread() -> Iterator[None]:
 def oasis_2d_slice(shared_data: Path) -> Callable[[str], tuple]:
     """``subject -> (image, labels)``: an oasis-trt subject prepared by the preprocessing of
     config/studies/oasis-trt-2d.yaml (axial middle slice at 2 mm, 80x128)."""
-    from registration_core.io import load_image
-    from registration_core.preprocess import run_steps
+    from registration_core.core.io import load_image
+    from registration_core.preprocessing.steps import run_steps
 
     config = yaml.safe_load((REPO_ROOT / "config" / "studies" / "oasis-trt-2d.yaml").read_text())
     steps = config["datasets"]["oasis-trt"]["preprocess"]

@@ -1,4 +1,4 @@
-"""Tests of the dataset adapters (registration_core.datasets.build_manifest) and the imports.
+"""Tests of the dataset adapters (registration_core.data.datasets.build_manifest) and the imports.
 
 Every adapter runs on small files written here in the dataset's real format: DIR-Lab raw int16
 volumes and landmark text, a Learn2Reg dataset JSON with NIfTI and keypoint CSVs, FIRE JPEGs and
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from registration_core import datasets
+from registration_core.data import datasets
 from registration_core.cli import main
-from registration_core.datasets import LandmarkImport, RawImport, SubjectFiles, build_manifest
+from registration_core.data.datasets import LandmarkImport, RawImport, SubjectFiles, build_manifest
 from registration_core.errors import InputError
-from registration_core.io import load_image, load_landmarks
+from registration_core.core.io import load_image, load_landmarks
 
 
 def write_nifti(path: Path, shape: tuple[int, ...], labels: bool = False, seed: int = 0) -> Path:

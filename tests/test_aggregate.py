@@ -1,4 +1,4 @@
-"""Tests of registration_core.aggregate on small fake-but-valid study files.
+"""Tests of registration_core.evaluation.aggregate on small fake-but-valid study files.
 
 ``write_study`` is also used by tests/test_report.py to build a tiny synthetic 2D study.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from registration_core.aggregate import aggregate_study, format_mean_std, read_jobs
+from registration_core.evaluation.aggregate import aggregate_study, format_mean_std, read_jobs
 from registration_core.errors import InputError
 
 STUDY = "tiny"

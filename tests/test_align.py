@@ -1,4 +1,4 @@
-"""Tests of registration_core.align: rigid/affine pre-alignment, exact landmark mapping, CLI."""
+"""Tests of registration_core.preprocessing.align: rigid/affine pre-alignment, exact landmark mapping, CLI."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import SimpleITK as sitk
 import yaml
 from scipy import ndimage
 
-from registration_core.align import affine_align, align_to_fixed, apply_alignment, check_align_settings
-from registration_core.align import map_points_to_fixed
+from registration_core.preprocessing.align import affine_align, align_to_fixed, apply_alignment, check_align_settings
+from registration_core.preprocessing.align import map_points_to_fixed
 from registration_core.errors import InputError
-from registration_core.io import Image, image_from_sitk, image_to_sitk, load_image, load_landmarks, save_image
-from registration_core.io import save_landmarks, voxel_to_ras
-from registration_core.metrics import dice_summary
-from registration_core.preprocess import normalize, resample, resample_to
+from registration_core.core.io import Image, image_from_sitk, image_to_sitk, load_image, load_landmarks, save_image
+from registration_core.core.io import save_landmarks, voxel_to_ras
+from registration_core.evaluation.metrics import dice_summary
+from registration_core.preprocessing.steps import normalize, resample, resample_to
 
 AFFINE_2D = np.diag([2.0, 2.0, 1.0, 1.0])  # 2 mm pixels
 SUBCORTICAL = [10, 11, 12, 13, 17, 18, 49, 50, 51, 52, 53, 54]

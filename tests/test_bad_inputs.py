@@ -21,7 +21,7 @@ import pytest
 from scipy import ndimage
 
 from registration_core.cli import main
-from registration_core.io import Image, save_displacement
+from registration_core.core.io import Image, save_displacement
 
 SHAPE = (64, 72)
 

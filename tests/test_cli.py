@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from registration_core.io import Image, load_image, save_image
+from registration_core.core.io import Image, load_image, save_image
 
 
 def run_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:

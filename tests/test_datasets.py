@@ -1,4 +1,4 @@
-"""Tests of registration_core.datasets: the embedded MNI152 demo and the folder adapter."""
+"""Tests of registration_core.data.datasets: the embedded MNI152 demo and the folder adapter."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registration_core import datasets
+from registration_core.data import datasets
 from registration_core.errors import InputError
-from registration_core.io import Image, load_image
+from registration_core.core.io import Image, load_image
 
 LEFT, RIGHT = (1, 2, 3), (4, 5, 6)  # CSF, GM, WM per hemisphere
 

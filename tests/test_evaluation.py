@@ -1,4 +1,4 @@
-"""Tests of registration_core.evaluation: metrics.json from tiny NIfTI files and real brains."""
+"""Tests of registration_core.evaluation.evaluate: metrics.json from tiny NIfTI files and real brains."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registration_core import io
+from registration_core.core import io
 from registration_core.errors import InputError
-from registration_core.evaluation import evaluate_pair, parse_label_spec
+from registration_core.evaluation.evaluate import evaluate_pair, parse_label_spec
 
 SHAPE = (10, 8, 6)
 AFFINE = np.diag([2.0, 1.0, 3.0, 1.0])  # spacing (2, 1, 3) mm in array axis order

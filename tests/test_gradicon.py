@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from registration_core.losses import gradicon_loss
+from registration_core.core.losses import gradicon_loss
 
 
 def _affine(matrix: list[list[float]], offset: list[float]):

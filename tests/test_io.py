@@ -1,4 +1,4 @@
-"""Tests of registration_core.io: images, labels, landmarks, displacement fields."""
+"""Tests of registration_core.core.io: images, labels, landmarks, displacement fields."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from registration_core.errors import InputError
-from registration_core.io import (
+from registration_core.core.io import (
     Image,
     atomic_path,
     image_from_sitk,

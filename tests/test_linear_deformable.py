@@ -16,7 +16,7 @@ import torch
 from scipy import ndimage
 
 from registration_core.errors import InputError
-from registration_core.io import Image, load_displacement, load_image, save_image
+from registration_core.core.io import Image, load_displacement, load_image, save_image
 from registration_core.methods import get_method
 from registration_core.methods.linear_deformable import (
     apply_affine,
@@ -25,9 +25,9 @@ from registration_core.methods.linear_deformable import (
     logistic_gradients,
     sampling_grid_to_disp_vox,
 )
-from registration_core.metrics import dice_summary, jacobian_stats
-from registration_core.spatial import warp_array
-from registration_core.training import train_method
+from registration_core.evaluation.metrics import dice_summary, jacobian_stats
+from registration_core.core.spatial import warp_array
+from registration_core.methods.training import train_method
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

@@ -1,4 +1,4 @@
-"""Tests of registration_core.lung: lung masking of CT on phantoms and on real thorax CT."""
+"""Tests of registration_core.preprocessing.lung: lung masking of CT on phantoms and on real thorax CT."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from registration_core.errors import InputError
-from registration_core.io import Image, load_image, voxel_to_ras
-from registration_core.lung import LEFT_LUNG, RIGHT_LUNG, _close_and_fill, _convex_hull, _morphology, lung_mask, mask_image
-from registration_core.metrics import dice_summary
-from registration_core.preprocess import resample, resample_to, run_steps
+from registration_core.core.io import Image, load_image, voxel_to_ras
+from registration_core.preprocessing.lung import LEFT_LUNG, RIGHT_LUNG, _close_and_fill, _convex_hull, _morphology, lung_mask, mask_image
+from registration_core.evaluation.metrics import dice_summary
+from registration_core.preprocessing.steps import resample, resample_to, run_steps
 
 SHAPE = (64, 48, 48)
 # 2 mm voxels, array axis 0 towards the patient's left (RAS x decreases), axis 2 towards S

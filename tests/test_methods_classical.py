@@ -14,13 +14,13 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from registration_core.errors import InputError
-from registration_core.io import Image, image_to_sitk, load_image, load_itk_displacement_transform, save_image
+from registration_core.core.io import Image, image_to_sitk, load_image, load_itk_displacement_transform, save_image
 from registration_core.methods import get_method
-from registration_core.metrics import dice_summary, jacobian_stats
-from registration_core.preprocess import extract_slice
+from registration_core.evaluation.metrics import dice_summary, jacobian_stats
+from registration_core.preprocessing.steps import extract_slice
 from registration_core.registration import run_registration
-from registration_core.spatial import warp_array
-from registration_core.study import method_grid
+from registration_core.core.spatial import warp_array
+from registration_core.study.grid import method_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CLASSICAL = ("affine", "demons", "bspline")
@@ -206,7 +206,7 @@ def test_demons_through_the_cli_raises_dice_on_a_real_brain_slice(shared_data: P
     assert log["params"]["variant"] == "diffeomorphic" and log["loss_history"]
     before = dice_summary(fixed_labels.data, moving_labels.data, labels)["mean"]
     after = dice_summary(fixed_labels.data, load_image(out / "warped_labels.nii.gz", "labels").data, labels)["mean"]
-    from registration_core.io import load_displacement
+    from registration_core.core.io import load_displacement
 
     jac = jacobian_stats(load_displacement(out / "displacement.nii.gz", fixed))
     # measured: 0.383 -> 0.656, no folding, ~1 s

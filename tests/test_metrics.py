@@ -1,4 +1,4 @@
-"""Tests of registration_core.metrics on small hand-made arrays with hand-computed values."""
+"""Tests of registration_core.evaluation.metrics on small hand-made arrays with hand-computed values."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from registration_core import metrics
+from registration_core.evaluation import metrics
 from registration_core.errors import InputError
 
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from registration_core.io import Image
+from registration_core.core.io import Image
 from registration_core.methods import get_method
-from registration_core.metrics import dice_summary, jacobian_stats
-from registration_core.spatial import warp_array
+from registration_core.evaluation.metrics import dice_summary, jacobian_stats
+from registration_core.core.spatial import warp_array
 
 NODEO = get_method("nodeo")
 

@@ -6,7 +6,7 @@ import pytest
 
 from registration_core.errors import InputError
 from registration_core.methods import available_methods, get_method
-from registration_core.params import Param, parse_assignments, parse_params
+from registration_core.core.params import Param, parse_assignments, parse_params
 
 SCHEMA = {
     p.name: p

@@ -1,4 +1,4 @@
-"""Tests of registration_core.preprocess: intensity and geometric steps, the step runner."""
+"""Tests of registration_core.preprocessing.steps: intensity and geometric steps, the step runner."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from registration_core.errors import InputError
-from registration_core.io import Image, load_image, load_landmarks, ras_to_voxel, save_image, save_landmarks
-from registration_core.io import voxel_to_ras
-from registration_core.preprocess import (
+from registration_core.core.io import Image, load_image, load_landmarks, ras_to_voxel, save_image, save_landmarks
+from registration_core.core.io import voxel_to_ras
+from registration_core.preprocessing.steps import (
     STEP_SCHEMAS,
     clip_intensity,
     crop_pad,

@@ -1,4 +1,4 @@
-"""Tests of registration_core.qc: QC pictures before / after preprocessing."""
+"""Tests of registration_core.preprocessing.qc: QC pictures before / after preprocessing."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from registration_core import qc
+from registration_core.preprocessing import qc
 from registration_core.cli import main
 from registration_core.errors import InputError
-from registration_core.io import Image, load_image, save_image
+from registration_core.core.io import Image, load_image, save_image
 
 
 def blob_image(shape: tuple[int, ...], spacing: float) -> tuple[Image, Image]:

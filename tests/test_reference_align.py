@@ -11,8 +11,8 @@ import pytest
 from scipy import ndimage
 
 from registration_core.errors import InputError
-from registration_core.io import Image, load_image, load_landmarks, save_image, save_landmarks
-from registration_core.preprocess import prepare_subject
+from registration_core.core.io import Image, load_image, load_landmarks, save_image, save_landmarks
+from registration_core.preprocessing.steps import prepare_subject
 
 SPACING = 2.0
 SHIFT_MM = np.array([6.0, -4.0, 5.0])

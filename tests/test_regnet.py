@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from registration_core import synth
+from registration_core.data import synth
 from registration_core.errors import InputError
-from registration_core.io import Image, load_displacement, load_image, save_image
+from registration_core.core.io import Image, load_displacement, load_image, save_image
 from registration_core.methods import get_method
 from registration_core.methods.regnet import RegNetCNN, halo, predict_dense, synthetic_displacement, synthetic_pair
-from registration_core.spatial import warp
-from registration_core.training import TrainingSet, train_method
+from registration_core.core.spatial import warp
+from registration_core.methods.training import TrainingSet, train_method
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

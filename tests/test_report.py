@@ -13,13 +13,13 @@ import pandas as pd
 import pytest
 from test_aggregate import write_study
 
-from registration_core.aggregate import aggregate_study
+from registration_core.evaluation.aggregate import aggregate_study
 from registration_core.errors import InputError
-from registration_core.io import load_image, save_displacement
+from registration_core.core.io import load_image, save_displacement
 from registration_core.report import build_report
 from registration_core.report.examples import axial_axis, example_figure, load_example
 from registration_core.report.plots import png_bytes
-from registration_core.stats import run_anova_study
+from registration_core.evaluation.stats import run_anova_study
 
 SECTION_IDS = ("config", "summary", "dice", "runtime", "loss", "anova", "examples", "provenance")
 SHAPE = (24, 20)
@@ -226,7 +226,7 @@ def test_report_with_training_qc_and_landmarks(study: tuple[Path, Path], tmp_pat
     from test_training import METHOD as GLOBAL_SHIFT
     from test_training import _write as write_blobs
 
-    from registration_core.training import train_method
+    from registration_core.methods.training import train_method
 
     source, config = study
     study_dir = tmp_path / "tiny"

@@ -1,4 +1,4 @@
-"""Resource estimates of registration jobs (registration_core.resources): hand-computed values of
+"""Resource estimates of registration jobs (registration_core.study.resources): hand-computed values of
 the linear cost model, the measured points it must cover, floors, retries, GPU and bad input."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from registration_core.errors import InputError
-from registration_core.resources import image_shape, register_resources
+from registration_core.study.resources import image_shape, register_resources
 
 SMALL_BASE = {"threads": 1, "mem_mb": 1, "runtime": 1}
 

@@ -7,8 +7,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from registration_core import spatial
-from registration_core.io import Image, image_to_sitk, load_itk_displacement_transform, save_displacement
+from registration_core.core import spatial
+from registration_core.core.io import Image, image_to_sitk, load_itk_displacement_transform, save_displacement
 
 
 def voxel_grid(shape: tuple[int, ...]) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of registration_core.stats: ANOVA numbers against a hand computation, degenerate designs."""
+"""Tests of registration_core.evaluation.stats: ANOVA numbers against a hand computation, degenerate designs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from scipy import stats as sps
 from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
 from registration_core.errors import InputError
-from registration_core.stats import TABLE_COLUMNS, anova_table, run_anova, run_anova_study
+from registration_core.evaluation.stats import TABLE_COLUMNS, anova_table, run_anova, run_anova_study
 
 ALPHA = 0.05
 

@@ -1,4 +1,4 @@
-"""Study planning (registration_core.study): config validation, subjects, pairs, grid points, jobs."""
+"""Study planning (registration_core.study.plan): config validation, subjects, pairs, grid points, jobs."""
 
 from __future__ import annotations
 
@@ -11,20 +11,10 @@ import pytest
 import yaml
 
 from registration_core.errors import InputError
-from registration_core.study import (
-    GRID_ID_PATTERN,
-    ID_PATTERN,
-    JOB_COLUMNS,
-    Study,
-    demo_subject_id,
-    demo_subject_index,
-    format_value,
-    grid_id,
-    load_config,
-    exact_regex,
-    validate_config,
-    write_jobs_table,
-)
+from registration_core.study.config import ID_PATTERN, load_config, validate_config
+from registration_core.study.grid import GRID_ID_PATTERN, format_value, grid_id
+from registration_core.study.jobs import JOB_COLUMNS
+from registration_core.study.plan import Study, demo_subject_id, demo_subject_index, exact_regex, write_jobs_table
 
 DEMO = {
     "study": "unit",

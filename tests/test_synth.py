@@ -1,4 +1,4 @@
-"""Tests of registration_core.synth: random smooth deformations and intensity transforms."""
+"""Tests of registration_core.data.synth: random smooth deformations and intensity transforms."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from registration_core.io import Image
-from registration_core import synth
+from registration_core.core.io import Image
+from registration_core.data import synth
 from registration_core.errors import InputError
 
 # (shape, spacing_mm, grid_spacing_mm, max_disp_mm, smooth_sigma_mm): one 2D and one anisotropic 3D grid

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from registration_core.errors import InputError
-from registration_core.io import Image, save_image
-from registration_core.spatial import warp
-from registration_core.training import (
+from registration_core.core.io import Image, save_image
+from registration_core.core.spatial import warp
+from registration_core.methods.training import (
     LearnedMethod,
     common_params,
     param_schema,

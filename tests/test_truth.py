@@ -1,4 +1,4 @@
-"""Tests of registration_core.truth: known-truth pairs, field inversion, files and the synth-pair command."""
+"""Tests of registration_core.data.truth: known-truth pairs, field inversion, files and the synth-pair command."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import pytest
 import torch
 from scipy import ndimage
 
-from registration_core import cli, io, metrics, spatial
+from registration_core import cli
+from registration_core.core import io
+from registration_core.evaluation import metrics
+from registration_core.core import spatial
 from registration_core.errors import InputError
 from registration_core.methods import get_method
-from registration_core.truth import (
+from registration_core.data.truth import (
     deform_with_truth,
     invert_displacement,
     make_truth_pair,

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from registration_core.errors import InputError
-from registration_core.io import Image, load_displacement, load_image, save_image
+from registration_core.core.io import Image, load_displacement, load_image, save_image
 from registration_core.methods import get_method
 from registration_core.methods.voxelmorph import (
     gradient_l2_loss,
@@ -25,9 +25,9 @@ from registration_core.methods.voxelmorph import (
     scaling_and_squaring,
     soft_dice_loss,
 )
-from registration_core.metrics import dice_summary
-from registration_core.spatial import compose, warp_array
-from registration_core.training import train_method
+from registration_core.evaluation.metrics import dice_summary
+from registration_core.core.spatial import compose, warp_array
+from registration_core.methods.training import train_method
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

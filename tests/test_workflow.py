@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from registration_core.io import Image, load_image, save_image, save_landmarks
+from registration_core.core.io import Image, load_image, save_image, save_landmarks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO_ROOT / "Snakefile"

@@ -1,4 +1,6 @@
-"""The method registry: one module per method, named after the method, exposing ``METHOD``.
+"""Registration methods and their registry: one module per method, named after the method,
+exposing ``METHOD``; :mod:`.training` holds the training loop shared by the learned methods and
+``_sitk`` the SimpleITK plumbing of the classical ones.
 
 Adding a method is adding ``registration_core/methods/<name>.py`` with a :class:`Method` subclass
 instance called ``METHOD``; the CLI, the config validation and the workflow find it by name. Modules
@@ -16,9 +18,9 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 
-from ..errors import InputError
-from ..io import Image
-from ..params import Param, parse_params
+from registration_core.errors import InputError
+from registration_core.core.io import Image
+from registration_core.core.params import Param, parse_params
 
 
 @dataclass
@@ -50,7 +52,7 @@ class Method(ABC):
     presets: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
     uses_torch: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
-    """True for methods trained over a dataset first (see :mod:`registration_core.training`)."""
+    """True for methods trained over a dataset first (see :mod:`registration_core.methods.training`)."""
 
     def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults + preset + ``raw`` overrides, validated (InputError names the parameter)."""
@@ -61,9 +63,15 @@ class Method(ABC):
         """Register ``moving`` onto ``fixed`` (same grid) with resolved ``params``."""
 
 
+SUPPORT_MODULES = frozenset({"training"})
+"""Modules of this package that are shared machinery, not methods."""
+
+
 def available_methods() -> list[str]:
     """Names of all registered methods (modules of this package)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+    return sorted(
+        m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_") and m.name not in SUPPORT_MODULES
+    )
 
 
 @cache

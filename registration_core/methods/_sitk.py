@@ -2,7 +2,7 @@
 
 Conventions
 -----------
-* :func:`registration_core.io.image_to_sitk` gives ITK images whose index ``(x, y[, z])`` is our
+* :func:`registration_core.core.io.image_to_sitk` gives ITK images whose index ``(x, y[, z])`` is our
   array index ``(i, j[, k])`` and whose physical space is LPS mm.
 * A transform ``T`` estimated by ``sitk.ImageRegistrationMethod`` with the atlas as the *fixed*
   image maps a fixed physical point ``p`` to the moving point ``T(p)``; ITK demons return a field
@@ -24,10 +24,10 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
-from ..io import Image, image_to_sitk
-from ..params import Param
-from . import Method, RegistrationResult
+from registration_core.errors import InputError
+from registration_core.core.io import Image, image_to_sitk
+from registration_core.core.params import Param
+from registration_core.methods import Method, RegistrationResult
 
 METRICS = ("mattes_mi", "correlation", "mean_squares")
 

@@ -19,11 +19,11 @@ from typing import Any, Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
-from ..io import Image
-from ..params import Param
-from . import RegistrationResult
-from ._sitk import (
+from registration_core.errors import InputError
+from registration_core.core.io import Image
+from registration_core.core.params import Param
+from registration_core.methods import RegistrationResult
+from registration_core.methods._sitk import (
     PyramidMethod, as_sitk_float, check_grid_size, configure_metric, configure_pyramid, execute, metric_params,
     parse_list, pyramid_params, schedule,
 )

@@ -21,7 +21,7 @@ Geometry (array axis order ``(i, j[, k])`` throughout):
    coordinates ([-1, 1], align_corners, so the image centre is the origin).
 3. Our convention: the fixed voxel ``x`` samples the moving image at ``y(x)``, so the displacement
    is ``u(x) = y(x) - x`` in fixed-grid voxels (:func:`sampling_grid_to_disp_vox`); the warped
-   image is ``moving o (id + u)`` through :func:`registration_core.spatial.warp`, the same sampler
+   image is ``moving o (id + u)`` through :func:`registration_core.core.spatial.warp`, the same sampler
    the evaluation uses.
 
 Loss (per pair, averaged over the batch): ``MSE(warped, fixed) + alpha * sum|A - I| +
@@ -56,11 +56,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
-from ..losses import mse_loss
-from ..params import Param
-from ..spatial import disp_norm_to_vox, disp_vox_to_norm, identity_grid_norm, warp
-from ..training import Batch, LearnedMethod, common_params, param_schema
+from registration_core.errors import InputError
+from registration_core.core.losses import mse_loss
+from registration_core.core.params import Param
+from registration_core.core.spatial import disp_norm_to_vox, disp_vox_to_norm, identity_grid_norm, warp
+from registration_core.methods.training import Batch, LearnedMethod, common_params, param_schema
 
 DILATIONS = (1, 1, 2, 3, 5)
 """Encoder dilations (Fibonacci-like growth, denser sampling than powers of two)."""

@@ -14,7 +14,7 @@ Loss on one pair, all terms on random points uniform in the image domain (no den
 
 ``sim_f = 1 - NCC(F(x), M(phi(x)))`` over ``sim_points`` points ``x`` of the fixed image and
 ``sim_m = 1 - NCC(M(y), F(psi(y)))`` over as many points of the moving image (global NCC of the
-sampled intensities, linear interpolation); GradICON (:func:`registration_core.losses.gradicon_loss`)
+sampled intensities, linear interpolation); GradICON (:func:`registration_core.core.losses.gradicon_loss`)
 of ``phi o psi`` at ``reg_points`` points; ``prior`` the mean squared code entry (DeepSDF's code prior).
 
 Modes:
@@ -38,7 +38,7 @@ Differences from the paper (see DESIGN.md): the encoder has no batch normalisati
 MLP width defaults to 128 (paper 512) for CPU speed; no multi-resolution voxel CNN stage.
 ``lambda_gradicon=4`` was chosen on a real 2D brain slice pair (weight 1 left 0.13% of the voxels
 folded, 4 none, for the same Dice); the GradICON value here is ``ndim`` times the reference
-code's (see :func:`registration_core.losses.gradicon_loss`).
+code's (see :func:`registration_core.core.losses.gradicon_loss`).
 """
 
 from __future__ import annotations
@@ -51,10 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..losses import gradicon_loss, point_ncc_loss
-from ..params import Param
-from ..spatial import disp_norm_to_vox, sample
-from ..training import Batch, LearnedMethod, common_params, param_schema
+from registration_core.core.losses import gradicon_loss, point_ncc_loss
+from registration_core.core.params import Param
+from registration_core.core.spatial import disp_norm_to_vox, sample
+from registration_core.methods.training import Batch, LearnedMethod, common_params, param_schema
 
 Direction = Literal["forward", "inverse"]
 

@@ -30,14 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from ..errors import InputError
-from ..filters import box_mean, gaussian_smooth
-from ..io import Image
-from ..losses import LocalNCC, diffusion_loss, neg_jacobian_loss, velocity_magnitude_loss
-from ..params import Param
-from ..provenance import resolve_device
-from ..spatial import disp_norm_to_vox, identity_grid_norm, sample
-from . import Method, RegistrationResult
+from registration_core.errors import InputError
+from registration_core.core.filters import box_mean, gaussian_smooth
+from registration_core.core.io import Image
+from registration_core.core.losses import LocalNCC, diffusion_loss, neg_jacobian_loss, velocity_magnitude_loss
+from registration_core.core.params import Param
+from registration_core.core.provenance import resolve_device
+from registration_core.core.spatial import disp_norm_to_vox, identity_grid_norm, sample
+from registration_core.methods import Method, RegistrationResult
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _LINEAR_MODE = {2: "bilinear", 3: "trilinear"}

@@ -29,13 +29,13 @@ phase: both images are padded by ``halo`` (border values repeated) and predicted
 Training pairs (:meth:`RegNet.sample_batch`)
 --------------------------------------------
 For each of ``batch_size`` pairs a training image ``I`` and a synthetic displacement ``u`` are drawn
-(``synth`` picks among RegNet's categories, one at random per pair; :mod:`registration_core.synth`):
+(``synth`` picks among RegNet's categories, one at random per pair; :mod:`registration_core.data.synth`):
 
-* ``single``: :func:`~registration_core.synth.random_smooth_displacement`, control spacing
+* ``single``: :func:`~registration_core.data.synth.random_smooth_displacement`, control spacing
   ``grid_spacing_mm * {1, 1.5, 2}``, Gaussian sigma 5 mm;
-* ``mixed``: :func:`~registration_core.synth.mixed_frequency_displacement` with levels
+* ``mixed``: :func:`~registration_core.data.synth.mixed_frequency_displacement` with levels
   ``(2, 1, 0.5) * grid_spacing_mm`` and regions seeded by the edges of ``I`` (RegNet's recipe);
-* ``respiratory`` (3D): :func:`~registration_core.synth.respiratory_displacement` with a
+* ``respiratory`` (3D): :func:`~registration_core.data.synth.respiratory_displacement` with a
   cranio-caudal shift of the drawn maximum, inside the training label map when there is one
   (a lung mask), else the whole image (the field's window, see below).
 
@@ -67,7 +67,7 @@ registration): ``1 - mean(local NCC^2)`` (window ``ncc_window``) of the fixed im
 moving one, plus ``io_smooth`` times the diffusion regulariser of the displacement.
 
 Conventions: images (B, 1, *spatial) float32; displacements (B, ndim, *spatial) in voxels of the
-fixed grid, channel ``d`` along array axis ``d`` (:mod:`registration_core.spatial`).
+fixed grid, channel ``d`` along array axis ``d`` (:mod:`registration_core.core.spatial`).
 """
 
 from __future__ import annotations
@@ -80,13 +80,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import synth
-from ..errors import InputError
-from ..io import Image
-from ..losses import LocalNCC, diffusion_loss
-from ..params import Param
-from ..spatial import warp
-from ..training import Batch, LearnedMethod, TrainingSet, common_params, param_schema
+from registration_core.data import synth
+from registration_core.errors import InputError
+from registration_core.core.io import Image
+from registration_core.core.losses import LocalNCC, diffusion_loss
+from registration_core.core.params import Param
+from registration_core.core.spatial import warp
+from registration_core.methods.training import Batch, LearnedMethod, TrainingSet, common_params, param_schema
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _AVG_POOL = {2: nn.AvgPool2d, 3: nn.AvgPool3d}

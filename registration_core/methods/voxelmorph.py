@@ -14,7 +14,7 @@ Training loss (unsupervised, plus optional label supervision)::
 
     L = L_sim(fixed, moving o (id + u)) + smooth_weight * m * L_grad(field) + dice_weight * L_dice
 
-``L_sim`` is ``1 - mean(local NCC^2)`` (window ``ncc_window``, :class:`registration_core.losses.LocalNCC`,
+``L_sim`` is ``1 - mean(local NCC^2)`` (window ``ncc_window``, :class:`registration_core.core.losses.LocalNCC`,
 VoxelMorph's NCC plus a constant) or the MSE; ``L_grad`` is the mean over axes of the mean squared
 forward difference of the field the network predicts (the coarse velocity for ``diffeomorphic``),
 with ``m = int_downsize`` for a resized velocity, as in the published training script, else 1;
@@ -36,7 +36,7 @@ published script also multiplies ``L_grad`` by ``int_downsize`` when nothing is 
 doubling of the weight), which is not repeated here.
 
 Conventions: images (B, 1, *spatial) float32, label maps (B, 1, *spatial) int64, fields
-(B, ndim, *spatial) in voxels, channel ``d`` along array axis ``d`` (:mod:`registration_core.spatial`).
+(B, ndim, *spatial) in voxels, channel ``d`` along array axis ``d`` (:mod:`registration_core.core.spatial`).
 """
 
 from __future__ import annotations
@@ -47,11 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
-from ..losses import LocalNCC, diffusion_loss, mse_loss
-from ..params import Param
-from ..spatial import compose, disp_norm_to_vox, disp_vox_to_norm, warp
-from ..training import Batch, LearnedMethod, TrainingSet, common_params, param_schema
+from registration_core.errors import InputError
+from registration_core.core.losses import LocalNCC, diffusion_loss, mse_loss
+from registration_core.core.params import Param
+from registration_core.core.spatial import compose, disp_norm_to_vox, disp_vox_to_norm, warp
+from registration_core.methods.training import Batch, LearnedMethod, TrainingSet, common_params, param_schema
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
 _MAX_POOL = {2: F.max_pool2d, 3: F.max_pool3d}

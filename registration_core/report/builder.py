@@ -7,7 +7,7 @@ train/<method>/<grid_id>/log.json of learned methods and qc/<subject>.png (optio
 anova/anova.json with its tables and plots (optional), and the per-pair registration folders
 listed in metrics.csv (``reg_dir`` with warped.nii.gz, displacement.nii.gz; ``log`` with the
 fixed/moving image paths under "inputs"). Relative paths are resolved against the working
-directory, as in :mod:`registration_core.aggregate`.
+directory, as in :mod:`registration_core.evaluation.aggregate`.
 
 Output: one HTML file with inline CSS, PNG figures as base64 data URIs, no script and no
 network reference; each figure is also written as ``<out_html.parent>/figures/<name>.png``
@@ -34,9 +34,9 @@ import yaml
 from matplotlib.figure import Figure
 
 import registration_core
-from registration_core.aggregate import ID_COLUMNS, JOB_COLUMNS, read_jobs
+from registration_core.evaluation.aggregate import ID_COLUMNS, JOB_COLUMNS, read_jobs
 from registration_core.errors import InputError
-from registration_core.io import atomic_path, read_json_object
+from registration_core.core.io import atomic_path, read_json_object
 from registration_core.report import markup
 from registration_core.report.examples import example_figure, load_example
 from registration_core.report.plots import (

@@ -21,8 +21,8 @@ from matplotlib.colors import CenteredNorm
 from matplotlib.figure import Figure
 
 from registration_core.errors import InputError
-from registration_core.io import Image, load_displacement, load_image, read_json_object
-from registration_core.spatial import jacobian_determinant
+from registration_core.core.io import Image, load_displacement, load_image, read_json_object
+from registration_core.core.spatial import jacobian_determinant
 
 GRID_LINES = 24  # about this many deformation-grid lines per axis
 FACT_WIDTH = 32  # characters per line of the facts panel

@@ -1,6 +1,6 @@
 """Study-level figures of the report (seaborn on matplotlib Figures rendered by the Agg canvas).
 
-Every function takes tidy tables (as written by :mod:`registration_core.aggregate`) with an
+Every function takes tidy tables (as written by :mod:`registration_core.evaluation.aggregate`) with an
 extra ``group`` column naming the method and grid point (see :func:`group_label`), and returns
 a :class:`matplotlib.figure.Figure`; nothing touches pyplot's global state.
 """

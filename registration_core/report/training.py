@@ -1,7 +1,7 @@
 """Report parts for learned methods: training curves and the learned vs per-pair comparison.
 
 Training runs live in ``<study_dir>/train/<method>/<grid_id>/log.json`` (written by
-:func:`registration_core.training.train_method`): ``history`` (one record per optimiser step:
+:func:`registration_core.methods.training.train_method`): ``history`` (one record per optimiser step:
 ``step``, ``total``, terms), ``validation`` (``step``, ``total``, terms), ``train_time_s``,
 ``peak_rss_mb``, ``n_train``, ``n_val``, ``steps``.
 """
@@ -17,9 +17,9 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from registration_core.io import read_json_object
+from registration_core.core.io import read_json_object
 from registration_core.report.plots import PALETTE, group_label, spans_decades
-from registration_core.study import REGISTER_ONLY_PARAMS
+from registration_core.study.jobs import REGISTER_ONLY_PARAMS
 
 SMOOTHING_STEPS = 25  # training loss drawn as a running mean over this many steps (raw values are noisy)
 COMPARED_METRICS = ("dice_mean", "tre_mean_mm", "tre_truth_mm", "neg_jac_ratio", "runtime_s")
@@ -96,7 +96,7 @@ def training_curves(runs: list[TrainingRun]) -> Figure:
 
 def model_id(grid_id: str) -> str:
     """The training run a registration grid point used: its grid id without the keys that only
-    act at registration (:data:`registration_core.study.REGISTER_ONLY_PARAMS`)."""
+    act at registration (:data:`registration_core.study.jobs.REGISTER_ONLY_PARAMS`)."""
     items = [item for item in grid_id.split("__") if item.split("~")[0] not in REGISTER_ONLY_PARAMS]
     return "__".join(items) if grid_id != "default" and items else "default"
 

@@ -1,4 +1,4 @@
-# Shared setup: the study is planned once, at parse time, by registration_core.study; every
+# Shared setup: the study is planned once, at parse time, by registration_core.study.plan; every
 # file name, parameter, resource and job list of the rules below is read from it.
 
 import json
@@ -10,16 +10,10 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from registration_core.errors import InputError
-from registration_core.resources import image_shape
-from registration_core.study import (
-    GRID_ID_PATTERN,
-    ID_PATTERN,
-    Study,
-    demo_subject_index,
-    exact_regex,
-    value_text,
-    write_config,
-)
+from registration_core.study.resources import image_shape
+from registration_core.study.config import ID_PATTERN, write_config
+from registration_core.study.grid import GRID_ID_PATTERN, value_text
+from registration_core.study.plan import Study, demo_subject_index, exact_regex
 
 
 # The rules call `python -m registration_core`: the interpreter running Snakemake (its virtual

@@ -1,5 +1,5 @@
 # Preprocessing per subject: one job per step of the dataset's `preprocess` list
-# (registration_core.preprocess), each reading the files the step before wrote. Labels and mask
+# (registration_core.preprocessing.steps), each reading the files the step before wrote. Labels and mask
 # follow the geometric steps, landmarks are mapped exactly. Intermediate stages are temporary
 # files under results/<study>/prep/<subject>/stages/<position>-<step>/; the last step writes the
 # prepared files results/<study>/prep/<subject>/. An `affine_align` step registers every subject

@@ -1,6 +1,6 @@
 """Rigid or affine pre-alignment of a moving image to a fixed one (SimpleITK).
 
-Geometry: images are :class:`registration_core.io.Image` (array index order ``(i, j[, k])``,
+Geometry: images are :class:`registration_core.core.io.Image` (array index order ``(i, j[, k])``,
 affine voxel -> RAS+ mm); SimpleITK works in LPS mm. The estimated transform ``T`` maps a
 physical point of the fixed image to the corresponding point of the moving image (ITK's
 convention), so the aligned moving image is ``moving o T`` sampled on the fixed grid, and a
@@ -31,7 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from registration_core.errors import InputError
-from registration_core.io import Image, _lps_flip, image_to_sitk, ras_to_voxel, voxel_to_ras
+from registration_core.core.io import Image, _lps_flip, image_to_sitk, ras_to_voxel, voxel_to_ras
 
 TransformKind = Literal["rigid", "affine"]
 InitKind = Literal["moments", "geometry", "search"]

@@ -494,7 +494,7 @@ def save_displacement(disp_vox: np.ndarray, reference: Image, path: str | os.Pat
     That transform needs float64 vectors: cast on reading (lossless), e.g. with
     :func:`load_itk_displacement_transform`.
     """
-    from registration_core.spatial import disp_vox_to_mm
+    from registration_core.core.spatial import disp_vox_to_mm
 
     disp_vox = _as_numpy(disp_vox)
     expected = (reference.ndim, *reference.shape)
@@ -546,7 +546,7 @@ def load_displacement(path: str | os.PathLike[str], reference: Image) -> np.ndar
     missing or unreadable, has the wrong dimension / number of components, lies on another
     grid than ``reference`` (affines compared within 1e-3 mm), or holds NaN/Inf.
     """
-    from registration_core.spatial import disp_mm_to_vox
+    from registration_core.core.spatial import disp_mm_to_vox
 
     path = Path(path)
     field = _read_itk_field(path, reference)

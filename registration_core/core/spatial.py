@@ -197,7 +197,7 @@ def disp_vox_to_mm(disp_vox: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
     For 3D this is ``A[:3, :3] @ u``; for 2D images (4x4 affine with a singleton third axis) the in-plane
     2x2 block ``A[:2, :2]`` is used, which assumes the image plane is the RAS x-y plane (true for images
-    made by :func:`registration_core.preprocess.extract_slice`).
+    made by :func:`registration_core.preprocessing.steps.extract_slice`).
     """
     ndim = disp_vox.shape[0]
     lin = np.asarray(affine, dtype=np.float64)[:ndim, :ndim]

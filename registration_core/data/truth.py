@@ -1,6 +1,6 @@
 """Known-truth registration pairs: a real image, a synthetic motion, and the deformed copy.
 
-Conventions (those of :mod:`registration_core.spatial`)
+Conventions (those of :mod:`registration_core.core.spatial`)
 --------------------------------------------------------
 * The real image is the **fixed** image (the atlas); arrays are in array index order ``(i, j[, k])``.
 * ``disp_vox`` (ndim, *spatial) is the true displacement in voxels of the fixed grid: a fixed point
@@ -11,7 +11,7 @@ Conventions (those of :mod:`registration_core.spatial`)
 
 Construction (:func:`make_truth_pair`; :func:`deform_with_truth` for a field of your own): ``d``
 is drawn directly on the fixed grid (respiratory, single- or mixed-frequency motion from
-:mod:`registration_core.synth`, scaled to a maximum magnitude),
+:mod:`registration_core.data.synth`, scaled to a maximum magnitude),
 its inverse ``e`` (``(id + d) o (id + e) = id``) is found by fixed-point iteration
 (:func:`invert_displacement`, residual reported), and the moving image is
 ``fixed o (id + e)`` (cubic B-spline interpolation) plus Gaussian noise; moving labels and mask
@@ -36,9 +36,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from registration_core import io, spatial, synth
+from registration_core.core import io
+from registration_core.core import spatial
+from registration_core.data import synth
 from registration_core.errors import InputError
-from registration_core.landmarks import detect_landmarks
+from registration_core.data.landmarks import detect_landmarks
 
 Motion = Literal["respiratory", "respiratory-inhale", "single", "mixed"]
 MOTIONS: tuple[str, ...] = ("respiratory", "respiratory-inhale", "single", "mixed")
@@ -278,20 +280,20 @@ def make_truth_pair(
             normalised to [0, 1].
         mask: label map on the fixed grid (lungs: 1 right, 2 left) or None. It bounds the
             respiratory motion, the maximum magnitude and the landmarks.
-        motion: "respiratory" (:func:`registration_core.synth.respiratory_displacement`: the fixed
+        motion: "respiratory" (:func:`registration_core.data.synth.respiratory_displacement`: the fixed
             image is the inhale phase, the moving one exhales: diaphragm up, chest narrower),
             "respiratory-inhale" (that field negated: the fixed image is the exhale phase, the
             moving one inhales; its content below the diaphragm then comes from inside the field
             of view, which suits CTs cut just below the lungs), "single"
-            (:func:`registration_core.synth.random_smooth_displacement`, a diffeomorphic
+            (:func:`registration_core.data.synth.random_smooth_displacement`, a diffeomorphic
             single-frequency field with control spacing ``grid_spacing_mm``) or "mixed"
-            (:func:`registration_core.synth.mixed_frequency_displacement` with its default levels,
+            (:func:`registration_core.data.synth.mixed_frequency_displacement` with its default levels,
             finer motion near the fixed image's strongest edges).
         max_disp_mm: largest true displacement (mm), inside the mask when given.
         noise_std: Gaussian noise added to the moving image, as a fraction of the fixed image's
             intensity range (max - min).
         seed: seeds the motion and the noise (same seed, same pair).
-        n_landmarks: landmarks wanted (0: none); see :func:`registration_core.landmarks.detect_landmarks`.
+        n_landmarks: landmarks wanted (0: none); see :func:`registration_core.data.landmarks.detect_landmarks`.
         labels: label map of the fixed image, deformed with the image (nearest).
         min_distance_mm: smallest landmark distance (mm); default 5 voxels of the coarsest axis.
         grid_spacing_mm: control point spacing of the single-frequency field (mm).

@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .filters import box_sum
-from .spatial import forward_differences, jacobian_determinant
+from registration_core.core.filters import box_sum
+from registration_core.core.spatial import forward_differences, jacobian_determinant
 
 
 class LocalNCC:

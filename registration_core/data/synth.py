@@ -5,7 +5,7 @@ Conventions
 * Arrays are in array index order ``(i, j[, k])``; ``ndim`` (2 or 3) comes from ``shape``.
 * ``spacing_mm``: voxel size in mm along each array axis.
 * ``disp_vox``: displacement of shape ``(ndim, *shape)`` in voxels of the grid, channel ``d``
-  along array axis ``d``; the map is ``x -> x + u(x)`` (see :mod:`registration_core.spatial`).
+  along array axis ``d``; the map is ``x -> x + u(x)`` (see :mod:`registration_core.core.spatial`).
   A deformed copy of an image ``I`` is ``I o (id + u)``, i.e. ``spatial.warp_array(I, u)``.
 * Magnitudes in mm are ``|u|_mm = sqrt(sum_d (u_d * spacing_d)^2)``: vector components are drawn
   in mm, so a field is isotropic in physical space whatever the voxel size.
@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from registration_core import spatial
+from registration_core.core import spatial
 from registration_core.errors import InputError
-from registration_core.io import Image
+from registration_core.core.io import Image
 
 # Scaling and squaring starts from ``v / 2**n`` with its largest step at most this many voxels.
 _MAX_INITIAL_STEP_VOX = 0.25
@@ -161,7 +161,7 @@ def integrate_velocity(velocity_vox: np.ndarray) -> np.ndarray:
     """Exponential of a stationary velocity (ndim, *spatial) in voxels by scaling and squaring.
 
     ``u_0 = v / 2**n`` with ``n`` chosen so that ``max |u_0| <= 0.25`` voxel, then ``n`` times
-    ``u <- u + u o (id + u)`` (:func:`registration_core.spatial.compose`, linear interpolation).
+    ``u <- u + u o (id + u)`` (:func:`registration_core.core.spatial.compose`, linear interpolation).
     Points where ``v = 0`` stay fixed, so a zero border stays zero. Returns float64 voxels.
     """
     max_vox = float(np.sqrt(np.sum(velocity_vox**2, axis=0)).max())

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from registration_core.errors import InputError
-from registration_core.io import atomic_path, read_json_object
+from registration_core.core.io import atomic_path, read_json_object
 
 JOB_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving", "reg_dir", "metrics", "log")
 ID_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving")

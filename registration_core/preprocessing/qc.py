@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from registration_core.errors import InputError
-from registration_core.io import Image, atomic_path
+from registration_core.core.io import Image, atomic_path
 
 PANEL_PX = 300
 DPI = 100

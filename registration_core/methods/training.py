@@ -13,7 +13,7 @@ its prediction (:meth:`~LearnedMethod.predict`). This module holds what they sha
 
 Tensors: images ``(B, 1, *spatial)`` float32, label maps ``(B, 1, *spatial)`` int64, displacements
 ``(B, ndim, *spatial)`` in voxels of the fixed grid (fixed point ``x`` -> moving point ``x + u(x)``;
-see :mod:`registration_core.spatial`). All images of a training set share one grid.
+see :mod:`registration_core.core.spatial`). All images of a training set share one grid.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import InputError
-from .io import Image, atomic_path, load_image, write_json
-from .methods import Method, RegistrationResult
-from .params import Param
-from .provenance import peak_memory_mb, resolve_device, software_versions
+from registration_core.errors import InputError
+from registration_core.core.io import Image, atomic_path, load_image, write_json
+from registration_core.methods import Method, RegistrationResult
+from registration_core.core.params import Param
+from registration_core.core.provenance import peak_memory_mb, resolve_device, software_versions
 
 Batch = dict[str, torch.Tensor]
 """``fixed``/``moving`` (B, 1, *spatial) float32; ``fixed_labels``/``moving_labels`` (B, 1, *spatial)
@@ -345,7 +345,7 @@ def train_method(
     images with another seed). ``out_dir/checkpoint.pt`` holds the resume state: model, optimiser,
     both random generators, step and curves; a rerun continues from it. Returns the log.
     """
-    from .methods import get_method
+    from registration_core.methods import get_method
 
     method = get_method(method_name) if isinstance(method_name, str) else method_name
     if not isinstance(method, LearnedMethod):

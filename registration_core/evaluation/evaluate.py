@@ -1,7 +1,7 @@
 """Evaluate one registered pair from its files and write ``metrics.json``.
 
 The fixed image is the atlas; ``displacement`` is the registration's displacement field on the
-fixed grid (ITK vector image in mm, read by :func:`registration_core.io.load_displacement` as
+fixed grid (ITK vector image in mm, read by :func:`registration_core.core.io.load_displacement` as
 voxels), mapping a fixed point ``p`` to the moving point ``p + u(p)``. Every input lies on the
 fixed grid (same shape and affine); the grid is read from the fixed labels, else the fixed
 image, else the mask (one of them is required).
@@ -9,7 +9,7 @@ image, else the mask (one of them is required).
 ``metrics.json`` keys (see CONTRACT.md), by the inputs that produce them:
 
 * always: ``neg_jac_ratio`` (r^D), ``neg_jac_sum`` (s^D), ``sdlogj``, ``detj_min``, ``detj_max``
-  over every voxel of the fixed grid (see :func:`registration_core.metrics.jacobian_stats`);
+  over every voxel of the fixed grid (see :func:`registration_core.evaluation.metrics.jacobian_stats`);
 * fixed + warped labels: ``dice_mean``, ``dice_per_label`` ``{"<label>": float}``, ``hd95_mean``
   (mm, over defined values), ``hd95_per_label`` ``{"<label>": float | null}``, ``hd95_undefined``
   ``{"<label>": reason}`` for labels present in one map only (their HD95 is null), ``n_labels``
@@ -20,8 +20,8 @@ image, else the mask (one of them is required).
   distance with zero displacement), ``n_landmarks``;
 * fixed + moving image: ``ncc_before``, ``mse_before``; fixed + warped image: ``ncc_after``,
   ``mse_after`` (global Pearson correlation and mean squared difference over the whole grid,
-  :func:`registration_core.metrics.image_similarity`);
-* true displacement (known-truth pairs, :mod:`registration_core.truth`): ``tre_truth_mm`` and
+  :func:`registration_core.evaluation.metrics.image_similarity`);
+* true displacement (known-truth pairs, :mod:`registration_core.data.truth`): ``tre_truth_mm`` and
   ``tre_truth_max_mm`` (mean and largest ``|u - d|`` in mm), ``tre_truth_before_mm`` (mean ``|d|``),
   ``n_truth_voxels``, over the voxels of the mask when given, else every voxel.
 
@@ -37,7 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from registration_core import io, metrics
+from registration_core.core import io
+from registration_core.evaluation import metrics
 from registration_core.errors import InputError
 
 

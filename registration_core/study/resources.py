@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError
+from registration_core.errors import InputError
 
 MEMORY_MARGIN = 1.5
 TIME_MARGIN = 2.0
@@ -84,7 +84,7 @@ def register_resources(
     Returns threads, mem_mb (MB), runtime (minutes), gpu (0 or 1) and, with a GPU, cpus_per_gpu.
     InputError names a bad method, parameter, shape or base value.
     """
-    from .methods import get_method
+    from registration_core.methods import get_method
 
     spec = get_method(method)
     resolved = spec.resolve_params(params)

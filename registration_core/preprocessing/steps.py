@@ -1,8 +1,8 @@
-"""Basic preprocessing of :class:`registration_core.io.Image`: intensity and geometry steps.
+"""Basic preprocessing of :class:`registration_core.core.io.Image`: intensity and geometry steps.
 
 Every function is pure (returns a new Image). Arrays are in array index order
 ``(i, j[, k])``; spacings are in mm; affines map voxel indices to RAS+ mm (2D images use
-the affine's in-plane block, see :func:`registration_core.io.spatial_affine`).
+the affine's in-plane block, see :func:`registration_core.core.io.spatial_affine`).
 
 :func:`run_steps` applies a configured list of steps ``{"step": name, **settings}`` to an
 image and, for geometric steps, to its label map. Steps live in a registry filled by
@@ -27,9 +27,9 @@ import nibabel.orientations as nio
 import numpy as np
 import SimpleITK as sitk
 
-from registration_core.align import ALIGN_SCHEMA, affine_align, apply_alignment
+from registration_core.preprocessing.align import ALIGN_SCHEMA, affine_align, apply_alignment
 from registration_core.errors import InputError
-from registration_core.io import Image, image_to_sitk, spatial_affine
+from registration_core.core.io import Image, image_to_sitk, spatial_affine
 
 Interpolation = Literal["linear", "cubic", "nearest"]
 
@@ -287,7 +287,7 @@ def map_landmarks(points_vox: np.ndarray, source: Image, target: Image) -> np.nd
     Exact (through RAS mm) for steps that keep physical positions: reorient, resample,
     crop_pad. Not meaningful across ``slice`` (whose output forgets its position).
     """
-    from registration_core.io import ras_to_voxel, voxel_to_ras
+    from registration_core.core.io import ras_to_voxel, voxel_to_ras
 
     points_vox = np.asarray(points_vox, dtype=np.float64)
     if points_vox.ndim != 2 or points_vox.shape[1] != source.ndim or source.ndim != target.ndim:
@@ -450,13 +450,13 @@ def _lung_mask_step(
     background: float = 0.0,
     **settings: Any,
 ) -> tuple[Image, Image | None]:
-    """Lung mask of a CT in HU (see :mod:`registration_core.lung`); labels untouched.
+    """Lung mask of a CT in HU (see :mod:`registration_core.preprocessing.lung`); labels untouched.
 
     ``output: mask`` replaces the image by the mask (uint8, 1 right lung, 2 left lung);
     ``output: masked`` by the CT inside the mask, ``background`` elsewhere. Run it before
     intensity clipping (the thresholds are in HU).
     """
-    from registration_core.lung import lung_mask, mask_image
+    from registration_core.preprocessing.lung import lung_mask, mask_image
 
     mask = lung_mask(image, **settings)
     return (mask if output == "mask" else mask_image(image, mask, background)), labels
@@ -467,7 +467,7 @@ STEP_SCHEMAS["affine_align"] = {
     "type": "object", "properties": AFFINE_ALIGN_SETTINGS, "additionalProperties": False, "required": ["reference"],
 }
 """``affine_align``: ``reference`` (the reference subject's id, resolved by the caller to the
-``reference`` image of :func:`prepare_subject`) and the settings of :func:`registration_core.align.affine_align`."""
+``reference`` image of :func:`prepare_subject`) and the settings of :func:`registration_core.preprocessing.align.affine_align`."""
 
 
 @dataclass(frozen=True)
@@ -490,7 +490,7 @@ class Prepared:
 def align_to_reference(subject: Prepared, reference: Image, **settings: Any) -> Prepared:
     """Affinely register ``subject.image`` onto ``reference`` and resample everything on its grid.
 
-    The registration (:func:`registration_core.align.affine_align`, ``settings`` as there) works
+    The registration (:func:`registration_core.preprocessing.align.affine_align`, ``settings`` as there) works
     in physical space, so any earlier grid change (reorient, resample, crop) is fine. The image
     is resampled linearly, labels and mask by nearest neighbour (0 outside the subject), and the
     landmarks are mapped exactly through the transform. When ``subject.image`` is the reference

@@ -32,7 +32,7 @@ with an even number of voxels per axis (so no voxel centre lies on x = 0): the T
 anti-aliased (FWHM ``sqrt(s^2 - 1)`` mm) and linearly resampled, the tissue map is resampled
 nearest-neighbour, then split into hemispheres. Subject 0 is the template itself; subject ``k >= 1``
 is ``template o (id + u_k)`` with its own diffeomorphic random deformation ``u_k``
-(:func:`registration_core.synth.random_smooth_displacement`) followed by a random intensity
+(:func:`registration_core.data.synth.random_smooth_displacement`) followed by a random intensity
 transform (gamma, bias field, noise). Randomness comes from ``numpy.random.default_rng([seed, k])``.
 
 Folder adapter
@@ -47,7 +47,7 @@ their files, the (fixed, moving) pairs the dataset defines, and the files the wo
 first. Adapters (:data:`ADAPTERS`; the keys each reads: :data:`ADAPTER_KEYS`):
 
 * ``folder``: NIfTI / ITK files per subject from ``{subject}`` patterns; landmarks as CSV or
-  elastix point files (read by :func:`registration_core.io.load_landmarks` directly).
+  elastix point files (read by :func:`registration_core.core.io.load_landmarks` directly).
 * ``neurite-oasis``: ``OASIS_OAS1_xxxx_MR1/`` folders (aligned_norm / aligned_seg35, or the 2D
   slice_norm / slice_seg24); subject ``OAS1_xxxx``.
 * ``dirlab``: DIR-Lab 4DCT raw int16 volumes (geometry from :data:`DIRLAB_CASES`) and the 300
@@ -76,9 +76,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from registration_core import spatial, synth
+from registration_core.core import spatial
+from registration_core.data import synth
 from registration_core.errors import InputError
-from registration_core.io import Image, read_json_object, save_image, save_landmarks
+from registration_core.core.io import Image, read_json_object, save_image, save_landmarks
 
 DEMO_LABELS: dict[int, str] = {
     1: "left CSF",
@@ -370,7 +371,7 @@ class SubjectFiles:
     """A subject's input files (paths as str; relative to the working dir when the config path is).
 
     ``landmarks`` is a CSV (``i,j[,k]`` voxel or ``x,y[,z]`` RAS mm) or an elastix point file as
-    :func:`registration_core.io.load_landmarks` reads it, or a dataset's own point file listed in
+    :func:`registration_core.core.io.load_landmarks` reads it, or a dataset's own point file listed in
     :attr:`Manifest.landmark_imports`. For a subject in :attr:`Manifest.raw_imports`, ``image``
     is the raw file: convert it with :func:`import_raw` first.
     """

@@ -33,7 +33,7 @@ from scipy import ndimage
 from scipy.spatial import ConvexHull
 
 from registration_core.errors import InputError
-from registration_core.io import Image, image_to_sitk
+from registration_core.core.io import Image, image_to_sitk
 
 RIGHT_LUNG, LEFT_LUNG = 1, 2
 

@@ -12,7 +12,7 @@ Conventions (shared with the rest of ``registration_core``):
 
 Inputs are numpy arrays; outputs are plain Python floats, ints, lists and dicts (and a numpy
 vector for per-landmark errors). Undefined values are ``float('nan')``; the caller decides how
-to serialise them (``registration_core.evaluation`` writes JSON ``null``).
+to serialise them (``registration_core.evaluation.evaluate`` writes JSON ``null``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from scipy import ndimage
 
 from registration_core.errors import InputError
-from registration_core.spatial import jacobian_determinant, sample_displacement_at
+from registration_core.core.spatial import jacobian_determinant, sample_displacement_at
 
 HD95_PERCENTILE = 95.0
 

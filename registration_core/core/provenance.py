@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import __version__
-from .errors import InputError
+from registration_core import __version__
+from registration_core.errors import InputError
 
 if TYPE_CHECKING:
     import torch

@@ -4,7 +4,7 @@ Conventions
 -----------
 * Arrays are in array index order ``(i, j[, k])``; ``ndim`` (2 or 3) comes from the image.
 * Landmarks are returned as voxel coordinates ``(N, ndim)`` of the image's grid (voxel centres,
-  integer values stored as float64), the format of :func:`registration_core.io.load_landmarks`.
+  integer values stored as float64), the format of :func:`registration_core.core.io.load_landmarks`.
 * Lengths (``sigma_mm``, ``rho_mm``, ``min_distance_mm``, ``border_mm``) are in mm and become
   voxels per axis through the image's spacing.
 
@@ -26,7 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from registration_core.errors import InputError
-from registration_core.io import Image
+from registration_core.core.io import Image
 
 
 def _gaussian_gradient(data: np.ndarray, spacing_mm: Sequence[float], sigma_mm: float) -> list[np.ndarray]:

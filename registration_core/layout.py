@@ -1,0 +1,119 @@
+"""The file contract: every output folder and file name of a study, in one place.
+
+Writers (registration, synthetic truth pairs, training, aggregation, statistics, report) and
+readers (the Snakemake rules, aggregation, the report) ask this module; no other module spells an
+output file name. Two levels:
+
+* :data:`PATHS`: study-level templates relative to the working directory. ``{study}`` is the study
+  name, ``{subject}`` a subject id, ``{stage}`` ``<position>-<step>`` of a preprocessing stage,
+  ``{method}`` a method, ``{grid_id}`` ``key~value__key~value`` (or ``default``), and
+  ``{atlas}__{moving}`` a pair (subject ids contain no ``__``, so the pair splits uniquely).
+* The names inside one folder that a single command writes: :data:`REG_FILES` (``register
+  --out DIR``), :data:`TRUTH_FILES` (``synth-pair --out-dir DIR``), :data:`TRAIN_FILES` (``train
+  --out DIR``), :data:`TABLE_FILES` (``aggregate --out-dir DIR``) and :data:`ANOVA_SUMMARY`
+  (``anova --out-dir DIR``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PATHS: dict[str, str] = {
+    "config": "results/{study}/config.yaml",
+    "jobs": "results/{study}/jobs.tsv",
+    "raw_image": "results/{study}/data/{subject}/image.nii.gz",
+    "raw_labels": "results/{study}/data/{subject}/labels.nii.gz",
+    "raw_landmarks": "results/{study}/data/{subject}/landmarks.csv",
+    "raw_mask": "results/{study}/data/{subject}/mask.nii.gz",
+    "prep_image": "results/{study}/prep/{subject}/image.nii.gz",
+    "prep_labels": "results/{study}/prep/{subject}/labels.nii.gz",
+    "prep_landmarks": "results/{study}/prep/{subject}/landmarks.csv",
+    "prep_mask": "results/{study}/prep/{subject}/mask.nii.gz",
+    "stage_image": "results/{study}/prep/{subject}/stages/{stage}/image.nii.gz",
+    "stage_labels": "results/{study}/prep/{subject}/stages/{stage}/labels.nii.gz",
+    "stage_landmarks": "results/{study}/prep/{subject}/stages/{stage}/landmarks.csv",
+    "stage_mask": "results/{study}/prep/{subject}/stages/{stage}/mask.nii.gz",
+    "qc": "results/{study}/qc/{subject}.png",
+    "truth_dir": "results/{study}/truth/{moving}",
+    "aligned_image": "results/{study}/aligned/{atlas}__{moving}/image.nii.gz",
+    "aligned_labels": "results/{study}/aligned/{atlas}__{moving}/labels.nii.gz",
+    "aligned_landmarks": "results/{study}/aligned/{atlas}__{moving}/landmarks.csv",
+    "train_dir": "results/{study}/train/{method}/{grid_id}",
+    "model": "results/{study}/train/{method}/{grid_id}/model.pt",
+    "train_log": "results/{study}/train/{method}/{grid_id}/log.json",
+    "reg_dir": "results/{study}/reg/{method}/{grid_id}/{atlas}__{moving}",
+    "metrics": "results/{study}/eval/{method}/{grid_id}/{atlas}__{moving}.json",
+    "metrics_table": "results/{study}/metrics.csv",
+    "dice_table": "results/{study}/dice_per_label.csv",
+    "summary_table": "results/{study}/summary.csv",
+    "loss_table": "results/{study}/loss_curves.csv",
+    "anova_dir": "results/{study}/anova",
+    "report": "reports/{study}/index.html",
+    "report_figures": "reports/{study}/figures",
+    "logs": "logs/{study}",
+}
+"""Output locations relative to the working directory."""
+
+REG_FILES: dict[str, str] = {
+    "warped": "warped.nii.gz",
+    "warped_labels": "warped_labels.nii.gz",
+    "displacement": "displacement.nii.gz",
+    "inverse_displacement": "inverse_displacement.nii.gz",
+    "log": "log.json",
+}
+"""Files of one registration folder (``reg_dir``): warped image (always), warped labels (with
+moving labels), displacement (always, ITK vector image in mm on the fixed grid), inverse
+displacement (methods that estimate one) and ``log.json``, written last."""
+
+TRUTH_FILES: dict[str, str] = {
+    "fixed": "fixed.nii.gz",
+    "moving": "moving.nii.gz",
+    "fixed_labels": "fixed_labels.nii.gz",
+    "moving_labels": "moving_labels.nii.gz",
+    "mask": "mask.nii.gz",
+    "moving_mask": "moving_mask.nii.gz",
+    "truth_displacement": "truth_displacement.nii.gz",
+    "fixed_landmarks": "fixed_landmarks.csv",
+    "moving_landmarks": "moving_landmarks.csv",
+    "info": "truth.json",
+}
+"""Files of one known-truth pair folder (``truth_dir``); labels, masks and landmarks only when the
+input has them (landmarks only when some are detected)."""
+
+TRUTH_INPUTS = ("fixed", "moving", "moving_labels", "mask", "truth_displacement", "fixed_landmarks", "moving_landmarks")
+"""Keys of :data:`TRUTH_FILES` that the study's later jobs read."""
+
+TRAIN_FILES: dict[str, str] = {"checkpoint": "checkpoint.pt", "model": "model.pt", "log": "log.json"}
+"""Files of one training folder (``train_dir``)."""
+
+TABLE_FILES: dict[str, str] = {
+    "jobs": "jobs.tsv",
+    "metrics": "metrics.csv",
+    "dice": "dice_per_label.csv",
+    "summary": "summary.csv",
+    "loss": "loss_curves.csv",
+}
+"""The study tables inside ``results/<study>/`` (names of :data:`PATHS` entries ``jobs`` and ``*_table``)."""
+
+ANOVA_SUMMARY = "anova.json"
+"""The statistics summary inside ``anova_dir`` (beside one ``<response>.csv`` per response)."""
+
+
+def reg_file(reg_dir: str | Path, key: str) -> Path:
+    """Path of file ``key`` of :data:`REG_FILES` in a registration folder."""
+    return Path(reg_dir) / REG_FILES[key]
+
+
+def truth_file(truth_dir: str | Path, key: str) -> Path:
+    """Path of file ``key`` of :data:`TRUTH_FILES` in a known-truth pair folder."""
+    return Path(truth_dir) / TRUTH_FILES[key]
+
+
+def train_file(train_dir: str | Path, key: str) -> Path:
+    """Path of file ``key`` of :data:`TRAIN_FILES` in a training folder."""
+    return Path(train_dir) / TRAIN_FILES[key]
+
+
+def table_file(study_dir: str | Path, key: str) -> Path:
+    """Path of study table ``key`` of :data:`TABLE_FILES` in ``results/<study>``."""
+    return Path(study_dir) / TABLE_FILES[key]
