@@ -1,4 +1,6 @@
-"""The conda environments (envs/*.yaml) pin exactly the packages and versions of pyproject.toml."""
+"""The lock (constraints.txt), pyproject.toml's ranges, the Makefile and the conda environments
+(envs/*.yaml) agree: every env pins pyproject's packages at the lock's versions, and the lock's
+versions lie in pyproject's ranges."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENVS = REPO_ROOT / "envs"
@@ -28,6 +31,22 @@ def _pins(requirements: list[str]) -> dict[str, str]:
     return pins
 
 
+def _lock() -> dict[str, str]:
+    """constraints.txt as ``{name: version}`` (comments and blank lines skipped)."""
+    lines = (REPO_ROOT / "constraints.txt").read_text().splitlines()
+    return _pins([line for line in lines if line.strip() and not line.lstrip().startswith("#")])
+
+
+def _requirements(groups: list[str]) -> dict[str, Requirement]:
+    """pyproject's requirements of ``groups`` (``dependencies`` or extras) by normalised name."""
+    project = _pyproject()
+    found: dict[str, Requirement] = {}
+    for group in groups:
+        entries = project["dependencies"] if group == "dependencies" else project["optional-dependencies"][group]
+        found.update({_normalise(r.name): r for r in map(Requirement, entries)})
+    return found
+
+
 def _pyproject() -> dict:
     return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
 
@@ -39,23 +58,47 @@ def _env(name: str) -> tuple[dict, list[str]]:
     assert len(pip_sections) == 1, f"{name}: expected one pip section"
     requirements = pip_sections[0]
     assert "-e .." in requirements, f"{name}: the pip section must install this repository (-e ..)"
-    return env, [r for r in requirements if r != "-e .."]
+    assert "-c ../constraints.txt" in requirements, f"{name}: the pip section must use the lock (-c ../constraints.txt)"
+    return env, [r for r in requirements if r not in ("-e ..", "-c ../constraints.txt")]
 
 
 EXPECTED = {
-    "registration.yaml": ["dependencies"],
-    "workflow.yaml": ["dependencies", "workflow", "cluster", "test"],
+    "registration.yaml": ["dependencies", "ants", "elastix"],
+    "workflow.yaml": ["dependencies", "workflow", "cluster", "test", "ants", "elastix"],
 }
+MAKE_EXTRAS = ["workflow", "cluster", "test", "ants", "elastix"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_env_pins_match_pyproject(name: str) -> None:
-    project = _pyproject()
-    expected: dict[str, str] = {}
-    for group in EXPECTED[name]:
-        expected.update(_pins(project["dependencies"] if group == "dependencies" else project["optional-dependencies"][group]))
+def test_env_pins_are_the_locked_versions_of_pyproject_packages(name: str) -> None:
+    lock = _lock()
+    packages = _requirements(EXPECTED[name])
     _, requirements = _env(name)
-    assert _pins(requirements) == expected
+    assert _pins(requirements) == {package: lock[package] for package in packages}
+
+
+def test_lock_versions_satisfy_pyproject_ranges() -> None:
+    lock = _lock()
+    for name, requirement in _requirements(["dependencies", *_pyproject()["optional-dependencies"]]).items():
+        assert name in lock, f"{name} is required by pyproject.toml but not locked in constraints.txt"
+        assert requirement.specifier.contains(lock[name], prereleases=True), (
+            f"constraints.txt has {name}=={lock[name]}, outside pyproject.toml's {requirement}"
+        )
+
+
+def test_lock_is_exact_and_keeps_the_cpu_torch() -> None:
+    lock = _lock()
+    assert "registration-core" not in lock
+    # torch==2.13.0 also matches the local CPU wheel 2.13.0+cpu; never a CUDA build from the index
+    assert lock["torch"] == "2.13.0"
+    assert lock["numpy"].startswith("2.") and lock["antspyx"] == "0.6.3" and lock["itk-elastix"] == "0.25.4"
+
+
+def test_make_setup_installs_with_the_lock() -> None:
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert f"-c constraints.txt -e '.[{','.join(MAKE_EXTRAS)}]'" in makefile
+    assert re.search(r"^\$\(STAMP\): pyproject\.toml constraints\.txt$", makefile, re.M)
+    assert set(MAKE_EXTRAS) == set(_pyproject()["optional-dependencies"])
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
