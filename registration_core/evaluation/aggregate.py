@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from registration_core.errors import InputError
 from registration_core.core.io import atomic_path, read_json_object
+from registration_core.errors import InputError
 
 JOB_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving", "reg_dir", "metrics", "log")
 ID_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving")

@@ -38,9 +38,8 @@ from typing import Any
 import numpy as np
 
 from registration_core.core import io
-from registration_core.evaluation import metrics
 from registration_core.errors import InputError
-
+from registration_core.evaluation import metrics
 
 # --------------------------------------------------------------------------- label specification
 

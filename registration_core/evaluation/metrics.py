@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from registration_core.errors import InputError
 from registration_core.core.spatial import jacobian_determinant, sample_displacement_at
+from registration_core.errors import InputError
+from registration_core.evaluation.surface import hd95_surfel
 
 HD95_PERCENTILE = 95.0
+HD95_CONVENTIONS = ("voxel", "surfel")
 
 
 class DiceSummary(TypedDict):
@@ -217,16 +219,22 @@ def _hd95(fixed_mask: np.ndarray, warped_mask: np.ndarray, spacing: tuple[float,
 
 
 def hd95_summary(
-    fixed_labels: np.ndarray, warped_labels: np.ndarray, labels: Sequence[int], spacing_mm: Sequence[float]
+    fixed_labels: np.ndarray,
+    warped_labels: np.ndarray,
+    labels: Sequence[int],
+    spacing_mm: Sequence[float],
+    convention: str = "voxel",
 ) -> HD95Summary:
     """Per-label HD95 in mm, their mean over defined values, skipped and undefined labels.
 
-    HD95 = max(P95 of the fixed->warped surface distances, P95 of warped->fixed), the robust
-    Hausdorff distance of the DeepMind surface-distance package and the Learn2Reg evaluation.
-    Surface voxels are mask minus its (face-connected) erosion; distances are exact Euclidean
-    distances between voxel centres in mm (``scipy.ndimage.distance_transform_edt`` with
-    ``sampling=spacing_mm``); P95 is ``numpy.percentile`` with linear interpolation, each
-    surface voxel weighted equally (the DeepMind package weights by surfel area instead).
+    HD95 = max(P95 of the fixed->warped surface distances, P95 of warped->fixed) in MONAI's
+    voxel-surface convention (``hd95_mean`` of metrics.json). Surface voxels are mask minus its
+    (face-connected) erosion; distances are exact Euclidean distances between voxel centres in mm
+    (``scipy.ndimage.distance_transform_edt`` with ``sampling=spacing_mm``); P95 is
+    ``numpy.percentile`` with linear interpolation, each surface voxel weighted equally. This is
+    NOT the convention of DeepMind's surface-distance package and Learn2Reg (surfels weighted by
+    area, :mod:`registration_core.evaluation.surface`, ``hd95_l2r_mean``), which gives smaller
+    values on the same masks.
 
     Labels absent from both maps are skipped (listed in ``skipped``). A label present in one map
     only has no surface to measure against: its HD95 is NaN and ``undefined[label]`` says which
@@ -236,7 +244,12 @@ def hd95_summary(
         fixed_labels, warped_labels: (*spatial) integer label maps on one grid.
         labels: the labels to measure (distinct integers).
         spacing_mm: ndim voxel sizes in mm, array axis order.
+        convention: ``voxel`` (above, MONAI) or ``surfel`` (DeepMind surface-distance, Learn2Reg:
+            :func:`registration_core.evaluation.surface.hd95_surfel`).
     """
+    if convention not in HD95_CONVENTIONS:
+        raise InputError(f"convention: {convention!r} is not an HD95 convention; allowed: {', '.join(HD95_CONVENTIONS)}")
+    distance = _hd95 if convention == "voxel" else hd95_surfel
     fixed, warped = _label_pair(fixed_labels, warped_labels)
     spacing = _spacing(spacing_mm, fixed.ndim)
     scored, skipped = _partition_labels(fixed, warped, _label_list(labels))
@@ -245,7 +258,7 @@ def hd95_summary(
     for label in scored:
         fixed_mask, warped_mask = fixed == label, warped == label
         if fixed_mask.any() and warped_mask.any():
-            per_label[label] = _hd95(fixed_mask, warped_mask, spacing)
+            per_label[label] = distance(fixed_mask, warped_mask, spacing)
         else:
             per_label[label] = math.nan
             holder = "fixed" if fixed_mask.any() else "warped"
@@ -307,6 +320,65 @@ def jacobian_stats(disp_vox: np.ndarray, mask: np.ndarray | None = None) -> Jaco
         "detj_min": float(detj.min()),
         "detj_max": float(detj.max()),
         "n_voxels": int(detj.size),
+    }
+
+
+L2R_CROP = 2
+"""Voxels cropped from every side before Learn2Reg's SDlogJ (its ``jacobian[..., 2:-2, 2:-2, 2:-2]``)."""
+L2R_SHIFT = 3.0
+"""Learn2Reg adds 3 to det J before the log (``log(clip(detJ + 3, 1e-9, 1e9))``)."""
+L2R_CLIP = (1e-9, 1e9)
+
+
+class JacobianConventions(TypedDict):
+    """Result of :func:`jacobian_conventions`: Jacobian statistics as published tables compute them."""
+
+    sdlogj_l2r: float
+    neg_jac_pct_nodeo: float
+    neg_jac_sum_nodeo: float
+
+
+def sdlogj_l2r(detj_central: np.ndarray) -> float:
+    """Learn2Reg's SDlogJ from central-difference determinants on the whole grid.
+
+    ``std(log(clip(detJ + 3, 1e-9, 1e9)))`` (ddof 0) over the grid cropped by :data:`L2R_CROP`
+    voxels on every side. Learn2Reg differentiates with ``scipy.ndimage.correlate`` and the kernel
+    ``[-0.5, 0, 0.5]`` (zero outside the grid); after the crop every remaining voxel has both
+    neighbours inside, so any central-difference scheme gives the same determinants there.
+
+    Args:
+        detj_central: (*spatial) det J of ``x -> x + u(x)``, u in voxels, central differences.
+    """
+    crop = tuple(slice(L2R_CROP, n - L2R_CROP) for n in detj_central.shape)
+    inner = np.asarray(detj_central, dtype=np.float64)[crop]
+    if inner.size == 0:
+        raise InputError(f"disp_vox: Learn2Reg's SDlogJ crops {L2R_CROP} voxels per side; grid {detj_central.shape} is too small")
+    return float(np.std(np.log(np.clip(inner + L2R_SHIFT, *L2R_CLIP))))
+
+
+def jacobian_conventions(disp_vox: np.ndarray) -> JacobianConventions:
+    """Jacobian statistics in the conventions of Learn2Reg and of the NODEO paper.
+
+    Args:
+        disp_vox: (ndim, *spatial) displacement in voxels of the fixed grid.
+
+    Returns:
+        sdlogj_l2r: see :func:`sdlogj_l2r` (central differences, 2-voxel crop, log(clip(detJ + 3))).
+        neg_jac_pct_nodeo: r^D as NODEO reports it, in percent: 100 x the fraction of voxels with
+            det J <= 0, J by forward differences over the voxels whose forward neighbours exist
+            (``n - 1`` per axis).
+        neg_jac_sum_nodeo: s^D as NODEO reports it: sum of max(-det J, 0), forward differences.
+    """
+    disp = _displacement(disp_vox)
+    if min(disp.shape[1:]) < 2 * L2R_CROP + 1:
+        raise InputError(f"disp_vox needs at least {2 * L2R_CROP + 1} voxels per axis, got {disp.shape[1:]}")
+    field = torch.from_numpy(np.ascontiguousarray(disp))[None]
+    central = jacobian_determinant(field, scheme="central")[0].detach().cpu().numpy()
+    forward = jacobian_determinant(field, scheme="forward")[0].detach().cpu().numpy().astype(np.float64)
+    return {
+        "sdlogj_l2r": sdlogj_l2r(central),
+        "neg_jac_pct_nodeo": float(100.0 * np.mean(forward <= 0)),
+        "neg_jac_sum_nodeo": float(np.sum(np.maximum(-forward, 0.0))),
     }
 
 

@@ -36,9 +36,9 @@ from scipy import stats as sps
 from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
-from registration_core.evaluation.aggregate import write_table
-from registration_core.errors import InputError
 from registration_core.core.io import atomic_path
+from registration_core.errors import InputError
+from registration_core.evaluation.aggregate import write_table
 
 TABLE_COLUMNS = ("sum_sq", "df", "mean_sq", "F", "F_crit", "p", "partial_eta_sq", "significant")
 RESIDUAL = "Residual"
