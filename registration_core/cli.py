@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from registration_core.errors import InputError
 
@@ -167,8 +168,8 @@ def _import_raw(args: argparse.Namespace) -> None:
 
 
 def _import_landmarks(args: argparse.Namespace) -> None:
-    from registration_core.data.datasets import LandmarkImport, import_landmarks
     from registration_core.core.io import load_image
+    from registration_core.data.datasets import LandmarkImport, import_landmarks
 
     import_landmarks(LandmarkImport(str(args.points), args.format), load_image(args.reference), args.out)
 
@@ -229,19 +230,84 @@ def _methods(args: argparse.Namespace) -> None:
             print(f"  {param.name} = {default}  [{param.allowed()}]  {param.help}")
 
 
-def _subject_options(p: argparse.ArgumentParser) -> None:
-    """Input files of ``prepare`` and ``preprocess``: one subject's image and optional files."""
-    p.add_argument("--image", type=Path, required=True)
-    p.add_argument("--labels", type=Path, help="its label map (geometric steps carry it along, nearest)")
-    p.add_argument("--mask", type=Path, help="a mask on the image's grid; geometric steps carry it like labels")
-    p.add_argument("--landmarks", type=Path, help="its landmarks (CSV or elastix points), mapped exactly")
+@dataclass(frozen=True)
+class FileOption:
+    """A file option of a command: its flag, help text, whether it is required and whether it
+    takes several paths."""
+
+    flag: str
+    help: str | None = None
+    required: bool = False
+    many: bool = False
 
 
-def _subject_outputs(p: argparse.ArgumentParser) -> None:
-    """Output files of ``prepare`` and ``preprocess`` beside the image."""
-    p.add_argument("--out-labels", type=Path)
-    p.add_argument("--out-mask", type=Path)
-    p.add_argument("--out-landmarks", type=Path, help="landmarks CSV on the output grid (i,j[,k],x,y[,z])")
+FILE_OPTIONS: dict[str, dict[str, FileOption]] = {
+    "register": {
+        "fixed": FileOption("--fixed", "fixed image (the atlas)", True),
+        "moving": FileOption("--moving", "moving image, on the fixed grid", True),
+        "fixed_labels": FileOption("--fixed-labels", "fixed label map"),
+        "moving_labels": FileOption("--moving-labels", "moving label map (warped into warped_labels.nii.gz)"),
+        "fixed_landmarks": FileOption("--fixed-landmarks", "fixed landmarks (CSV or elastix points)"),
+        "moving_landmarks": FileOption("--moving-landmarks", "moving landmarks, same order"),
+    },
+    "train": {
+        "images": FileOption("--images", "training images, all on one grid", True, True),
+        "labels": FileOption("--labels", "their label maps (same order), for label supervision", many=True),
+        "val_images": FileOption("--val-images", "validation images (default: validate on training pairs)", many=True),
+        "val_labels": FileOption("--val-labels", "their label maps", many=True),
+    },
+    "evaluate": {
+        "fixed_labels": FileOption("--fixed-labels", "fixed label map (with --warped-labels: Dice, HD95)"),
+        "warped_labels": FileOption("--warped-labels", "warped_labels.nii.gz written by register"),
+        "displacement": FileOption("--displacement", "displacement.nii.gz written by register", True),
+        "moving_labels": FileOption("--moving-labels", "moving labels, for the Dice before registration"),
+        "fixed_landmarks": FileOption("--fixed-landmarks", "fixed landmarks"),
+        "moving_landmarks": FileOption("--moving-landmarks", "moving landmarks, same order"),
+        "fixed": FileOption("--fixed-image", "fixed image (with --moving-image / --warped-image: NCC, MSE)"),
+        "moving": FileOption("--moving-image", "moving image, for ncc_before / mse_before"),
+        "warped": FileOption("--warped-image", "warped.nii.gz written by register, for ncc_after / mse_after"),
+        "truth_displacement": FileOption("--truth-displacement", "true displacement of a synth-pair, for tre_truth_mm"),
+        "mask": FileOption("--mask", "mask on the fixed grid bounding tre_truth_mm (default: every voxel)"),
+    },
+    "subject": {
+        "image": FileOption("--image", "the subject's image", True),
+        "labels": FileOption("--labels", "its label map (geometric steps carry it along, nearest)"),
+        "mask": FileOption("--mask", "a mask on the image's grid; geometric steps carry it like labels"),
+        "landmarks": FileOption("--landmarks", "its landmarks (CSV or elastix points), mapped exactly"),
+        "reference": FileOption("--reference", "affine_align: the reference subject's image at the same stage"),
+    },
+    "subject_outputs": {
+        "labels": FileOption("--out-labels", "output label map"),
+        "mask": FileOption("--out-mask", "output mask"),
+        "landmarks": FileOption("--out-landmarks", "landmarks CSV on the output grid (i,j[,k],x,y[,z])"),
+    },
+    "qc": {
+        "raw_image": FileOption("--raw-image", "the image as read from the dataset", True),
+        "raw_labels": FileOption("--raw-labels", "its labels as read"),
+        "image": FileOption("--image", "the prepared image", True),
+        "labels": FileOption("--labels", "the prepared labels"),
+        "mask": FileOption("--mask", "the prepared mask"),
+    },
+}
+"""File options of the commands the workflow runs, keyed like the files of
+:mod:`registration_core.study.files`; the parser and the rules' arguments both read them."""
+
+
+def add_file_options(p: argparse.ArgumentParser, group: str) -> None:
+    """Add the options of ``FILE_OPTIONS[group]`` to a command's parser."""
+    for option in FILE_OPTIONS[group].values():
+        p.add_argument(option.flag, type=Path, required=option.required, nargs="+" if option.many else None, help=option.help)
+
+
+def file_args(group: str, files: Mapping[str, str | Sequence[str]]) -> list[str]:
+    """``flag path [path ...]`` for every key of ``FILE_OPTIONS[group]`` present in ``files``, in
+    declaration order (what a rule passes to the command)."""
+    args: list[str] = []
+    for key, option in FILE_OPTIONS[group].items():
+        if key in files:
+            value = files[key]
+            args += [option.flag, *value] if isinstance(value, (list, tuple)) else [option.flag, str(value)]
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,39 +322,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("register", _register, "register a moving image onto a fixed (atlas) image")
     p.add_argument("--method", required=True, help="registration method (see the method registry)")
-    p.add_argument("--fixed", type=Path, required=True, help="fixed image (the atlas)")
-    p.add_argument("--moving", type=Path, required=True, help="moving image, on the fixed grid")
-    p.add_argument("--fixed-labels", type=Path)
-    p.add_argument("--moving-labels", type=Path)
-    p.add_argument("--fixed-landmarks", type=Path)
-    p.add_argument("--moving-landmarks", type=Path)
+    add_file_options(p, "register")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
 
     p = command("train", _train, "train a learned method on a set of images; writes OUT/model.pt and OUT/log.json")
     p.add_argument("--method", required=True, help="a learned method (see `methods`)")
-    p.add_argument("--images", type=Path, nargs="+", required=True, help="training images, all on one grid")
-    p.add_argument("--labels", type=Path, nargs="+", help="their label maps (same order), for label supervision")
-    p.add_argument("--val-images", type=Path, nargs="+", help="validation images (default: validate on training pairs)")
-    p.add_argument("--val-labels", type=Path, nargs="+", help="their label maps")
+    add_file_options(p, "train")
     p.add_argument("--out", type=Path, required=True, help="output folder (model.pt, log.json, checkpoint.pt)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
 
     p = command("evaluate", _evaluate, "metrics of one registered pair")
-    p.add_argument("--fixed-labels", type=Path, help="fixed label map (with --warped-labels: Dice, HD95)")
-    p.add_argument("--warped-labels", type=Path)
-    p.add_argument("--displacement", type=Path, required=True, help="displacement.nii.gz written by register")
+    add_file_options(p, "evaluate")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--labels", help="comma-separated label values (default: all labels of the fixed map)")
     group.add_argument("--labels-file", type=Path, help="file with label values")
-    p.add_argument("--moving-labels", type=Path, help="moving labels, for the Dice before registration")
-    p.add_argument("--fixed-landmarks", type=Path)
-    p.add_argument("--moving-landmarks", type=Path)
-    p.add_argument("--fixed-image", type=Path, help="fixed image (with --moving-image / --warped-image: NCC, MSE)")
-    p.add_argument("--moving-image", type=Path, help="moving image, for ncc_before / mse_before")
-    p.add_argument("--warped-image", type=Path, help="warped.nii.gz written by register, for ncc_after / mse_after")
-    p.add_argument("--truth-displacement", type=Path, help="true displacement of a synth-pair, for tre_truth_mm")
-    p.add_argument("--mask", type=Path, help="mask on the fixed grid bounding tre_truth_mm (default: every voxel)")
     p.add_argument("--out", type=Path, required=True, help="metrics.json")
 
     p = command("synth-pair", _synth_pair, "deform a real image by a known motion: a pair with exact truth")
@@ -306,21 +354,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, required=True)
 
     p = command("prepare", _prepare, "preprocess one image (and its labels, mask, landmarks) by a list of steps")
-    _subject_options(p)
+    add_file_options(p, "subject")
     p.add_argument("--steps", required=True, help="JSON list of {step: name, ...} or a JSON/YAML file")
-    p.add_argument("--reference", type=Path, help="image of the reference subject of affine_align steps, raw")
-    p.add_argument("--out-image", type=Path, required=True)
-    _subject_outputs(p)
+    p.add_argument("--out-image", type=Path, required=True, help="output image")
+    add_file_options(p, "subject_outputs")
 
     p = command("preprocess", _preprocess, "run one preprocessing step on one image (and its labels, mask, landmarks)")
     p.add_argument(
         "step",
         help="a preprocessing step: reorient, clip, normalize, slice, resample, crop-pad, lung-mask, affine-align",
     )
-    _subject_options(p)
-    p.add_argument("--reference", type=Path, help="affine-align: the image to align onto (the atlas / reference)")
+    add_file_options(p, "subject")
     p.add_argument("--out", type=Path, required=True, help="output image (lung-mask: the mask)")
-    _subject_outputs(p)
+    add_file_options(p, "subject_outputs")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="step setting, value as YAML (repeatable)")
 
     p = command("demo-subject", _demo_subject, "write one subject of the embedded demo dataset")
@@ -347,11 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="landmarks CSV (i,j[,k],x,y[,z])")
 
     p = command("qc", _qc, "QC picture: mid-slices before and after preprocessing with label/mask outlines")
-    p.add_argument("--raw-image", type=Path, required=True, help="the image as read from the dataset")
-    p.add_argument("--raw-labels", type=Path)
-    p.add_argument("--image", type=Path, required=True, help="the prepared image")
-    p.add_argument("--labels", type=Path, help="the prepared labels")
-    p.add_argument("--mask", type=Path, help="the prepared mask")
+    add_file_options(p, "qc")
     p.add_argument("--title", default="", help="caption above the panels (e.g. the subject id)")
     p.add_argument("--out", type=Path, required=True, help="PNG")
 

@@ -18,42 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PATHS: dict[str, str] = {
-    "config": "results/{study}/config.yaml",
-    "jobs": "results/{study}/jobs.tsv",
-    "raw_image": "results/{study}/data/{subject}/image.nii.gz",
-    "raw_labels": "results/{study}/data/{subject}/labels.nii.gz",
-    "raw_landmarks": "results/{study}/data/{subject}/landmarks.csv",
-    "raw_mask": "results/{study}/data/{subject}/mask.nii.gz",
-    "prep_image": "results/{study}/prep/{subject}/image.nii.gz",
-    "prep_labels": "results/{study}/prep/{subject}/labels.nii.gz",
-    "prep_landmarks": "results/{study}/prep/{subject}/landmarks.csv",
-    "prep_mask": "results/{study}/prep/{subject}/mask.nii.gz",
-    "stage_image": "results/{study}/prep/{subject}/stages/{stage}/image.nii.gz",
-    "stage_labels": "results/{study}/prep/{subject}/stages/{stage}/labels.nii.gz",
-    "stage_landmarks": "results/{study}/prep/{subject}/stages/{stage}/landmarks.csv",
-    "stage_mask": "results/{study}/prep/{subject}/stages/{stage}/mask.nii.gz",
-    "qc": "results/{study}/qc/{subject}.png",
-    "truth_dir": "results/{study}/truth/{moving}",
-    "aligned_image": "results/{study}/aligned/{atlas}__{moving}/image.nii.gz",
-    "aligned_labels": "results/{study}/aligned/{atlas}__{moving}/labels.nii.gz",
-    "aligned_landmarks": "results/{study}/aligned/{atlas}__{moving}/landmarks.csv",
-    "train_dir": "results/{study}/train/{method}/{grid_id}",
-    "model": "results/{study}/train/{method}/{grid_id}/model.pt",
-    "train_log": "results/{study}/train/{method}/{grid_id}/log.json",
-    "reg_dir": "results/{study}/reg/{method}/{grid_id}/{atlas}__{moving}",
-    "metrics": "results/{study}/eval/{method}/{grid_id}/{atlas}__{moving}.json",
-    "metrics_table": "results/{study}/metrics.csv",
-    "dice_table": "results/{study}/dice_per_label.csv",
-    "summary_table": "results/{study}/summary.csv",
-    "loss_table": "results/{study}/loss_curves.csv",
-    "anova_dir": "results/{study}/anova",
-    "report": "reports/{study}/index.html",
-    "report_figures": "reports/{study}/figures",
-    "logs": "logs/{study}",
-}
-"""Output locations relative to the working directory."""
-
 REG_FILES: dict[str, str] = {
     "warped": "warped.nii.gz",
     "warped_labels": "warped_labels.nii.gz",
@@ -97,6 +61,55 @@ TABLE_FILES: dict[str, str] = {
 
 ANOVA_SUMMARY = "anova.json"
 """The statistics summary inside ``anova_dir`` (beside one ``<response>.csv`` per response)."""
+
+_STUDY = "results/{study}"
+_TRAIN = _STUDY + "/train/{method}/{grid_id}"
+
+PATHS: dict[str, str] = {
+    "config": "results/{study}/config.yaml",
+    "jobs": f"{_STUDY}/{TABLE_FILES['jobs']}",
+    "raw_image": "results/{study}/data/{subject}/image.nii.gz",
+    "raw_labels": "results/{study}/data/{subject}/labels.nii.gz",
+    "raw_landmarks": "results/{study}/data/{subject}/landmarks.csv",
+    "raw_mask": "results/{study}/data/{subject}/mask.nii.gz",
+    "prep_image": "results/{study}/prep/{subject}/image.nii.gz",
+    "prep_labels": "results/{study}/prep/{subject}/labels.nii.gz",
+    "prep_landmarks": "results/{study}/prep/{subject}/landmarks.csv",
+    "prep_mask": "results/{study}/prep/{subject}/mask.nii.gz",
+    "stage_image": "results/{study}/prep/{subject}/stages/{stage}/image.nii.gz",
+    "stage_labels": "results/{study}/prep/{subject}/stages/{stage}/labels.nii.gz",
+    "stage_landmarks": "results/{study}/prep/{subject}/stages/{stage}/landmarks.csv",
+    "stage_mask": "results/{study}/prep/{subject}/stages/{stage}/mask.nii.gz",
+    "qc": "results/{study}/qc/{subject}.png",
+    "truth_dir": "results/{study}/truth/{moving}",
+    "aligned_image": "results/{study}/aligned/{atlas}__{moving}/image.nii.gz",
+    "aligned_labels": "results/{study}/aligned/{atlas}__{moving}/labels.nii.gz",
+    "aligned_landmarks": "results/{study}/aligned/{atlas}__{moving}/landmarks.csv",
+    "train_dir": _TRAIN,
+    "model": f"{_TRAIN}/{TRAIN_FILES['model']}",
+    "train_log": f"{_TRAIN}/{TRAIN_FILES['log']}",
+    "reg_dir": "results/{study}/reg/{method}/{grid_id}/{atlas}__{moving}",
+    "metrics": "results/{study}/eval/{method}/{grid_id}/{atlas}__{moving}.json",
+    "metrics_table": f"{_STUDY}/{TABLE_FILES['metrics']}",
+    "dice_table": f"{_STUDY}/{TABLE_FILES['dice']}",
+    "summary_table": f"{_STUDY}/{TABLE_FILES['summary']}",
+    "loss_table": f"{_STUDY}/{TABLE_FILES['loss']}",
+    "anova_dir": "results/{study}/anova",
+    "report": "reports/{study}/index.html",
+    "report_figures": "reports/{study}/figures",
+    "logs": "logs/{study}",
+}
+"""Output locations relative to the working directory."""
+
+
+def study_relative(key: str, **fields: str) -> str:
+    """Template ``key`` of :data:`PATHS` relative to ``results/<study>/`` (``fields`` filled in;
+    a glob when they are ``*``). ValueError for a path outside the study's results folder."""
+    prefix = "results/{study}/"
+    template = PATHS[key]
+    if not template.startswith(prefix):
+        raise ValueError(f"{key} is not inside {prefix}")
+    return template.removeprefix(prefix).format(**fields)
 
 
 def reg_file(reg_dir: str | Path, key: str) -> Path:

@@ -21,11 +21,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, load_image, load_landmarks, save_displacement, save_image, write_json
-from registration_core.methods import RegistrationResult, get_method
 from registration_core.core.provenance import peak_memory_mb, software_versions
 from registration_core.core.spatial import warp_array
+from registration_core.errors import InputError
+from registration_core.layout import reg_file
+from registration_core.methods import RegistrationResult, get_method
 
 
 @dataclass(frozen=True)
@@ -88,18 +89,18 @@ def write_outputs(out_dir: Path, pair: PairInputs, result: RegistrationResult, l
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         warped = pair.fixed.with_data(warp_array(pair.moving.data, result.disp_vox, "linear"))
-        save_image(warped, out_dir / "warped.nii.gz")
-        written.append(out_dir / "warped.nii.gz")
+        save_image(warped, reg_file(out_dir, "warped"))
+        written.append(reg_file(out_dir, "warped"))
         if pair.moving_labels is not None:
             warped_labels = pair.fixed.with_data(warp_array(pair.moving_labels.data, result.disp_vox, "nearest"))
-            save_image(warped_labels, out_dir / "warped_labels.nii.gz")
-            written.append(out_dir / "warped_labels.nii.gz")
-        save_displacement(result.disp_vox, pair.fixed, out_dir / "displacement.nii.gz")
-        written.append(out_dir / "displacement.nii.gz")
+            save_image(warped_labels, reg_file(out_dir, "warped_labels"))
+            written.append(reg_file(out_dir, "warped_labels"))
+        save_displacement(result.disp_vox, pair.fixed, reg_file(out_dir, "displacement"))
+        written.append(reg_file(out_dir, "displacement"))
         if result.inverse_disp_vox is not None:
-            save_displacement(result.inverse_disp_vox, pair.fixed, out_dir / "inverse_displacement.nii.gz")
-            written.append(out_dir / "inverse_displacement.nii.gz")
-        write_json(log, out_dir / "log.json")
+            save_displacement(result.inverse_disp_vox, pair.fixed, reg_file(out_dir, "inverse_displacement"))
+            written.append(reg_file(out_dir, "inverse_displacement"))
+        write_json(log, reg_file(out_dir, "log"))
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

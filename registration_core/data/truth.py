@@ -36,11 +36,11 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from registration_core.core import io
-from registration_core.core import spatial
+from registration_core.core import io, spatial
 from registration_core.data import synth
-from registration_core.errors import InputError
 from registration_core.data.landmarks import detect_landmarks
+from registration_core.errors import InputError
+from registration_core.layout import truth_file
 
 Motion = Literal["respiratory", "respiratory-inhale", "single", "mixed"]
 MOTIONS: tuple[str, ...] = ("respiratory", "respiratory-inhale", "single", "mixed")
@@ -358,28 +358,28 @@ def write_truth_pair(pair: TruthPair, out_dir: Path) -> list[Path]:
     """Write the pair's files (module docstring) into ``out_dir``; all or nothing. Returns the paths."""
     out_dir = Path(out_dir)
     images = {
-        "fixed.nii.gz": pair.fixed,
-        "moving.nii.gz": pair.moving,
-        "fixed_labels.nii.gz": pair.fixed_labels,
-        "moving_labels.nii.gz": pair.moving_labels,
-        "mask.nii.gz": pair.mask,
-        "moving_mask.nii.gz": pair.moving_mask,
+        "fixed": pair.fixed,
+        "moving": pair.moving,
+        "fixed_labels": pair.fixed_labels,
+        "moving_labels": pair.moving_labels,
+        "mask": pair.mask,
+        "moving_mask": pair.moving_mask,
     }
     written: list[Path] = []
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for name, image in images.items():
+        for key, image in images.items():
             if image is not None:
-                io.save_image(image, out_dir / name)
-                written.append(out_dir / name)
-        io.save_displacement(pair.disp_vox, pair.fixed, out_dir / "truth_displacement.nii.gz")
-        written.append(out_dir / "truth_displacement.nii.gz")
-        landmarks = {"fixed_landmarks.csv": pair.fixed_landmarks, "moving_landmarks.csv": pair.moving_landmarks}
-        for name, points in landmarks.items() if len(pair.fixed_landmarks) else ():
-            io.save_landmarks(points, pair.fixed, out_dir / name)
-            written.append(out_dir / name)
-        io.write_json(pair.info, out_dir / "truth.json")
-        written.append(out_dir / "truth.json")
+                io.save_image(image, truth_file(out_dir, key))
+                written.append(truth_file(out_dir, key))
+        io.save_displacement(pair.disp_vox, pair.fixed, truth_file(out_dir, "truth_displacement"))
+        written.append(truth_file(out_dir, "truth_displacement"))
+        landmarks = {"fixed_landmarks": pair.fixed_landmarks, "moving_landmarks": pair.moving_landmarks}
+        for key, points in landmarks.items() if len(pair.fixed_landmarks) else ():
+            io.save_landmarks(points, pair.fixed, truth_file(out_dir, key))
+            written.append(truth_file(out_dir, key))
+        io.write_json(pair.info, truth_file(out_dir, "info"))
+        written.append(truth_file(out_dir, "info"))
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

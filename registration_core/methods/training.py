@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, atomic_path, load_image, write_json
-from registration_core.methods import Method, RegistrationResult
 from registration_core.core.params import Param
 from registration_core.core.provenance import peak_memory_mb, resolve_device, software_versions
+from registration_core.errors import InputError
+from registration_core.layout import train_file
+from registration_core.methods import Method, RegistrationResult
 
 Batch = dict[str, torch.Tensor]
 """``fixed``/``moving`` (B, 1, *spatial) float32; ``fixed_labels``/``moving_labels`` (B, 1, *spatial)
@@ -365,7 +366,7 @@ def train_method(
     model = method.build_model(data.shape, params).to(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out_dir / "checkpoint.pt"
+    checkpoint_path = train_file(out_dir, "checkpoint")
     optimizer = torch.optim.Adam(model.parameters(), lr=params["lr"])
     rng = np.random.default_rng(params["seed"])
     history: list[dict[str, float]] = []
@@ -414,7 +415,7 @@ def train_method(
         "steps": params["steps"], "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
         "versions": software_versions(),
     }
-    _save_checkpoint(out_dir / "model.pt", model_file)
+    _save_checkpoint(train_file(out_dir, "model"), model_file)
     log = {
         "method": method.name, "params": params, "seed": params["seed"], "device": str(device),
         "steps": params["steps"], "train_time_s": train_time, "peak_rss_mb": peak_rss, "peak_cuda_mb": peak_cuda,
@@ -425,5 +426,5 @@ def train_method(
                    "val_images": [str(p) for p in val_images] if val_images else None},
         "history": history, "validation": validation, "versions": software_versions(),
     }
-    write_json(log, out_dir / "log.json")
+    write_json(log, train_file(out_dir, "log"))
     return log

@@ -20,9 +20,10 @@ from matplotlib.axes import Axes
 from matplotlib.colors import CenteredNorm
 from matplotlib.figure import Figure
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, load_displacement, load_image, read_json_object
 from registration_core.core.spatial import jacobian_determinant
+from registration_core.errors import InputError
+from registration_core.layout import reg_file
 
 GRID_LINES = 24  # about this many deformation-grid lines per axis
 FACT_WIDTH = 32  # characters per line of the facts panel
@@ -73,10 +74,10 @@ def load_example(reg_dir: Path, log_path: Path) -> ExampleSlices:
     if not isinstance(inputs, dict) or not all(isinstance(inputs.get(k), str) for k in ("fixed", "moving")):
         raise InputError(f"{log_path}: key 'inputs' must hold the 'fixed' and 'moving' image paths")
     fixed = load_image(inputs["fixed"])
-    moving, warped = load_image(inputs["moving"]), load_image(Path(reg_dir) / "warped.nii.gz")
+    moving, warped = load_image(inputs["moving"]), load_image(reg_file(reg_dir, "warped"))
     _same_grid(moving, fixed, "moving image")
     _same_grid(warped, fixed, "warped image")
-    disp_vox = load_displacement(Path(reg_dir) / "displacement.nii.gz", fixed)
+    disp_vox = load_displacement(reg_file(reg_dir, "displacement"), fixed)
     jac_det = jacobian_determinant(torch.from_numpy(np.ascontiguousarray(disp_vox))[None].double())[0].numpy()
     if fixed.ndim == 2:
         axes, plane, cut = (0, 1), "2D image", (slice(None), slice(None))

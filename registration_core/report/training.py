@@ -18,7 +18,9 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from registration_core.core.io import read_json_object
+from registration_core.layout import study_relative
 from registration_core.report.plots import PALETTE, group_label, spans_decades
+from registration_core.study.grid import grid_id_without
 from registration_core.study.jobs import REGISTER_ONLY_PARAMS
 
 SMOOTHING_STEPS = 25  # training loss drawn as a running mean over this many steps (raw values are noisy)
@@ -55,7 +57,7 @@ def _curves(log: dict) -> pd.DataFrame:
 def load_training_runs(study_dir: Path) -> list[TrainingRun]:
     """Every ``train/<method>/<grid_id>/log.json`` of the study, sorted by method and grid point."""
     runs = []
-    for path in sorted(Path(study_dir).glob("train/*/*/log.json")):
+    for path in sorted(Path(study_dir).glob(study_relative("train_log", method="*", grid_id="*"))):
         log = read_json_object(path, "training log file")
         validation = log.get("validation") or [{}]
         history = log.get("history") or [{}]
@@ -97,8 +99,7 @@ def training_curves(runs: list[TrainingRun]) -> Figure:
 def model_id(grid_id: str) -> str:
     """The training run a registration grid point used: its grid id without the keys that only
     act at registration (:data:`registration_core.study.jobs.REGISTER_ONLY_PARAMS`)."""
-    items = [item for item in grid_id.split("__") if item.split("~")[0] not in REGISTER_ONLY_PARAMS]
-    return "__".join(items) if grid_id != "default" and items else "default"
+    return grid_id_without(grid_id, REGISTER_ONLY_PARAMS)
 
 
 def comparison_table(metrics: pd.DataFrame, runs: list[TrainingRun]) -> pd.DataFrame:

@@ -128,3 +128,9 @@ def parse_grid_id(grid_id_: str) -> dict[str, str]:
     if grid_id_ == DEFAULT_GRID_ID:
         return {}
     return dict(item.split("~", 1) for item in grid_id_.split("__"))
+
+
+def grid_id_without(grid_id_: str, keys: Sequence[str]) -> str:
+    """``grid_id_`` without the items of ``keys`` (``default`` when none is left)."""
+    kept = {key: value for key, value in parse_grid_id(grid_id_).items() if key not in keys}
+    return "__".join(f"{key}~{value}" for key, value in kept.items()) or DEFAULT_GRID_ID

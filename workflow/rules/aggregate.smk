@@ -29,7 +29,7 @@ rule aggregate:
     input:
         jobs=STUDY.path("jobs"),
         metrics=[job.path("metrics") for job in STUDY.jobs],
-        logs=[f"{job.path('reg_dir')}/log.json" for job in STUDY.jobs],
+        logs=PAIRS.job_logs(),
     output:
         metrics=report(STUDY.path("metrics_table"), category="2. Results", caption="../report/metrics.rst"),
         dice=report(STUDY.path("dice_table"), category="2. Results", caption="../report/dice.rst"),
@@ -39,9 +39,9 @@ rule aggregate:
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     log:
         f"{LOGS}/aggregate.log",
-    threads: threads_of("aggregate")
+    threads: PAIRS.threads_of("aggregate")
     resources:
-        **resources_of("aggregate"),
+        **PAIRS.resources_of("aggregate"),
     conda:
         ENV
     shell:

@@ -1,7 +1,7 @@
 # Factorial ANOVA over the grid factors, pairs as replicates (skipped when there are no factors).
 
 
-if RUN_ANOVA:
+if PAIRS.run_anova:
 
     rule anova:
         input:
@@ -14,14 +14,14 @@ if RUN_ANOVA:
                 caption="../report/anova.rst",
             ),
         params:
-            responses=",".join(ANOVA["responses"]),
-            factors=",".join(ANOVA["factors"]),
-            alpha=ANOVA["alpha"],
+            responses=",".join(PAIRS.anova["responses"]),
+            factors=",".join(PAIRS.anova["factors"]),
+            alpha=PAIRS.anova["alpha"],
         log:
             f"{LOGS}/anova.log",
-        threads: threads_of("aggregate")
+        threads: PAIRS.threads_of("aggregate")
         resources:
-            **resources_of("aggregate"),
+            **PAIRS.resources_of("aggregate"),
         conda:
             ENV
         shell:

@@ -15,14 +15,14 @@ rule demo_subject:
         spacing_mm=lambda wildcards: STUDY.owner(wildcards.subject).demo["spacing_mm"],
         max_disp_mm=lambda wildcards: STUDY.owner(wildcards.subject).demo["max_disp_mm"],
     wildcard_constraints:
-        subject=prepared_where(lambda subject, dataset: dataset.adapter == "demo"),
+        subject=SUBJECTS.where(lambda subject, dataset: dataset.adapter == "demo"),
     log:
         f"{LOGS}/demo_subject/{{subject}}.log",
     group:
-        PREP_GROUP
-    threads: threads_of("prepare")
+        SUBJECTS.group
+    threads: PAIRS.threads_of("prepare")
     resources:
-        **resources_of("prepare"),
+        **PAIRS.resources_of("prepare"),
     conda:
         ENV
     shell:
@@ -39,14 +39,14 @@ rule import_raw:
     params:
         args=lambda wildcards: quoted(STUDY.owner(wildcards.subject).raw_imports[wildcards.subject].cli_args()),
     wildcard_constraints:
-        subject=prepared_where(lambda subject, dataset: subject in dataset.raw_imports),
+        subject=SUBJECTS.where(lambda subject, dataset: subject in dataset.raw_imports),
     log:
         f"{LOGS}/import_raw/{{subject}}.log",
     group:
-        PREP_GROUP
-    threads: threads_of("prepare")
+        SUBJECTS.group
+    threads: PAIRS.threads_of("prepare")
     resources:
-        **resources_of("prepare"),
+        **PAIRS.resources_of("prepare"),
     conda:
         ENV
     shell:
@@ -62,14 +62,14 @@ rule import_landmarks:
     params:
         args=lambda wildcards: quoted(STUDY.owner(wildcards.subject).landmark_imports[wildcards.subject].cli_args()),
     wildcard_constraints:
-        subject=prepared_where(lambda subject, dataset: subject in dataset.landmark_imports),
+        subject=SUBJECTS.where(lambda subject, dataset: subject in dataset.landmark_imports),
     log:
         f"{LOGS}/import_landmarks/{{subject}}.log",
     group:
-        PREP_GROUP
-    threads: threads_of("prepare")
+        SUBJECTS.group
+    threads: PAIRS.threads_of("prepare")
     resources:
-        **resources_of("prepare"),
+        **PAIRS.resources_of("prepare"),
     conda:
         ENV
     shell:
@@ -85,14 +85,14 @@ rule lung_mask:
     params:
         settings=lambda wildcards: quoted(set_args(STUDY.owner(wildcards.subject).mask)),
     wildcard_constraints:
-        subject=prepared_where(lambda subject, dataset: dataset.mask is not None),
+        subject=SUBJECTS.where(lambda subject, dataset: dataset.mask is not None),
     log:
         f"{LOGS}/lung_mask/{{subject}}.log",
     group:
-        PREP_GROUP
-    threads: threads_of("prepare")
+        SUBJECTS.group
+    threads: PAIRS.threads_of("prepare")
     resources:
-        **resources_of("prepare"),
+        **PAIRS.resources_of("prepare"),
     conda:
         ENV
     shell:
@@ -104,21 +104,20 @@ if STUDY.truth is not None:
 
     rule synth_pair:
         input:
-            unpack(truth_inputs),
+            unpack(SUBJECTS.truth_inputs),
         output:
             **STUDY.truth_files(),
         params:
-            inputs=lambda wildcards, input: quoted(option_args(input, TRUTH_OPTIONS)),
-            args=lambda wildcards: quoted(STUDY.truth.cli_args(wildcards.moving)),
+            args=SUBJECTS.truth_args,
             out_dir=lambda wildcards, output: os.path.dirname(output.moving),
         wildcard_constraints:
             moving=exact_regex(STUDY.truth.movers),
         log:
             f"{LOGS}/synth_pair/{{moving}}.log",
-        threads: threads_of("prepare")
+        threads: PAIRS.threads_of("prepare")
         resources:
-            **resources_of("prepare"),
+            **PAIRS.resources_of("prepare"),
         conda:
             ENV
         shell:
-            "python -m registration_core synth-pair {params.inputs} {params.args} --out-dir {params.out_dir} > {log} 2>&1"
+            "python -m registration_core synth-pair {params.args} --out-dir {params.out_dir} > {log} 2>&1"

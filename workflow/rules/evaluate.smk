@@ -5,17 +5,17 @@
 
 rule evaluate:
     input:
-        unpack(evaluate_inputs),
+        unpack(PAIRS.evaluate_inputs),
     output:
         metrics=STUDY.path("metrics"),
     params:
-        args=evaluate_args,
+        args=PAIRS.evaluate_args,
         settings=lambda wildcards: tracked(STUDY.evaluate_label_args()),
     log:
         f"{LOGS}/evaluate/{{method}}/{{grid_id}}/{{atlas}}__{{moving}}.log",
-    threads: threads_of("evaluate")
+    threads: PAIRS.threads_of("evaluate")
     resources:
-        **resources_of("evaluate"),
+        **PAIRS.resources_of("evaluate"),
     conda:
         ENV
     shell:

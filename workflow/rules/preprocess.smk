@@ -9,62 +9,58 @@
 # affinely pre-aligned onto the atlas grid.
 #
 # Snakemake outputs are fixed per rule, so rules whose optional files vary (labels, landmarks,
-# mask) come in variants, one per combination the study has (see variant_name in common.smk),
+# mask) come in variants, one per combination the study has (see registration_core.study.rules.variant_name),
 # and each step has a rule for intermediate stages and one (`<step>_final`) for the last step.
 
-STEP_RULES = step_rules()
-
-for (step, step_kinds, last), step_subjects in STEP_RULES.items():
+for (step, step_kinds, last), step_subjects in SUBJECTS.step_rules().items():
 
     rule:
         name:
-            step_rule_name(step, step_kinds, last, STEP_RULES)
+            SUBJECTS.step_rule_name(step, step_kinds, last)
         input:
-            unpack(step_inputs),
+            unpack(SUBJECTS.step_inputs),
         output:
-            **step_outputs(step, step_kinds, last),
+            **{kind: path if last else temp(path) for kind, path in SUBJECTS.step_outputs(step, step_kinds, last).items()},
         params:
             command=step.replace("_", "-"),
-            args=step_args,
-            settings=lambda wildcards: tracked(step_settings(wildcards)),
+            args=SUBJECTS.step_args,
+            settings=lambda wildcards: tracked(SUBJECTS.step_settings(wildcards)),
         wildcard_constraints:
             subject=exact_regex(step_subjects),
             position=r"[0-9]+",
         log:
             f"{LOGS}/preprocess/{{subject}}/final-{step}.log" if last else f"{LOGS}/preprocess/{{subject}}/{{position}}-{step}.log",
         group:
-            PREP_GROUP
-        threads: threads_of("prepare")
+            SUBJECTS.group
+        threads: PAIRS.threads_of("prepare")
         resources:
-            **resources_of("prepare"),
+            **PAIRS.resources_of("prepare"),
         conda:
             ENV
         shell:
             "python -m registration_core preprocess {params.command} {params.args} > {log} 2>&1"
 
 
-for prepare_kinds in PREPARE_VARIANTS:
+for prepare_kinds in SUBJECTS.prepare_variants:
 
     rule:
         name:
-            variant_name("prepare", prepare_kinds, PREPARE_VARIANTS)
+            variant_name("prepare", prepare_kinds, SUBJECTS.prepare_variants)
         input:
-            unpack(raw_inputs),
+            unpack(SUBJECTS.raw_inputs),
         output:
             **{kind: STUDY.path(f"prep_{kind}") for kind in ("image", *prepare_kinds)},
         params:
-            args=prepare_args,
+            args=SUBJECTS.prepare_args,
         wildcard_constraints:
-            subject=exact_regex(
-                [s for s in PREPARED if not STUDY.owner(s).preprocess and STUDY.subject_kinds(s) == prepare_kinds]
-            ),
+            subject=exact_regex(SUBJECTS.prepare_subjects(prepare_kinds)),
         log:
             f"{LOGS}/prepare/{{subject}}.log",
         group:
-            PREP_GROUP
-        threads: threads_of("prepare")
+            SUBJECTS.group
+        threads: PAIRS.threads_of("prepare")
         resources:
-            **resources_of("prepare"),
+            **PAIRS.resources_of("prepare"),
         conda:
             ENV
         shell:
@@ -73,52 +69,51 @@ for prepare_kinds in PREPARE_VARIANTS:
 
 rule qc:
     input:
-        unpack(qc_inputs),
+        unpack(SUBJECTS.qc_inputs),
     output:
         png=STUDY.path("qc"),
     params:
-        args=lambda wildcards, input: quoted(option_args(input, QC_OPTIONS)),
+        args=SUBJECTS.qc_args,
     wildcard_constraints:
-        subject=exact_regex(PREPARED),
+        subject=exact_regex(SUBJECTS.prepared),
     log:
         f"{LOGS}/qc/{{subject}}.log",
     group:
-        PREP_GROUP
-    threads: threads_of("prepare")
+        SUBJECTS.group
+    threads: PAIRS.threads_of("prepare")
     resources:
-        **resources_of("prepare"),
+        **PAIRS.resources_of("prepare"),
     conda:
         ENV
     shell:
         "python -m registration_core qc {params.args} --out {output.png} > {log} 2>&1"
 
 
-for align_kinds in ALIGN_VARIANTS:
-    align_subjects = [s for pair in ALIGNED_PAIRS for s in pair if set(align_kinds) <= set(STUDY.subject_kinds(s))]
+for align_kinds in SUBJECTS.align_variants:
 
     rule:
         name:
-            variant_name("align", align_kinds, ALIGN_VARIANTS)
+            variant_name("align", align_kinds, SUBJECTS.align_variants)
         input:
-            unpack(align_inputs),
+            unpack(SUBJECTS.align_inputs),
         output:
             **STUDY.align_outputs("{atlas}", "{moving}", align_kinds),
         params:
-            args=align_args,
+            args=SUBJECTS.align_args,
             settings=lambda wildcards: tracked(STUDY.owner(wildcards.moving).align),
         wildcard_constraints:
-            atlas=exact_regex(align_subjects),
-            moving=exact_regex(align_subjects),
+            atlas=exact_regex(SUBJECTS.align_subjects(align_kinds)),
+            moving=exact_regex(SUBJECTS.align_subjects(align_kinds)),
         log:
             f"{LOGS}/align/{{atlas}}__{{moving}}.log",
-        threads: threads_of("prepare")
+        threads: PAIRS.threads_of("prepare")
         resources:
-            **resources_of("prepare"),
+            **PAIRS.resources_of("prepare"),
         conda:
             ENV
         shell:
             "python -m registration_core preprocess affine-align {params.args} > {log} 2>&1"
 
 
-if len(ALIGN_VARIANTS) > 1:
-    workflow.ruleorder(*(variant_name("align", kinds, ALIGN_VARIANTS) for kinds in ALIGN_VARIANTS))
+if len(SUBJECTS.align_variants) > 1:
+    workflow.ruleorder(*(variant_name("align", kinds, SUBJECTS.align_variants) for kinds in SUBJECTS.align_variants))

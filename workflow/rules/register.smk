@@ -4,7 +4,7 @@
 # atlas grid. Pairs with labels write warped labels too: a second variant of the rule when the
 # study has pairs with and without labels.
 
-if TRAINED:
+if PAIRS.trained:
 
     rule train:
         input:
@@ -13,14 +13,12 @@ if TRAINED:
             model=STUDY.path("model"),
             log=STUDY.path("train_log"),
         params:
-            args=lambda wildcards, input: quoted(
-                option_args(input, TRAIN_OPTIONS) + param_args(STUDY.train_params(wildcards.method, wildcards.grid_id))
-            ),
+            args=PAIRS.train_args,
             out_dir=lambda wildcards, output: os.path.dirname(output.model),
             settings=lambda wildcards: tracked(STUDY.train_params(wildcards.method, wildcards.grid_id)),
         wildcard_constraints:
-            method=exact_regex(sorted({method for method, _ in TRAINED})),
-            grid_id=exact_regex(sorted({train_id for _, train_id in TRAINED})),
+            method=exact_regex(sorted({method for method, _ in PAIRS.trained})),
+            grid_id=exact_regex(sorted({train_id for _, train_id in PAIRS.trained})),
         log:
             f"{LOGS}/train/{{method}}/{{grid_id}}.log",
         threads: lambda wildcards: STUDY.train_resources(wildcards.method)["threads"]
@@ -35,25 +33,22 @@ if TRAINED:
             " --out {params.out_dir} > {log} 2>&1"
 
 
-for register_kinds in REGISTER_VARIANTS:
+for register_kinds in PAIRS.register_variants:
 
     rule:
         name:
-            variant_name("register", register_kinds, REGISTER_VARIANTS)
+            variant_name("register", register_kinds, PAIRS.register_variants)
         input:
-            unpack(register_inputs),
+            unpack(PAIRS.register_inputs),
         output:
-            warped=f"{REG_DIR}/warped.nii.gz",
-            **({"warped_labels": f"{REG_DIR}/warped_labels.nii.gz"} if register_kinds else {}),
-            displacement=f"{REG_DIR}/displacement.nii.gz",
-            log=f"{REG_DIR}/log.json",
+            **PAIRS.register_outputs(REG_DIR, register_kinds),
         params:
-            args=register_args,
+            args=PAIRS.register_args,
             out_dir=lambda wildcards, output: os.path.dirname(output.log),
             settings=lambda wildcards: tracked(STUDY.register_params(wildcards.method, wildcards.grid_id)),
         wildcard_constraints:
-            atlas=exact_regex(LABELLED) if register_kinds else ID_PATTERN,
-            moving=exact_regex(LABELLED) if register_kinds else ID_PATTERN,
+            atlas=exact_regex(PAIRS.labelled) if register_kinds else ID_PATTERN,
+            moving=exact_regex(PAIRS.labelled) if register_kinds else ID_PATTERN,
         log:
             f"{LOGS}/register/{{method}}/{{grid_id}}/{{atlas}}__{{moving}}.log",
         threads: lambda wildcards: STUDY.register_resources(wildcards.method)["threads"]
@@ -71,5 +66,5 @@ for register_kinds in REGISTER_VARIANTS:
             " --out {params.out_dir} > {log} 2>&1"
 
 
-if len(REGISTER_VARIANTS) > 1:
-    workflow.ruleorder(*(variant_name("register", kinds, REGISTER_VARIANTS) for kinds in REGISTER_VARIANTS))
+if len(PAIRS.register_variants) > 1:
+    workflow.ruleorder(*(variant_name("register", kinds, PAIRS.register_variants) for kinds in PAIRS.register_variants))

@@ -3,7 +3,7 @@
 
 rule report:
     input:
-        unpack(report_inputs),
+        unpack(PAIRS.report_inputs),
     output:
         html=report(STUDY.path("report"), category="4. Report", caption="../report/report.rst"),
         figures=report(
@@ -17,9 +17,9 @@ rule report:
         study_dir=lambda wildcards, input: os.path.dirname(input.metrics),
     log:
         f"{LOGS}/report.log",
-    threads: threads_of("aggregate")
+    threads: PAIRS.threads_of("aggregate")
     resources:
-        **resources_of("aggregate"),
+        **PAIRS.resources_of("aggregate"),
     conda:
         ENV
     shell:
