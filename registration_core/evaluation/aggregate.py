@@ -12,11 +12,12 @@ Outputs (all written atomically):
 * ``metrics.csv``: one row per job: the jobs columns, every scalar metric of metrics.json and
   ``runtime_s, peak_rss_mb, peak_cuda_mb, iterations, best_iteration, device`` from log.json;
 * ``dice_per_label.csv``: long table, one row per job x label: job id columns, grid factors,
-  ``label, dice, hd95``;
+  ``label, dice, hd95, hd95_l2r, structure`` (FreeSurfer name of the label);
 * ``summary.csv``: one row per method x grid point (grid factors as columns, sorted as in a
   paper's table): ``n_pairs`` and, per metric, ``<metric>_mean``, ``<metric>_std`` (sample
   standard deviation, ddof=1, over the pairs with a value) and ``<metric>_text`` ("mean ± std",
-  rounded to the standard deviation's second significant digit);
+  rounded to the standard deviation's second significant digit), then the robustness quantiles
+  ``<metric>_q30`` / ``<metric>_q70`` of the registry's robust metrics (:func:`robust_quantiles`);
 * ``loss_curves.csv``: long table, one row per job x logged iteration: job id columns, grid
   factors, ``iteration`` and one column per loss term (union over methods).
 
@@ -37,23 +38,15 @@ import pandas as pd
 
 from registration_core.core.io import atomic_path, read_json_object
 from registration_core.errors import InputError
+from registration_core.evaluation import registry
+from registration_core.evaluation.labelsets import structure_name
 
 JOB_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving", "reg_dir", "metrics", "log")
 ID_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving")
 LOG_COLUMNS = ("runtime_s", "peak_rss_mb", "peak_cuda_mb", "iterations", "best_iteration", "device")
-KNOWN_SCALAR_METRICS = (
-    "dice_mean",
-    "dice_mean_before",
-    "hd95_mean",
-    "neg_jac_ratio",
-    "neg_jac_sum",
-    "sdlogj",
-    "n_labels",
-    "tre_mean_mm",
-    "tre_std_mm",
-    "tre_before_mm",
-)
-PER_LABEL_METRICS = {"dice_per_label": "dice", "hd95_per_label": "hd95"}
+KNOWN_SCALAR_METRICS = registry.pair_metric_names()
+"""metrics.json keys declared in :mod:`registration_core.evaluation.registry` (must be numbers or null)."""
+PER_LABEL_METRICS = {"dice_per_label": "dice", "hd95_per_label": "hd95", "hd95_l2r_per_label": "hd95_l2r"}
 SUMMARY_LOG_METRICS = ("runtime_s", "peak_rss_mb")
 
 
@@ -143,10 +136,12 @@ def scalar_metrics(metrics: dict[str, Any], path: Path) -> dict[str, float]:
 
 
 def per_label_metrics(metrics: dict[str, Any], path: Path) -> pd.DataFrame:
-    """Columns ``label`` (int), ``dice``, ``hd95`` from ``dice_per_label`` / ``hd95_per_label``.
+    """Columns ``label`` (int), ``dice``, ``hd95``, ``hd95_l2r``, ``structure`` from the per-label keys.
 
-    Labels are the union of both dictionaries' keys (each must be an integer label); a metric
-    missing for a label is NaN. Returns an empty frame when neither key is present.
+    Labels are the union of the dictionaries' keys of :data:`PER_LABEL_METRICS` (each must be an
+    integer label); a metric missing for a label is NaN. ``structure`` is the label's FreeSurfer
+    name (:func:`registration_core.evaluation.labelsets.structure_name`). Returns an empty frame
+    when no per-label key is present.
     """
     values: dict[int, dict[str, float]] = {}
     for key, column in PER_LABEL_METRICS.items():
@@ -159,10 +154,10 @@ def per_label_metrics(metrics: dict[str, Any], path: Path) -> pd.DataFrame:
             except ValueError:
                 raise InputError(f"{path}: key {key!r} has label {label_text!r}; labels must be integers") from None
             values.setdefault(label, {})[column] = _as_float(value, path, f"{key}.{label_text}")
-    table = pd.DataFrame(
-        [{"label": label, **row} for label, row in sorted(values.items())], columns=["label", "dice", "hd95"]
-    )
-    return table.astype({"label": "int64", "dice": "float64", "hd95": "float64"})
+    columns = ["label", *PER_LABEL_METRICS.values()]
+    table = pd.DataFrame([{"label": label, **row} for label, row in sorted(values.items())], columns=columns)
+    table = table.astype({"label": "int64", **{c: "float64" for c in PER_LABEL_METRICS.values()}})
+    return table.assign(structure=[structure_name(label) for label in table["label"]])
 
 
 def log_fields(log: dict[str, Any], path: Path) -> dict[str, Any]:
@@ -277,6 +272,25 @@ def format_mean_std(mean: float, std: float, n: int, n_pairs: int) -> str:
     return text if n == n_pairs else f"{text} (n={n})"
 
 
+def robust_quantiles(group: pd.DataFrame, metric_names: list[str]) -> dict[str, float]:
+    """Learn2Reg's robustness figures of one method x grid point, over its pairs.
+
+    For each registered metric declared ``robust``: ``<metric>_q30`` (higher is better: the 30 %
+    quantile of the per-pair values, Learn2Reg's DSC30) or ``<metric>_q70`` (lower is better: the
+    70 % quantile, where the worst 30 % of pairs begin), numpy's linear interpolation; NaN without
+    values. Learn2Reg's evaluation script takes the 0.3 quantile for HD95 too; the 0.7 quantile
+    here follows the direction of the metric, as its paper describes the robustness score.
+    """
+    result = {}
+    for name in metric_names:
+        entry = registry.find(name)
+        column = None if entry is None else entry.robust_column
+        if column is not None:
+            values = group[name].dropna().to_numpy(dtype=float)
+            result[column] = float(np.quantile(values, entry.robust_quantile)) if len(values) else math.nan
+    return result
+
+
 def summarise(metrics: pd.DataFrame, factors: list[str], metric_names: list[str]) -> pd.DataFrame:
     """Summary table: one row per method x grid_id (see the module docstring for the columns).
 
@@ -293,6 +307,7 @@ def summarise(metrics: pd.DataFrame, factors: list[str], metric_names: list[str]
             std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
             row[f"{name}_mean"], row[f"{name}_std"] = mean, std
             row[f"{name}_text"] = format_mean_std(mean, std, len(values), len(group))
+        row.update(robust_quantiles(group, metric_names))
         rows.append(row)
     summary = pd.DataFrame(rows)
     method_rank = {m: i for i, m in enumerate(dict.fromkeys(metrics["method"]))}

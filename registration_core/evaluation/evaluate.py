@@ -24,6 +24,13 @@ image, else the mask (one of them is required).
 * true displacement (known-truth pairs, :mod:`registration_core.data.truth`): ``tre_truth_mm`` and
   ``tre_truth_max_mm`` (mean and largest ``|u - d|`` in mm), ``tre_truth_before_mm`` (mean ``|d|``),
   ``n_truth_voxels``, over the voxels of the mask when given, else every voxel.
+* published conventions, written last so that the keys above keep their order: with labels,
+  ``hd95_l2r_mean`` and ``hd95_l2r_per_label`` (HD95 of DeepMind's surface-distance as Learn2Reg
+  computes it, :mod:`registration_core.evaluation.surface`); always ``sdlogj_l2r``,
+  ``neg_jac_pct_nodeo`` and ``neg_jac_sum_nodeo``
+  (:func:`registration_core.evaluation.metrics.jacobian_conventions`).
+
+Every scalar key is declared, with its convention, in :mod:`registration_core.evaluation.registry`.
 
 Undefined numbers are written as JSON ``null`` (never ``NaN``).
 """
@@ -39,7 +46,7 @@ import numpy as np
 
 from registration_core.core import io
 from registration_core.errors import InputError
-from registration_core.evaluation import metrics
+from registration_core.evaluation import labelsets, metrics
 
 # --------------------------------------------------------------------------- label specification
 
@@ -64,7 +71,8 @@ def parse_label_spec(text: str | None, labels_file: Path | None) -> list[int] | 
     """The labels to evaluate from ``--labels`` text or ``--labels-file``; None when neither is given.
 
     Args:
-        text: e.g. ``"2,3,4"`` (commas and/or spaces).
+        text: e.g. ``"2,3,4"`` (commas and/or spaces), or a preset name of
+            :data:`registration_core.evaluation.labelsets.LABEL_SETS` (``oasis-28``, ``voxelmorph-30``).
         labels_file: a text file with one label per line or whitespace/comma separated labels.
 
     Raises:
@@ -74,7 +82,8 @@ def parse_label_spec(text: str | None, labels_file: Path | None) -> list[int] | 
     if text is not None and labels_file is not None:
         raise InputError("labels: give either a label list (--labels) or a labels file (--labels-file), not both")
     if text is not None:
-        return _parse_labels(text, "--labels")
+        named = labelsets.preset(text)
+        return list(named) if named is not None else _parse_labels(text, "--labels")
     if labels_file is None:
         return None
     path = Path(labels_file)
@@ -128,6 +137,18 @@ def _overlap_metrics(fixed: io.Image, warped: io.Image, labels: list[int]) -> di
         "n_labels": len(dice["per_label"]),
         "labels_skipped": dice["skipped"],
     }
+
+
+def _convention_metrics(fixed: io.Image | None, warped: io.Image | None, labels: list[int] | None,
+                        disp_vox: np.ndarray) -> dict[str, Any]:
+    """Keys of the Learn2Reg and NODEO conventions: surfel HD95 (with labels) and Jacobian statistics."""
+    result: dict[str, Any] = {}
+    if fixed is not None and warped is not None and labels is not None:
+        hd95 = metrics.hd95_summary(fixed.data, warped.data, labels, fixed.spacing, convention="surfel")
+        result["hd95_l2r_mean"] = hd95["mean"]
+        result["hd95_l2r_per_label"] = {str(label): value for label, value in hd95["per_label"].items()}
+    result.update(metrics.jacobian_conventions(disp_vox))
+    return result
 
 
 def _jacobian_metrics(disp_vox: np.ndarray) -> dict[str, Any]:
@@ -279,7 +300,7 @@ def evaluate_pair(
     disp_vox = io.load_displacement(Path(displacement), grid)
 
     result: dict[str, Any] = {}
-    moving = None
+    moving = warped = requested = None
     if fixed is not None and warped_labels is not None:
         warped = _load_on_grid(Path(warped_labels), fixed, grid_path, "labels")
         moving = None if moving_labels is None else _load_on_grid(Path(moving_labels), fixed, grid_path, "labels")
@@ -296,5 +317,6 @@ def evaluate_pair(
         result.update(_similarity_metrics(fixed_img, Path(str(fixed_image)), others))
     if truth_displacement is not None:
         result.update(_truth_metrics(Path(truth_displacement), mask, grid, grid_path, disp_vox))
+    result.update(_convention_metrics(fixed, warped, requested, disp_vox))
     write_metrics(result, Path(out))
     return result

@@ -348,11 +348,13 @@ def sdlogj_l2r(detj_central: np.ndarray) -> float:
 
     Args:
         detj_central: (*spatial) det J of ``x -> x + u(x)``, u in voxels, central differences.
+
+    Returns NaN when the crop leaves no voxel.
     """
     crop = tuple(slice(L2R_CROP, n - L2R_CROP) for n in detj_central.shape)
     inner = np.asarray(detj_central, dtype=np.float64)[crop]
-    if inner.size == 0:
-        raise InputError(f"disp_vox: Learn2Reg's SDlogJ crops {L2R_CROP} voxels per side; grid {detj_central.shape} is too small")
+    if inner.size == 0:  # a grid of at most 4 voxels along an axis: nothing is left after the crop
+        return math.nan
     return float(np.std(np.log(np.clip(inner + L2R_SHIFT, *L2R_CLIP))))
 
 
@@ -363,15 +365,16 @@ def jacobian_conventions(disp_vox: np.ndarray) -> JacobianConventions:
         disp_vox: (ndim, *spatial) displacement in voxels of the fixed grid.
 
     Returns:
-        sdlogj_l2r: see :func:`sdlogj_l2r` (central differences, 2-voxel crop, log(clip(detJ + 3))).
+        sdlogj_l2r: see :func:`sdlogj_l2r` (central differences, 2-voxel crop, log(clip(detJ + 3)));
+            NaN on a grid with at most 4 voxels along an axis.
         neg_jac_pct_nodeo: r^D as NODEO reports it, in percent: 100 x the fraction of voxels with
             det J <= 0, J by forward differences over the voxels whose forward neighbours exist
             (``n - 1`` per axis).
         neg_jac_sum_nodeo: s^D as NODEO reports it: sum of max(-det J, 0), forward differences.
     """
     disp = _displacement(disp_vox)
-    if min(disp.shape[1:]) < 2 * L2R_CROP + 1:
-        raise InputError(f"disp_vox needs at least {2 * L2R_CROP + 1} voxels per axis, got {disp.shape[1:]}")
+    if min(disp.shape[1:]) < 2:
+        raise InputError(f"disp_vox needs at least 2 voxels along every axis for derivatives, got {disp.shape[1:]}")
     field = torch.from_numpy(np.ascontiguousarray(disp))[None]
     central = jacobian_determinant(field, scheme="central")[0].detach().cpu().numpy()
     forward = jacobian_determinant(field, scheme="forward")[0].detach().cpu().numpy().astype(np.float64)
