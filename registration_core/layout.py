@@ -62,6 +62,23 @@ TABLE_FILES: dict[str, str] = {
 ANOVA_SUMMARY = "anova.json"
 """The statistics summary inside ``anova_dir`` (beside one ``<response>.csv`` per response)."""
 
+ANOVA_FILES: dict[str, str] = {
+    "table": "{response}.csv",
+    "tukey": "tukey_{response}_{factor}.csv",
+    "interaction": "interaction_{response}.png",
+    "paired": "paired_{response}_{factor}.csv",
+    "methods": "methods_{response}.csv",
+    "methods_plot": "methods_{response}.png",
+}
+"""Files of ``anova --out-dir DIR`` beside :data:`ANOVA_SUMMARY`, per response: the ANOVA table,
+Tukey HSD of a significant factor (independent model), interaction plot, paired comparisons of a
+factor's levels, methods head to head on the same pairs (table, per-pair differences plot)."""
+
+
+def anova_file(key: str, **fields: str) -> str:
+    """Name of file ``key`` of :data:`ANOVA_FILES` inside ``anova_dir``, e.g. ``anova_file("paired", response="dice_mean", factor="lr")``."""
+    return ANOVA_FILES[key].format(**fields)
+
 _STUDY = "results/{study}"
 _TRAIN = _STUDY + "/train/{method}/{grid_id}"
 
