@@ -163,7 +163,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "time_steps": 2, "time_span": 1.0, "stop_patience": 0,
     },
     # The reference's model and losses, stopped when the loss has plateaued: the best total loss
-    # improving by less than 0.5% over 25 iterations (see the README for the measured effect).
+    # improving by less than 0.5% over 25 iterations (see docs/studies.md for the measured effect).
     "default": {
         "iterations": 300, "lr": 5e-3, "smoothing_kernel": "AK", "smoothing_window": 15,
         "smoothing_passes": 1, "gaussian_nsig": 2.0, "ncc_window": 21, "lambda_J": 2.5,
