@@ -33,7 +33,7 @@ the first layer already has only 8 channels at half resolution) and the activati
 points (independent of the image size); instance optimisation runs the encoder once without
 gradients, so beyond the images and the output fields its memory does not depend on the size.
 
-Differences from the paper (see DESIGN.md): the encoder has no batch normalisation (batches of
+Differences from the paper and its released code (github.com/uncbiag/NePhi): the encoder has no batch normalisation (batches of
 1-4 pairs on a CPU make its statistics noise, and instance optimisation runs it on one pair);
 MLP width defaults to 128 (paper 512) for CPU speed; no multi-resolution voxel CNN stage.
 ``lambda_gradicon=4`` was chosen on a real 2D brain slice pair (weight 1 left 0.13% of the voxels

@@ -11,7 +11,7 @@ torchdiffeq. ``theta`` is optimised with Adam (amsgrad) on
 (normalised units per unit time), ``L_J = mean(relu(jacobian_threshold - detJ)^2)`` and ``L_df``
 the diffusion regulariser of the voxel displacement.
 
-Differences from the public reference code (see DESIGN.md): the network's first linear layer is
+Differences from the public reference code (github.com/yifannnwu/NODEO-DIR): the network's first linear layer is
 sized from the image shape (the reference hard-codes 864, so only volumes with every axis in
 (128, 192] run); lambdas are floats; the returned field is the best iterate by total loss
 (the reference's selection never updates); smoothing uses running-sum box filters whose cost does
