@@ -204,7 +204,7 @@ def _anova(args: argparse.Namespace) -> None:
 
     run_anova_study(
         args.metrics, _csv_list(args.responses), _csv_list(args.factors), args.alpha, args.out_dir,
-        method=args.method,
+        method=args.method, model=args.model, seed=args.seed,
     )
 
 
@@ -411,6 +411,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factors", required=True, help="comma-separated grid factors")
     p.add_argument("--alpha", type=float, default=0.05)
     p.add_argument("--method", help="restrict to one method")
+    p.add_argument("--model", choices=("repeated", "independent"), default="repeated",
+                   help="repeated: pairs as subjects (AnovaRM, mixed model when cells are missing); "
+                   "independent: pairs as replicates (factorial ANOVA)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals")
     p.add_argument("--out-dir", type=Path, required=True)
 
     p = command("methods", _methods, "list the registered methods and their parameters")

@@ -1,6 +1,9 @@
-"""Factorial ANOVA of a study's metrics, Tukey HSD post-hoc tests and interaction plots.
+"""Statistics of a study's metrics: ANOVA (repeated measures by default), paired comparisons,
+Tukey HSD post-hoc tests (independent model) and interaction plots.
 
-The design: each row of ``metrics.csv`` is one registered pair (atlas x moving) at one grid
+With ``model="repeated"`` (default) the pair is the subject (:mod:`.repeated`), and every factor's
+levels, the methods and the best grid point are compared within pairs (:mod:`.paired`). The
+``independent`` model, kept for the seed reproduction, is described next. The design: each row of ``metrics.csv`` is one registered pair (atlas x moving) at one grid
 point; the grid factors (e.g. learning rate, kernel, epochs) are the ANOVA's factors, and the
 pairs are the replicates of each cell (factor-level combination). The model is the full
 factorial with every interaction, ``y ~ C(a) * C(b) * ...`` (each factor categorical), fitted by
@@ -21,7 +24,6 @@ missing cell, a constant response, or a zero residual sum of squares).
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +38,19 @@ from scipy import stats as sps
 from statsmodels.stats.anova import anova_lm
 from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
-from registration_core.core.io import atomic_path
+from registration_core.core.io import atomic_path, write_json
 from registration_core.errors import InputError
+from registration_core.evaluation import paired, registry
 from registration_core.evaluation.aggregate import write_table
+from registration_core.evaluation.repeated import SUBJECT, RepeatedNotPossible, fit_repeated, subject_ids
+from registration_core.layout import ANOVA_SUMMARY, anova_file
 
 TABLE_COLUMNS = ("sum_sq", "df", "mean_sq", "F", "F_crit", "p", "partial_eta_sq", "significant")
 RESIDUAL = "Residual"
+MODELS = ("repeated", "independent")
+"""``anova.model``: ``repeated`` (default; the pair is the subject: AnovaRM, or a mixed model when cells
+are missing, :mod:`registration_core.evaluation.repeated`) or ``independent`` (the between-pairs
+factorial ANOVA below, pairs as replicates: the seed reproduction's model)."""
 SUMS_OF_SQUARES = "type II (identical to types I and III when the design is balanced)"
 
 
@@ -60,7 +69,8 @@ class AnovaResult:
         table: ANOVA table (rows: factors, ``a:b`` interactions, ``Residual``; columns
             :data:`TABLE_COLUMNS`) or None when the design could not be analysed.
         message: what was done, or why nothing could be.
-        tukey: factor -> Tukey HSD table, for each significant main effect.
+        tukey: factor -> Tukey HSD table, for each significant main effect (independent model).
+        model: the model that ran: ``independent``, ``repeated`` (AnovaRM) or ``mixed``.
     """
 
     response: str
@@ -69,6 +79,7 @@ class AnovaResult:
     table: pd.DataFrame | None
     message: str
     tukey: dict[str, pd.DataFrame] = field(default_factory=dict)
+    model: str = "independent"
 
     @property
     def significant_terms(self) -> list[str]:
@@ -230,6 +241,38 @@ def run_anova(df: pd.DataFrame, response: str, factors: list[str], alpha: float)
     return AnovaResult(response, tuple(factors), len(data), table, message, tukey)
 
 
+def repeated_observations(df: pd.DataFrame, response: str, factors: list[str]) -> pd.DataFrame:
+    """:func:`observations` plus the subject column (``atlas__moving``) of each kept row."""
+    if not {"atlas", "moving"} <= set(df.columns):
+        raise InputError("repeated-measures ANOVA: the metrics table needs 'atlas' and 'moving' columns (the pairs)")
+    data = observations(df.assign(**{SUBJECT: subject_ids(df)}), response, [*factors, SUBJECT])
+    return data
+
+
+def run_repeated(df: pd.DataFrame, response: str, factors: list[str], alpha: float) -> AnovaResult:
+    """Repeated-measures ANOVA of ``response`` with the pair as subject; never raises on a degenerate design.
+
+    Table columns :data:`registration_core.evaluation.repeated.RM_COLUMNS` (no Residual row: each
+    term has its own error stratum). The message says which model ran and why.
+    """
+    data = repeated_observations(df, response, factors)
+    dropped = len(df) - len(data)
+    note = f" ({dropped} row(s) without a finite {response} or a factor value left out)" if dropped else ""
+    try:
+        fit = fit_repeated(data, response, factors, alpha)
+    except RepeatedNotPossible as reason:
+        return AnovaResult(response, tuple(factors), len(data), None, f"ANOVA not run: {reason}{note}", model="none")
+    if fit.model == "repeated":
+        what = "repeated-measures ANOVA (statsmodels AnovaRM, pair as subject, no sphericity correction)"
+    else:
+        what = "linear mixed model with a random intercept per pair (REML), Wald chi-square test per term"
+    message = (
+        f"{what} of {response} on {len(data)} observations of {fit.n_subjects} pairs, alpha {alpha:g}: "
+        f"{fit.reason}{note}"
+    )
+    return AnovaResult(response, tuple(factors), len(data), fit.table, message, model=fit.model)
+
+
 def interaction_figure(df: pd.DataFrame, response: str, factors: list[str]) -> Figure:
     """Interaction plots: mean ``response`` with 95 % bootstrap CI vs one factor, hue another.
 
@@ -304,6 +347,7 @@ def _read_metrics(metrics_csv: Path) -> pd.DataFrame:
 def _write_result(result: AnovaResult, rows: pd.DataFrame, out_dir: Path) -> dict[str, Any]:
     """Write one response's table, Tukey tables and interaction plot; return its anova.json entry."""
     entry: dict[str, Any] = {
+        "model": result.model,
         "message": result.message,
         "n_obs": result.n_obs,
         "significant_terms": result.significant_terms,
@@ -312,17 +356,105 @@ def _write_result(result: AnovaResult, rows: pd.DataFrame, out_dir: Path) -> dic
         "interaction_plot": None,
     }
     if result.table is not None:
-        entry["table"] = f"{result.response}.csv"
+        entry["table"] = anova_file("table", response=result.response)
         write_table(result.table.reset_index(), out_dir / entry["table"])
     for factor, tukey in result.tukey.items():
-        entry["tukey"][factor] = f"tukey_{result.response}_{factor}.csv"
+        entry["tukey"][factor] = anova_file("tukey", response=result.response, factor=factor)
         write_table(tukey, out_dir / entry["tukey"][factor])
     data = observations(rows, result.response, list(result.factors))
     if not data.empty:
-        entry["interaction_plot"] = f"interaction_{result.response}.png"
+        entry["interaction_plot"] = anova_file("interaction", response=result.response)
         figure = interaction_figure(data, result.response, list(result.factors))
         save_figure(figure, out_dir / entry["interaction_plot"])
     return entry
+
+
+def differences_figure(wide: pd.DataFrame, response: str, reference: str) -> Figure:
+    """Per-pair differences ``method - reference`` of ``response`` (one point per pair, zero line)."""
+    others = [c for c in wide.columns if c != reference]
+    long = pd.concat(
+        [pd.DataFrame({"comparison": f"{c} − {reference}", "difference": wide[c] - wide[reference]}) for c in others],
+        ignore_index=True,
+    ).dropna()
+    figure = Figure(figsize=(7, 1.4 + 0.5 * len(others)), layout="constrained")
+    ax = figure.subplots()
+    sns.stripplot(data=long, x="difference", y="comparison", color="#1f3b57", size=4, alpha=0.8, ax=ax)
+    sns.pointplot(data=long, x="difference", y="comparison", color="#c0392b", errorbar=None, markers="|",
+                  markersize=20, linestyle="none", ax=ax)
+    ax.axvline(0, color="grey", linewidth=1)
+    ax.set_xlabel(f"per-pair difference of {response}")
+    ax.set_ylabel("")
+    ax.grid(axis="x", alpha=0.3)
+    return figure
+
+
+def _group_wide(rows: pd.DataFrame, response: str) -> pd.DataFrame:
+    """Pairs x ``method · grid_id`` of ``response`` (mean over duplicate rows)."""
+    data = rows.assign(**{SUBJECT: subject_ids(rows), "_group": rows["method"].astype(str) + " · " + rows["grid_id"].astype(str)})
+    return data.groupby([SUBJECT, "_group"], sort=False)[response].mean().unstack("_group")
+
+
+def _method_comparison(
+    metrics: pd.DataFrame, response: str, higher: bool, alpha: float, seed: int, out_dir: Path, entry: dict[str, Any]
+) -> list[str]:
+    """Methods head to head, each at its best grid point by mean, on the same pairs; returns conclusions."""
+    wide_groups = _group_wide(metrics.dropna(subset=[response]), response)
+    best: dict[str, str] = {}
+    for group in wide_groups.mean().sort_values(ascending=not higher).index:
+        best.setdefault(group.split(" · ")[0], group)
+    if len(best) < 2:
+        return []
+    wide = wide_groups[list(best.values())].set_axis(list(best), axis=1)
+    table = paired.compare_conditions(wide, alpha, seed).assign(
+        grid_a=lambda t: t["a"].map(best), grid_b=lambda t: t["b"].map(best)
+    )
+    entry["methods"] = anova_file("methods", response=response)
+    write_table(table, out_dir / entry["methods"])
+    leader = next(iter(best))
+    entry["methods_plot"] = anova_file("methods_plot", response=response)
+    save_figure(differences_figure(wide, response, leader), out_dir / entry["methods_plot"])
+    entry["methods_best_grid"] = best
+    return [paired.sentence(response, row, higher, alpha, "methods") for _, row in table.iterrows()]
+
+
+def _paired_results(
+    metrics: pd.DataFrame, rows: pd.DataFrame, response: str, factors: list[str], alpha: float, seed: int,
+    out_dir: Path, entry: dict[str, Any],
+) -> None:
+    """Paired comparisons of each factor's levels, the methods and the best grid point (into ``entry``)."""
+    higher = registry.find(response).higher_is_better if registry.find(response) else None
+    if higher is None:
+        entry["conclusions"] = [f"{response} has no better direction: no ranking or winner is reported"]
+        return
+    conclusions: list[str] = []
+    data = repeated_observations(rows, response, factors)
+    entry["paired"], entry["friedman"] = {}, {}
+    for index, factor in enumerate(factors):
+        wide = paired.by_level(data, response, factor)
+        table = paired.compare_conditions(wide, alpha, seed + 1000 * index)
+        entry["paired"][factor] = anova_file("paired", response=response, factor=factor)
+        write_table(table, out_dir / entry["paired"][factor])
+        entry["friedman"][factor] = paired.friedman(wide)
+        if len(table) == 1:
+            conclusions.append(paired.sentence(response, table.iloc[0], higher, alpha, factor))
+        elif len(table) > 1:
+            top = paired.best_against_runner_up(wide, higher, alpha, seed)
+            row = table[(table["a"] == top.runner_up) & (table["b"] == top.best) | (table["a"] == top.best) & (table["b"] == top.runner_up)].iloc[0]
+            friedman = entry["friedman"][factor]
+            extra = "" if friedman is None else f"; Friedman over {wide.shape[1]} levels {paired.format_p(friedman['p'])}"
+            conclusions.append(paired.sentence(response, row, higher, alpha, f"{factor} (best two levels)") + extra)
+    conclusions.extend(_method_comparison(metrics, response, higher, alpha, seed, out_dir, entry))
+    groups = _group_wide(rows.dropna(subset=[response]), response)
+    top = paired.best_against_runner_up(groups, higher, alpha, seed)
+    entry["best"] = {"best": top.best, "runner_up": top.runner_up, "comparison": top.comparison,
+                     "distinguishable": top.distinguishable}
+    if top.runner_up is not None and top.comparison is not None:
+        row = {"a": top.runner_up, "b": top.best, **top.comparison}
+        verdict = paired.sentence(response, row, higher, alpha, "best grid point")
+        if top.distinguishable is not True:
+            verdict += f"; the best grid point {top.best} is not distinguishable from the runner-up"
+        conclusions.append(verdict)
+    entry["conclusions"] = conclusions
 
 
 def run_anova_study(
@@ -332,21 +464,34 @@ def run_anova_study(
     alpha: float,
     out_dir: Path,
     method: str | None = None,
+    model: str = "repeated",
+    seed: int = 0,
 ) -> None:
-    """ANOVA of each response of a study's metrics.csv; writes its results to ``out_dir``.
+    """Statistics of each response of a study's metrics.csv; writes its results to ``out_dir``.
 
-    Files: ``<response>.csv`` (ANOVA table with a ``term`` column; only when the ANOVA ran),
-    ``tukey_<response>_<factor>.csv`` (each significant main effect), ``interaction_<response>.png``,
-    and ``anova.json``: alpha, factors, the row selection (see :func:`select_rows`), the sums of
-    squares used, and per response its message, significant terms and file names.
+    Files (names from :data:`registration_core.layout.ANOVA_FILES`): ``<response>.csv`` (ANOVA
+    table with a ``term`` column; only when the ANOVA ran), ``tukey_<response>_<factor>.csv``
+    (independent model, each significant main effect), ``interaction_<response>.png``; with the
+    repeated model also ``paired_<response>_<factor>.csv`` (levels compared within pairs) and,
+    with two or more methods, ``methods_<response>.csv`` / ``.png`` (each method at its best grid
+    point, head to head on the same pairs); and ``anova.json``: alpha, model, factors, the row
+    selection (see :func:`select_rows`), and per response the model that ran and why, its
+    significant terms, file names, Friedman tests, the best grid point against the runner-up and
+    the conclusions in plain words.
+
+    Args:
+        model: one of :data:`MODELS`.
+        seed: seed of the bootstrap confidence intervals.
 
     Raises:
         InputError naming the file, column or parameter: missing/unreadable metrics.csv, a
-        factor or response not in it (with the available columns), an unknown method, alpha
-        outside (0, 1).
+        factor or response not in it (with the available columns), an unknown method or model,
+        alpha outside (0, 1).
     """
     metrics_csv, out_dir = Path(metrics_csv), Path(out_dir)
     _check_alpha(alpha)
+    if model not in MODELS:
+        raise InputError(f"anova.model: {model!r} is not allowed; allowed: {', '.join(MODELS)}")
     metrics = _read_metrics(metrics_csv)
     for kind, names in (("factor", factors), ("response", responses)):
         missing = [n for n in names if n not in metrics.columns]
@@ -361,14 +506,22 @@ def run_anova_study(
     if text:
         raise InputError(f"{metrics_csv}: ANOVA response(s) {', '.join(text)} are not numeric columns")
     rows, selection = select_rows(metrics, factors, method)
+    entries = {}
+    for response in responses:
+        if model == "independent":
+            entries[response] = _write_result(run_anova(rows, response, factors, alpha), rows, out_dir)
+            continue
+        entries[response] = _write_result(run_repeated(rows, response, factors, alpha), rows, out_dir)
+        _paired_results(metrics, rows, response, factors, alpha, seed, out_dir, entries[response])
     summary = {
         "alpha": alpha,
+        "model": model,
         "factors": factors,
         "method": method,
         "selection": selection,
         "n_rows": len(rows),
-        "sums_of_squares": SUMS_OF_SQUARES,
-        "responses": {r: _write_result(run_anova(rows, r, factors, alpha), rows, out_dir) for r in responses},
+        "sums_of_squares": SUMS_OF_SQUARES if model == "independent" else None,
+        "seed": seed,
+        "responses": entries,
     }
-    with atomic_path(out_dir / "anova.json") as tmp:
-        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(summary, out_dir / ANOVA_SUMMARY)  # strict JSON: undefined p-values as null
