@@ -1,4 +1,5 @@
-# Factorial ANOVA over the grid factors, pairs as replicates (skipped when there are no factors).
+# Statistics over the grid factors: repeated measures with the pair as subject, or `anova.model: independent`
+# (pairs as replicates); skipped when there are no factors.
 
 
 if PAIRS.run_anova:
@@ -17,6 +18,8 @@ if PAIRS.run_anova:
             responses=",".join(PAIRS.anova["responses"]),
             factors=",".join(PAIRS.anova["factors"]),
             alpha=PAIRS.anova["alpha"],
+            model=PAIRS.anova["model"],
+            seed=PAIRS.anova["seed"],
         log:
             f"{LOGS}/anova.log",
         threads: PAIRS.threads_of("aggregate")
@@ -26,4 +29,5 @@ if PAIRS.run_anova:
             ENV
         shell:
             "python -m registration_core anova --metrics {input.metrics} --responses {params.responses}"
-            " --factors {params.factors} --alpha {params.alpha} --out-dir {output.tables} > {log} 2>&1"
+            " --factors {params.factors} --alpha {params.alpha} --model {params.model} --seed {params.seed}"
+            " --out-dir {output.tables} > {log} 2>&1"
