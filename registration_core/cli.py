@@ -135,11 +135,11 @@ def _parse_settings(items: list[str] | None) -> dict:
 def _preprocess(args: argparse.Namespace) -> None:
     """One step (the name with ``-`` or ``_``) and its ``--set`` settings on one subject's files;
     ``affine-align`` registers onto ``--reference`` (its ``reference`` setting defaults to that path)."""
-    from registration_core.preprocessing.steps import STEP_SCHEMAS
+    from registration_core.preprocessing.steps import STEPS
 
     name = args.step.replace("-", "_")
-    if name not in STEP_SCHEMAS:
-        steps = ", ".join(step.replace("_", "-") for step in STEP_SCHEMAS)
+    if name not in STEPS:
+        steps = ", ".join(step.replace("_", "-") for step in STEPS)
         raise InputError(f"preprocess: unknown step {args.step!r}; allowed: {steps}")
     settings = _parse_settings(args.set)
     if name == "affine_align":

@@ -196,7 +196,7 @@ def test_search_settings_are_bounded() -> None:
     fixed, moving, _ = textured_disk_pair(0.0, (0.0, 0.0))
     with pytest.raises(InputError, match="search positions; at most"):
         affine_align(fixed, moving, init="search", search_shift=1.0, search_angle_deg=180, shrink_factors=(1,))
-    with pytest.raises(InputError, match="init 'edges' is not allowed"):
+    with pytest.raises(InputError, match="setting 'init' must be one of moments, geometry, search, got 'edges'"):
         affine_align(fixed, moving, init="edges")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="'features'"):
         check_align_settings({"features": "phase"})

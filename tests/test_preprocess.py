@@ -7,7 +7,6 @@ from pathlib import Path
 import subprocess
 import sys
 
-import jsonschema
 import nibabel as nib
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from registration_core.errors import InputError
 from registration_core.core.io import Image, load_image, load_landmarks, ras_to_voxel, save_image, save_landmarks
 from registration_core.core.io import voxel_to_ras
 from registration_core.preprocessing.steps import (
-    STEP_SCHEMAS,
+    STEPS,
     clip_intensity,
     crop_pad,
     extract_slice,
@@ -260,12 +259,14 @@ def test_run_steps_rejects_labels_on_another_grid() -> None:
         run_steps(ramp_image(), block_labels(affine=np.eye(4)), [])
 
 
-def test_step_schemas_are_valid_json_schemas() -> None:
-    assert set(STEP_SCHEMAS) == {"reorient", "clip", "normalize", "slice", "resample", "crop_pad", "lung_mask", "affine_align"}
-    for schema in STEP_SCHEMAS.values():
-        jsonschema.Draft202012Validator.check_schema(schema)
-        assert schema["additionalProperties"] is False
-    validate_steps([{"step": "slice", "axis": 1, "index": 0.25}, {"step": "resample", "spacing": [1, 2, 3]}])
+def test_step_registry_resolves_settings_with_their_defaults() -> None:
+    assert set(STEPS) == {"reorient", "clip", "normalize", "slice", "resample", "crop_pad", "lung_mask", "affine_align"}
+    resolved = validate_steps([{"step": "slice", "axis": 1, "index": 0.25}, {"step": "resample", "spacing": [1, 2, 3]},
+                               {"step": "slice"}, {"step": "slice", "index": 1}, {"step": "slice", "index": 1.0}])
+    assert resolved[0] == {"axis": 1, "index": 0.25}
+    assert resolved[1] == {"spacing": (1.0, 2.0, 3.0), "shape": None, "scale": None, "interpolation": None}
+    # an int is a voxel index, a float a fraction of the extent, and the default is the middle
+    assert [r["index"] for r in resolved[2:]] == ["middle", 1, 1.0] and isinstance(resolved[4]["index"], float)
 
 
 @pytest.mark.realdata

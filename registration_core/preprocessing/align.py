@@ -1,4 +1,6 @@
-"""Rigid or affine pre-alignment of a moving image to a fixed one (SimpleITK).
+"""Rigid or affine registration of a moving image to a fixed one (SimpleITK): the one affine
+implementation, behind the pre-alignment (a dataset's ``align``, the ``affine_align``
+preprocessing step) and the ``affine`` registration method. Its settings are :data:`ALIGN_PARAMS`.
 
 Geometry: images are :class:`registration_core.core.io.Image` (array index order ``(i, j[, k])``,
 affine voxel -> RAS+ mm); SimpleITK works in LPS mm. The estimated transform ``T`` maps a
@@ -22,19 +24,17 @@ intensities: vessels and edges rather than a smooth illumination gradient drive 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-import jsonschema
 import numpy as np
 import SimpleITK as sitk
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, _lps_flip, image_to_sitk, ras_to_voxel, voxel_to_ras
+from registration_core.core.params import Param, parse_params
+from registration_core.errors import InputError
 
-TransformKind = Literal["rigid", "affine"]
-InitKind = Literal["moments", "geometry", "search"]
 MaskKind = Literal["none", "foreground"]
 FeatureKind = Literal["intensity", "gradient"]
 MAX_SEARCH_POSITIONS = 50_000
@@ -42,34 +42,45 @@ MAX_SEARCH_POSITIONS = 50_000
 FOREGROUND_FRACTION = 0.05
 """Foreground mask: voxels above ``min + FOREGROUND_FRACTION * (max - min)``."""
 
-ALIGN_SCHEMA: dict = {
-    "type": "object",
-    "properties": {
-        "transform": {"enum": ["rigid", "affine"]},
-        "shrink_factors": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
-        "iterations": {"type": "integer", "minimum": 1},
-        "sampling": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-        "bins": {"type": "integer", "minimum": 4},
-        "seed": {"type": "integer", "minimum": 0},
-        "init": {"enum": ["moments", "geometry", "search"]},
-        "mask": {"enum": ["none", "foreground"]},
-        "features": {"enum": ["intensity", "gradient"]},
-        "search_shift": {"type": "number", "minimum": 0, "maximum": 1},
-        "search_angle_deg": {"type": "number", "minimum": 0, "maximum": 180},
-    },
-    "additionalProperties": False,
+METRICS = ("mattes_mi", "correlation", "mean_squares")
+Observer = Callable[[float, int], None]
+"""Called at every gradient-descent iteration with the metric value (lower is better) and the pyramid level."""
+
+ALIGN_PARAMS: dict[str, Param] = {
+    p.name: p
+    for p in [
+        Param("transform", str, "affine", "rigid (rotation + translation) or affine (rigid first, then affine from it)",
+              choices=("rigid", "affine")),
+        Param("shrink_factors", list, (4, 2, 1), "multi-resolution pyramid, coarse to fine (voxels); Gaussian sigma "
+              "half the factor (voxels, 0 at factor 1)", item=int, minimum=1),
+        Param("iterations", int, 200, "gradient-descent iterations per level and stage (at most)", minimum=1),
+        Param("metric", str, "mattes_mi", "similarity metric (Mattes mutual information, correlation, mean squares)",
+              choices=METRICS),
+        Param("sampling", float, 0.25, "fraction of fixed voxels sampled (random, seeded) for the metric",
+              minimum=0.0, maximum=1.0, exclusive_minimum=True),
+        Param("bins", int, 32, "histogram bins of the Mattes metric", minimum=4),
+        Param("seed", int, 0, "seed of the metric's voxel sampling (ITK receives seed + 1: its 0 means the clock)",
+              minimum=0),
+        Param("init", str, "moments", "start: centres of mass (moments), image centres (geometry), or an exhaustive "
+              "rigid search from the moments start (search)", choices=("moments", "geometry", "search")),
+        Param("mask", str, "none", "none, or foreground: the metric inside each image's eroded foreground",
+              choices=("none", "foreground")),
+        Param("features", str, "intensity", "intensity, or gradient: Gaussian gradient magnitudes (sigma one voxel)",
+              choices=("intensity", "gradient")),
+        Param("search_shift", float, 0.25, "search: translations tried each way, a fraction of the fixed image's "
+              "largest extent", minimum=0.0, maximum=1.0),
+        Param("search_angle_deg", float, 20.0, "search: rotations tried about every axis, each way (degrees)",
+              minimum=0.0, maximum=180.0),
+    ]
 }
-"""JSON schema of the settings of :func:`align_to_fixed` (all optional)."""
+"""The settings of :func:`affine_align` (all optional): the ``align`` settings of a dataset, the
+``affine_align`` preprocessing step and the ``affine`` registration method."""
 
 
 def check_align_settings(settings: dict) -> dict:
-    """Validate alignment settings against :data:`ALIGN_SCHEMA`; InputError names the key and what is allowed."""
-    for key in settings:
-        if key not in ALIGN_SCHEMA["properties"]:
-            raise InputError(f"affine_align: unknown setting {key!r}; allowed: {', '.join(ALIGN_SCHEMA['properties'])}")
-    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(ALIGN_SCHEMA).iter_errors(settings))
-    if error is not None:
-        raise InputError(f"affine_align: setting {error.absolute_path[0]!r}: {error.message}")
+    """Validate alignment settings against :data:`ALIGN_PARAMS` and return them as given;
+    InputError names the setting and what is allowed."""
+    parse_params("affine_align", ALIGN_PARAMS, settings, kind="setting")
     return settings
 
 
@@ -98,18 +109,25 @@ class _Problem:
     moving: sitk.Image
     fixed_mask: sitk.Image | None
     moving_mask: sitk.Image | None
+    metric: str
     bins: int
     sampling: float
     seed: int
     name: str
+    observer: Observer | None = None
 
     def method(self, shrink_factors: Sequence[int], sampling: float) -> sitk.ImageRegistrationMethod:
-        """A registration method with the Mattes metric, masks, linear interpolation and the pyramid set."""
+        """A registration method with the metric, masks, linear interpolation and the pyramid set."""
         method = sitk.ImageRegistrationMethod()
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=self.bins)
+        if self.metric == "mattes_mi":
+            method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=self.bins)
+        elif self.metric == "correlation":
+            method.SetMetricAsCorrelation()
+        else:
+            method.SetMetricAsMeanSquares()
         if sampling < 1:
             method.SetMetricSamplingStrategy(method.RANDOM)
-            method.SetMetricSamplingPercentage(sampling, self.seed)
+            method.SetMetricSamplingPercentage(sampling, self.seed + 1)
         if self.fixed_mask is not None:
             method.SetMetricFixedMask(self.fixed_mask)
             method.SetMetricMovingMask(self.moving_mask)
@@ -127,84 +145,55 @@ class _Problem:
             raise InputError(f"affine_align: registration of {self.name} failed ({exc})") from exc
 
 
-def affine_align(
-    fixed: Image,
-    moving: Image,
-    transform: TransformKind = "affine",
-    shrink_factors: Sequence[int] = (4, 2, 1),
-    iterations: int = 200,
-    sampling: float = 0.25,
-    bins: int = 32,
-    seed: int = 0,
-    init: InitKind = "moments",
-    mask: MaskKind = "none",
-    search_shift: float = 0.25,
-    search_angle_deg: float = 20.0,
-    features: FeatureKind = "intensity",
-) -> sitk.Transform:
-    """Estimate ``T`` (fixed LPS mm -> moving LPS mm) maximising Mattes mutual information.
+def affine_align(fixed: Image, moving: Image, observer: Observer | None = None, **settings: Any) -> sitk.Transform:
+    """Estimate ``T`` (fixed LPS mm -> moving LPS mm) maximising the similarity ``metric``.
 
     Regular-step gradient descent (steps in mm of physical shift, from 1 down to 1e-4).
 
     Args:
         fixed, moving: 2D or 3D intensity images of the same dimension (any grids).
-        transform: "rigid" (rotation + translation) or "affine" (12 parameters in 3D).
-        shrink_factors: multi-resolution pyramid, coarse to fine (voxels); the smoothing
-            sigma at each level is half the shrink factor (voxels, 0 at factor 1).
-        iterations: at most this many gradient-descent iterations per level and stage.
-        sampling: fraction of fixed voxels sampled (random, seeded) for the metric, in (0, 1].
-        bins: histogram bins of the Mattes metric.
-        seed: seed of the metric's voxel sampling; ITK's multi-threaded metric sums can still
-            change the result slightly between runs (e.g. subcortical Dice 0.600 vs 0.601).
-        init: "moments" (centres of mass), "geometry" (image centres) or "search" (exhaustive
-            rigid search from the "moments" start, see :func:`_search`).
-        mask: "none" or "foreground" (metric restricted to each image's foreground, eroded by
-            twice the coarsest shrink factor in voxels; the metric images are zero outside it).
-        search_shift: "search" only: translations tried, as a fraction of the fixed image's
-            largest physical extent, each way along every axis (step: one coarsest-level voxel).
-        search_angle_deg: "search" only: rotations tried about every axis, each way (degrees,
-            step 5 degrees; a single rotation angle in 2D, three in 3D).
-        features: "intensity" or "gradient" (Gaussian gradient magnitude, sigma one voxel).
+        observer: called at every gradient-descent iteration (see :data:`Observer`).
+        settings: :data:`ALIGN_PARAMS` (checked; InputError names a bad one): ``transform``
+            "rigid" or "affine"; ``shrink_factors`` (coarse to fine; smoothing sigma half the
+            factor, voxels); ``iterations`` per level and stage; ``metric``, ``bins``,
+            ``sampling`` (fraction in (0, 1]) and its ``seed`` (with more than one ITK thread the
+            metric's parallel sums can still change the result slightly between runs);
+            ``init`` "moments" | "geometry" | "search" (exhaustive rigid search from the
+            "moments" start within ``search_shift`` / ``search_angle_deg``, see :func:`_search`);
+            ``mask`` "none" | "foreground" (metric restricted to each image's foreground, eroded
+            by twice the coarsest shrink factor in voxels; the metric images are zero outside
+            it); ``features`` "intensity" | "gradient" (Gaussian gradient magnitude, sigma one voxel).
 
     The transform is initialised as above, optimised as a rigid transform, then (for
     "affine") as an affine transform starting from it.
     """
+    s = parse_params("affine_align", ALIGN_PARAMS, settings, kind="setting")
     if fixed.ndim != moving.ndim:
         raise InputError(f"affine_align: fixed is {fixed.ndim}D but moving is {moving.ndim}D")
-    if not 0 < sampling <= 1 or iterations < 1 or bins < 4 or not shrink_factors or min(shrink_factors) < 1:
-        raise InputError(
-            "affine_align: need 0 < sampling <= 1, iterations >= 1, bins >= 4 and shrink factors >= 1"
-        )
-    for key, value, allowed in [
-        ("transform", transform, ("rigid", "affine")),
-        ("init", init, ("moments", "geometry", "search")),
-        ("mask", mask, ("none", "foreground")),
-        ("features", features, ("intensity", "gradient")),
-    ]:
-        if value not in allowed:
-            raise InputError(f"affine_align: {key} {value!r} is not allowed; allowed: {', '.join(allowed)}")
-    fixed_itk, fixed_mask = _metric_image(fixed, features, mask, 2 * max(shrink_factors))
-    moving_itk, moving_mask = _metric_image(moving, features, mask, 2 * max(shrink_factors))
-    problem = _Problem(fixed_itk, moving_itk, fixed_mask, moving_mask, bins, sampling, seed, moving.path or "moving")
+    shrink_factors = s["shrink_factors"]
+    fixed_itk, fixed_mask = _metric_image(fixed, s["features"], s["mask"], 2 * max(shrink_factors))
+    moving_itk, moving_mask = _metric_image(moving, s["features"], s["mask"], 2 * max(shrink_factors))
+    problem = _Problem(fixed_itk, moving_itk, fixed_mask, moving_mask, s["metric"], s["bins"], s["sampling"], s["seed"],
+                       moving.path or "moving", observer)
     ndim = fixed.ndim
     rigid = sitk.CenteredTransformInitializer(
         fixed_itk,
         moving_itk,
         sitk.Euler2DTransform() if ndim == 2 else sitk.Euler3DTransform(),
         sitk.CenteredTransformInitializerFilter.GEOMETRY
-        if init == "geometry"
+        if s["init"] == "geometry"
         else sitk.CenteredTransformInitializerFilter.MOMENTS,
     )
-    if init == "search":
-        _search(problem, rigid, max(shrink_factors), search_shift, search_angle_deg)
-    _optimise(problem, rigid, shrink_factors, iterations)
-    if transform == "rigid":
+    if s["init"] == "search":
+        _search(problem, rigid, max(shrink_factors), s["search_shift"], s["search_angle_deg"])
+    _optimise(problem, rigid, shrink_factors, s["iterations"])
+    if s["transform"] == "rigid":
         return rigid
     affine = sitk.AffineTransform(ndim)
     affine.SetCenter(rigid.GetCenter())
     affine.SetMatrix(rigid.GetMatrix())
     affine.SetTranslation(rigid.GetTranslation())
-    _optimise(problem, affine, shrink_factors, iterations)
+    _optimise(problem, affine, shrink_factors, s["iterations"])
     return affine
 
 
@@ -244,7 +233,7 @@ def _search(problem: _Problem, rigid: sitk.Transform, shrink: int, shift: float,
 
     Grid: rotations of -angle_deg..+angle_deg in 5 degree steps about every axis, and
     translations of -shift..+shift times the fixed image's largest extent (mm) in steps of one
-    coarse voxel along every axis, around the current parameters. The best (lowest) Mattes
+    coarse voxel along every axis, around the current parameters. The best (lowest) metric
     value over the grid, computed on every coarse voxel, wins.
     """
     ndim = problem.fixed.GetDimension()
@@ -281,13 +270,16 @@ def _search(problem: _Problem, rigid: sitk.Transform, shrink: int, shift: float,
 def _optimise(
     problem: _Problem, initial: sitk.Transform, shrink_factors: Sequence[int], iterations: int
 ) -> None:
-    """Optimise ``initial`` in place: Mattes MI, regular-step gradient descent over a smoothed pyramid."""
+    """Optimise ``initial`` in place: regular-step gradient descent over a smoothed pyramid."""
     method = problem.method(shrink_factors, problem.sampling)
     method.SetOptimizerAsRegularStepGradientDescent(
         learningRate=1.0, minStep=1e-4, numberOfIterations=iterations, relaxationFactor=0.5
     )
     method.SetOptimizerScalesFromPhysicalShift()
     method.SetInitialTransform(initial, inPlace=True)
+    if problem.observer is not None:
+        observer = problem.observer
+        method.AddCommand(sitk.sitkIterationEvent, lambda: observer(method.GetMetricValue(), method.GetCurrentLevel()))
     problem.run(method)
 
 
@@ -336,9 +328,8 @@ def align_to_fixed(
     moving: Image,
     moving_labels: Image | None = None,
     moving_landmarks: np.ndarray | None = None,
-    transform: TransformKind = "affine",
-    **settings: int | float | Sequence[int],
+    **settings: Any,
 ) -> Aligned:
-    """:func:`affine_align` then :func:`apply_alignment` (``settings`` go to affine_align)."""
-    estimated = affine_align(fixed, moving, transform, **settings)  # type: ignore[arg-type]
+    """:func:`affine_align` then :func:`apply_alignment` (``settings``: :data:`ALIGN_PARAMS`)."""
+    estimated = affine_align(fixed, moving, **settings)
     return apply_alignment(estimated, fixed, moving, moving_labels, moving_landmarks)

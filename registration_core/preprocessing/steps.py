@@ -5,9 +5,10 @@ Every function is pure (returns a new Image). Arrays are in array index order
 the affine's in-plane block, see :func:`registration_core.core.io.spatial_affine`).
 
 :func:`run_steps` applies a configured list of steps ``{"step": name, **settings}`` to an
-image and, for geometric steps, to its label map. Steps live in a registry filled by
-:func:`register_step`: adding a step is one decorated function, and its settings schema
-lands in :data:`STEP_SCHEMAS` for the workflow's config validation.
+image and, for geometric steps, to its label map. Steps live in the registry :data:`STEPS`,
+filled by :func:`register_step`: adding a step is one decorated function declaring its typed
+settings (:class:`registration_core.core.params.Param`); the config validation, the CLI and
+the config schema's documentation read them.
 
 :func:`prepare_subject` runs the steps once on a subject's image and carries its labels, mask
 and landmarks along. The ``affine_align`` step registers the subject onto a *reference* subject
@@ -18,18 +19,18 @@ that a later ``slice`` cuts every subject at the same anatomical level.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import jsonschema
 import nibabel.orientations as nio
 import numpy as np
 import SimpleITK as sitk
 
-from registration_core.preprocessing.align import ALIGN_SCHEMA, affine_align, apply_alignment
-from registration_core.errors import InputError
 from registration_core.core.io import Image, image_to_sitk, spatial_affine
+from registration_core.core.params import Param, parse_params
+from registration_core.errors import InputError
+from registration_core.preprocessing.align import ALIGN_PARAMS, affine_align, apply_alignment
 
 Interpolation = Literal["linear", "cubic", "nearest"]
 
@@ -301,35 +302,52 @@ def map_landmarks(points_vox: np.ndarray, source: Image, target: Image) -> np.nd
 
 StepFunction = Callable[..., tuple[Image, Image | None]]
 
-_STEP_FUNCTIONS: dict[str, StepFunction] = {}
-STEP_SCHEMAS: dict[str, dict[str, Any]] = {}
-"""Step name -> JSON schema of its settings (an object; unknown keys are not allowed)."""
 
+@dataclass(frozen=True)
+class Step:
+    """A preprocessing step: its name, its typed settings and the function that runs it.
 
-def register_step(
-    name: str, properties: dict[str, Any], required: Sequence[str] = ()
-) -> Callable[[StepFunction], StepFunction]:
-    """Register ``function(image, labels, **settings) -> (image, labels)`` as step ``name``.
-
-    ``properties`` is the JSON schema of each setting; settings are optional (function
-    defaults apply) unless listed in ``required``, and no other key is allowed.
+    ``function(image, labels, **settings) -> (image, labels)`` receives every setting resolved
+    (defaults filled in); ``None`` for ``affine_align``, which :func:`prepare_subject` runs itself
+    (it needs the reference subject's image).
     """
 
+    name: str
+    settings: Mapping[str, Param]
+    function: StepFunction | None
+
+    def resolve(self, settings: Mapping[str, Any], owner: str) -> dict[str, Any]:
+        """Defaults + ``settings``, checked; InputError names ``owner``, the setting and what is allowed."""
+        return parse_params(owner, self.settings, settings, kind="setting")
+
+
+STEPS: dict[str, Step] = {}
+"""Step name -> :class:`Step`, in registration order (the order error messages list them in)."""
+
+
+def register_step(name: str, *settings: Param) -> Callable[[StepFunction], StepFunction]:
+    """Register ``function(image, labels, **settings) -> (image, labels)`` as step ``name`` with
+    the declared ``settings`` (no other key is allowed; ``required`` ones must be given)."""
+
     def decorator(function: StepFunction) -> StepFunction:
-        _STEP_FUNCTIONS[name] = function
-        schema = {"type": "object", "properties": properties, "additionalProperties": False}
-        STEP_SCHEMAS[name] = {**schema, "required": list(required)} if required else schema
+        STEPS[name] = Step(name, {p.name: p for p in settings}, function)
         return function
 
     return decorator
 
 
-_NUMBER_OR_NULL = {"type": ["number", "null"]}
-_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
-_POSITIVE_OR_LIST = {"anyOf": [_POSITIVE, {"type": "array", "items": _POSITIVE, "minItems": 2, "maxItems": 3}]}
+def _positive_or_list(name: str, help: str) -> Param:
+    """A positive number (every axis) or 2-3 positive numbers (one per axis), or none."""
+    return Param(name, object, None, help, nullable=True, alternatives=(
+        Param(name, float, None, "", minimum=0.0, exclusive_minimum=True),
+        Param(name, list, None, "", item=float, minimum=0.0, exclusive_minimum=True, min_items=2, max_items=3),
+    ))
 
 
-@register_step("reorient", {"orientation": {"enum": ["RAS"]}})
+_SHAPE = dict(item=int, minimum=1, min_items=2, max_items=3)
+
+
+@register_step("reorient", Param("orientation", str, "RAS", "target axis codes", choices=("RAS",)))
 def _reorient_step(image: Image, labels: Image | None, **settings: Any) -> tuple[Image, Image | None]:
     """Reorient image and labels to RAS."""
     return reorient(image, **settings), None if labels is None else reorient(labels, **settings)
@@ -337,23 +355,18 @@ def _reorient_step(image: Image, labels: Image | None, **settings: Any) -> tuple
 
 @register_step(
     "clip",
-    {
-        "low": _NUMBER_OR_NULL,
-        "high": _NUMBER_OR_NULL,
-        "percentiles": {
-            "type": "array",
-            "items": {"type": "number", "minimum": 0, "maximum": 100},
-            "minItems": 2,
-            "maxItems": 2,
-        },
-    },
+    Param("low", float, None, "lower bound (image units, e.g. HU); none: no lower bound", nullable=True),
+    Param("high", float, None, "upper bound; none: no upper bound", nullable=True),
+    Param("percentiles", list, None, "[p_low, p_high]: bounds from the image's own percentiles (instead of low/high)",
+          item=float, minimum=0.0, maximum=100.0, min_items=2, max_items=2, nullable=True),
 )
 def _clip_step(image: Image, labels: Image | None, **settings: Any) -> tuple[Image, Image | None]:
     """Clip image intensities; labels untouched."""
     return clip_intensity(image, **settings), labels
 
 
-@register_step("normalize", {"mode": {"enum": ["minmax", "zscore"]}})
+@register_step("normalize", Param("mode", str, "minmax", "minmax: to [0, 1]; zscore: zero mean, unit standard deviation",
+                                  choices=("minmax", "zscore")))
 def _normalize_step(image: Image, labels: Image | None, **settings: Any) -> tuple[Image, Image | None]:
     """Normalise image intensities; labels untouched."""
     return normalize(image, **settings), labels
@@ -361,31 +374,24 @@ def _normalize_step(image: Image, labels: Image | None, **settings: Any) -> tupl
 
 @register_step(
     "slice",
-    {
-        "axis": {"enum": [0, 1, 2]},
-        "index": {
-            "anyOf": [
-                {"type": "integer", "minimum": 0},
-                {"const": "middle"},
-                {"type": "number", "minimum": 0, "maximum": 1},
-            ]
-        },
-    },
+    Param("axis", int, 2, "array axis the slice is taken across", choices=(0, 1, 2)),
+    Param("index", object, "middle", "voxel index (integer), middle, or a fraction of the extent in [0, 1] (float)",
+          alternatives=(Param("index", int, None, "", minimum=0), Param("index", str, None, "", choices=("middle",)),
+                        Param("index", float, None, "", minimum=0.0, maximum=1.0))),
 )
-def _slice_step(image: Image, labels: Image | None, axis: int = 2, **settings: Any) -> tuple[Image, Image | None]:
-    """Take the same 2D slice of image and labels (axis defaults to 2, index to "middle")."""
-    plane = extract_slice(image, axis, **settings)
-    return plane, None if labels is None else extract_slice(labels, axis, **settings)
+def _slice_step(image: Image, labels: Image | None, axis: int, index: int | float | str) -> tuple[Image, Image | None]:
+    """Take the same 2D slice of image and labels."""
+    plane = extract_slice(image, axis, index)
+    return plane, None if labels is None else extract_slice(labels, axis, index)
 
 
 @register_step(
     "resample",
-    {
-        "spacing": _POSITIVE_OR_LIST,
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 3},
-        "scale": _POSITIVE_OR_LIST,
-        "interpolation": {"enum": ["linear", "cubic"]},
-    },
+    _positive_or_list("spacing", "target voxel size in mm, one number or one per axis"),
+    Param("shape", list, None, "target shape (voxels per axis)", nullable=True, **_SHAPE),
+    _positive_or_list("scale", "shape factor, one number or one per axis (0.5 halves every axis)"),
+    Param("interpolation", str, None, "image interpolation (none: linear); labels are always nearest",
+          choices=("linear", "cubic"), nullable=True),
 )
 def _resample_step(image: Image, labels: Image | None, **settings: Any) -> tuple[Image, Image | None]:
     """Resample the image (linear or cubic) and the labels (nearest) onto the same new grid."""
@@ -395,21 +401,19 @@ def _resample_step(image: Image, labels: Image | None, **settings: Any) -> tuple
 
 @register_step(
     "crop_pad",
-    {
-        "shape": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2, "maxItems": 3},
-        "foreground": {"enum": ["image", "labels"]},
-        "threshold": {"type": "number"},
-        "pad_value": {"type": "number"},
-    },
-    required=["shape"],
+    Param("shape", list, None, "target shape (voxels per axis)", required=True, **_SHAPE),
+    Param("foreground", str, "image", "what the window is centred on: image above threshold, or non-zero labels",
+          choices=("image", "labels")),
+    Param("threshold", float, None, "foreground: image > threshold (none: above the image's minimum)", nullable=True),
+    Param("pad_value", float, None, "value of the image outside its original extent (none: its minimum)", nullable=True),
 )
 def _crop_pad_step(
     image: Image,
     labels: Image | None,
-    shape: Sequence[int] | None = None,
-    foreground: Literal["image", "labels"] = "image",
-    threshold: float | None = None,
-    pad_value: float | None = None,
+    shape: Sequence[int],
+    foreground: Literal["image", "labels"],
+    threshold: float | None,
+    pad_value: float | None,
 ) -> tuple[Image, Image | None]:
     """Crop/pad image and labels to ``shape`` around the bounding box of the foreground.
 
@@ -417,8 +421,6 @@ def _crop_pad_step(
     ``foreground: labels``, the non-zero labels. The image is padded with ``pad_value``
     (default: its minimum), the labels with 0.
     """
-    if shape is None:
-        raise InputError("crop_pad: setting 'shape' is required (a list of ndim positive integers)")
     if foreground == "labels":
         if labels is None:
             raise InputError("crop_pad: foreground 'labels' needs a label map")
@@ -433,21 +435,23 @@ def _crop_pad_step(
 
 @register_step(
     "lung_mask",
-    {
-        "output": {"enum": ["mask", "masked"]},
-        "body_hu": {"type": "number"},
-        "lung_hu": {"type": "number"},
-        "airway_radius_mm": _POSITIVE,
-        "closing_radius_mm": _POSITIVE,
-        "min_lung_fraction": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-        "background": {"type": "number"},
-    },
+    Param("output", str, "mask", "mask: the mask replaces the image; masked: the CT inside the mask",
+          choices=("mask", "masked")),
+    Param("body_hu", float, -500.0, "body threshold (HU); the body is the largest component above it"),
+    Param("lung_hu", float, -400.0, "lung threshold (HU): air inside the body below it"),
+    Param("airway_radius_mm", float, 6.0, "airways narrower than this are removed (mm)",
+          minimum=0.0, exclusive_minimum=True),
+    Param("closing_radius_mm", float, 4.0, "closing radius that fills vessels into the lungs (mm)",
+          minimum=0.0, exclusive_minimum=True),
+    Param("min_lung_fraction", float, 0.1, "smallest lung component kept, a fraction of the largest",
+          minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    Param("background", float, 0.0, "masked: value outside the mask"),
 )
 def _lung_mask_step(
     image: Image,
     labels: Image | None,
-    output: Literal["mask", "masked"] = "mask",
-    background: float = 0.0,
+    output: Literal["mask", "masked"],
+    background: float,
     **settings: Any,
 ) -> tuple[Image, Image | None]:
     """Lung mask of a CT in HU (see :mod:`registration_core.preprocessing.lung`); labels untouched.
@@ -462,12 +466,15 @@ def _lung_mask_step(
     return (mask if output == "mask" else mask_image(image, mask, background)), labels
 
 
-AFFINE_ALIGN_SETTINGS: dict[str, Any] = {"reference": {"type": "string", "minLength": 1}, **ALIGN_SCHEMA["properties"]}
-STEP_SCHEMAS["affine_align"] = {
-    "type": "object", "properties": AFFINE_ALIGN_SETTINGS, "additionalProperties": False, "required": ["reference"],
-}
+STEPS["affine_align"] = Step(
+    "affine_align",
+    {"reference": Param("reference", str, None, "id of the reference subject (of the same dataset)", required=True),
+     **ALIGN_PARAMS},
+    None,
+)
 """``affine_align``: ``reference`` (the reference subject's id, resolved by the caller to the
-``reference`` image of :func:`prepare_subject`) and the settings of :func:`registration_core.preprocessing.align.affine_align`."""
+``reference`` image of :func:`prepare_subject`) and the settings of
+:func:`registration_core.preprocessing.align.affine_align`."""
 
 
 @dataclass(frozen=True)
@@ -510,13 +517,15 @@ def align_to_reference(subject: Prepared, reference: Image, **settings: Any) -> 
 
 
 def _run_step(subject: Prepared, name: str, settings: dict[str, Any], reference: Image | None) -> Prepared:
-    """One step on image, labels, mask (a second label map) and landmarks (mapped exactly, not
-    across a slice); ``reference``: the reference subject's image at this stage (affine_align)."""
+    """One step (``settings`` resolved) on image, labels, mask (a second label map) and landmarks
+    (mapped exactly, not across a slice); ``reference``: the reference subject's image at this
+    stage (affine_align)."""
     if name == "affine_align":
         if reference is None:
             raise InputError("affine_align: needs the reference subject's image (--reference)")
         return align_to_reference(subject, reference, **{k: v for k, v in settings.items() if k != "reference"})
-    function = _STEP_FUNCTIONS[name]
+    function = STEPS[name].function
+    assert function is not None
     image, labels = function(subject.image, subject.labels, **settings)
     mask = None if subject.mask is None else function(subject.image, subject.mask, **settings)[1]
     if mask is not None and not mask.same_grid(image, atol=1e-3):  # crop_pad centred on the labels
@@ -547,13 +556,12 @@ def prepare_subject(
     (and the reference subject itself is left in place). ``labels`` and ``mask`` must lie on the
     image's grid. Any bad step, setting or value raises InputError naming ``steps[i]``.
     """
-    validate_steps(steps)
+    resolved = validate_steps(steps)
     for name, other in (("labels", labels), ("mask", mask)):
         if other is not None and not image.same_grid(other, atol=1e-3):
             raise InputError(f"{other.path or name}: not on the grid of {_name(image)} (shape or affine differ)")
     subject = Prepared(image, labels, mask, None if landmarks is None else np.asarray(landmarks, dtype=np.float64))
-    for position, step in enumerate(steps):
-        settings = {key: value for key, value in step.items() if key != "step"}
+    for position, (step, settings) in enumerate(zip(steps, resolved)):
         staged_reference = reference
         if step["step"] == "affine_align" and reference is not None and position > 0:
             staged_reference = prepare_subject(reference, steps[:position], reference=reference).image
@@ -564,28 +572,22 @@ def prepare_subject(
     return subject
 
 
-def validate_steps(steps: Sequence[dict[str, Any]]) -> None:
-    """Check a step list against the registry; raise InputError naming ``steps[i]``, the key and what is allowed."""
+def validate_steps(steps: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Check a step list against :data:`STEPS`: the settings of every step, resolved (defaults
+    filled in); InputError naming ``steps[i]``, the setting and what is allowed."""
     if not isinstance(steps, Sequence) or isinstance(steps, str):
         raise InputError(f"preprocessing steps must be a list of {{'step': name, ...}}, got {type(steps).__name__}")
+    resolved = []
     for position, step in enumerate(steps):
         where = f"preprocessing steps[{position}]"
         if not isinstance(step, dict) or "step" not in step:
-            raise InputError(f"{where}: must be a mapping with a 'step' key; allowed steps: {', '.join(STEP_SCHEMAS)}")
+            raise InputError(f"{where}: must be a mapping with a 'step' key; allowed steps: {', '.join(STEPS)}")
         name = step["step"]
-        if name not in STEP_SCHEMAS:
-            raise InputError(f"{where}: unknown step {name!r}; allowed: {', '.join(STEP_SCHEMAS)}")
-        schema = STEP_SCHEMAS[name]
+        if name not in STEPS:
+            raise InputError(f"{where}: unknown step {name!r}; allowed: {', '.join(STEPS)}")
         settings = {key: value for key, value in step.items() if key != "step"}
-        for key in settings:
-            if key not in schema["properties"]:
-                allowed = ", ".join(schema["properties"])
-                raise InputError(f"{where} ({name}): unknown setting {key!r}; allowed: {allowed}")
-        error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(settings))
-        if error is not None:
-            if not error.absolute_path:
-                raise InputError(f"{where} ({name}): {error.message}")
-            raise InputError(f"{where} ({name}): setting {error.absolute_path[0]!r}: {error.message}")
+        resolved.append(STEPS[name].resolve(settings, f"{where} ({name})"))
+    return resolved
 
 
 def run_steps(image: Image, labels: Image | None, steps: Sequence[dict[str, Any]]) -> tuple[Image, Image | None]:
