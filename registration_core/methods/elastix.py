@@ -25,6 +25,7 @@ One thread and a fixed seed repeat exactly.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from importlib import metadata
 from typing import Any, Mapping
@@ -161,7 +162,8 @@ class Elastix(Method):
             fixed_itk, moving_itk, parameter_object=parameter_object, log_to_console=False, **threads,
         )
         registered_s = time.perf_counter() - start
-        field = itk.transformix_deformation_field(moving_itk, result_parameters)
+        with tempfile.TemporaryDirectory(prefix="transformix-") as tmp:  # transformix writes its field there
+            field = itk.transformix_deformation_field(moving_itk, result_parameters, output_directory=tmp)
         return RegistrationResult(
             disp_vox=field_disp_vox(itk, field, fixed),
             loss_history=[],
