@@ -152,7 +152,7 @@ def _preprocess(args: argparse.Namespace) -> None:
 
 
 def _demo_subject(args: argparse.Namespace) -> None:
-    from registration_core.data.datasets import write_demo_subject
+    from registration_core.data.demo import write_demo_subject
 
     write_demo_subject(
         args.index, args.seed, args.out_image, args.out_labels,
@@ -161,7 +161,7 @@ def _demo_subject(args: argparse.Namespace) -> None:
 
 
 def _import_raw(args: argparse.Namespace) -> None:
-    from registration_core.data.datasets import RawImport, import_raw
+    from registration_core.data.imports import RawImport, import_raw
 
     raw = RawImport(str(args.raw), tuple(args.shape), tuple(args.spacing), args.dtype, args.orientation, args.intercept)
     import_raw(raw, args.out)
@@ -169,7 +169,7 @@ def _import_raw(args: argparse.Namespace) -> None:
 
 def _import_landmarks(args: argparse.Namespace) -> None:
     from registration_core.core.io import load_image
-    from registration_core.data.datasets import LandmarkImport, import_landmarks
+    from registration_core.data.imports import LandmarkImport, import_landmarks
 
     import_landmarks(LandmarkImport(str(args.points), args.format), load_image(args.reference), args.out)
 

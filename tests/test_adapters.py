@@ -1,4 +1,5 @@
-"""Tests of the dataset adapters (registration_core.data.datasets.build_manifest) and the imports.
+"""Tests of the dataset adapters (registration_core.data.adapters.build_manifest) and the imports
+(registration_core.data.imports).
 
 Every adapter runs on small files written here in the dataset's real format: DIR-Lab raw int16
 volumes and landmark text, a Learn2Reg dataset JSON with NIfTI and keypoint CSVs, FIRE JPEGs and
@@ -16,11 +17,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from registration_core.data import datasets
 from registration_core.cli import main
-from registration_core.data.datasets import LandmarkImport, RawImport, SubjectFiles, build_manifest
-from registration_core.errors import InputError
 from registration_core.core.io import load_image, load_landmarks
+from registration_core.data import imports
+from registration_core.data.adapters import Manifest, SubjectFiles, build_manifest, dirlab
+from registration_core.data.imports import LandmarkImport, RawImport
+from registration_core.errors import InputError
 
 
 def write_nifti(path: Path, shape: tuple[int, ...], labels: bool = False, seed: int = 0) -> Path:
@@ -32,7 +34,7 @@ def write_nifti(path: Path, shape: tuple[int, ...], labels: bool = False, seed: 
     return path
 
 
-def manifest(adapter: str, root: Path, **keys) -> datasets.Manifest:
+def manifest(adapter: str, root: Path, **keys) -> Manifest:
     return build_manifest(adapter, {"adapter": adapter, "path": str(root), **keys}, Path("."), "datasets.d")
 
 
@@ -171,14 +173,14 @@ def test_dirlab_import_geometry_and_landmarks(tmp_path: Path) -> None:
     root = write_dirlab_case1(tmp_path / "data")
     result = manifest("dirlab", root)
     out = tmp_path / "out"
-    datasets.import_raw(result.raw_imports["case1-T00"], out / "image.nii.gz")
+    imports.import_raw(result.raw_imports["case1-T00"], out / "image.nii.gz")
     image = load_image(out / "image.nii.gz")
     assert image.shape == CASE1_SHAPE
     np.testing.assert_allclose(image.spacing, (0.97, 0.97, 2.5), atol=1e-6)
     np.testing.assert_allclose(image.affine, np.diag([-0.97, -0.97, -2.5, 1.0]), atol=1e-6)
     assert image.data[MARKED_VOXEL] == MARKED_STORED - 1024
     assert np.count_nonzero(image.data != -1024) == 1
-    datasets.import_landmarks(result.landmark_imports["case1-T00"], image, out / "landmarks.csv")
+    imports.import_landmarks(result.landmark_imports["case1-T00"], image, out / "landmarks.csv")
     points = load_landmarks(out / "landmarks.csv", image)
     np.testing.assert_array_equal(points, [MARKED_VOXEL, (0, 0, 0)])
     # RAS mm of the marked voxel: columns toward the left (-x), rows posterior (-y), slices inferior (-z)
@@ -205,7 +207,7 @@ def test_dirlab_import_through_the_cli(tmp_path: Path) -> None:
      ("Case8_T00_s.img", 8, "T00")],
 )
 def test_dirlab_image_names(name: str, case: int, phase: str) -> None:
-    match = datasets.DIRLAB_IMAGE_NAME.fullmatch(name)
+    match = dirlab.DIRLAB_IMAGE_NAME.fullmatch(name)
     assert match and (int(match.group("case")), match.group("phase")) == (case, phase)
 
 
@@ -214,9 +216,9 @@ def test_dirlab_image_names(name: str, case: int, phase: str) -> None:
     [("Case1_300_T00_xyz.txt", 1, "T00"), ("case6_dirLab300_T50_xyz.txt", 6, "T50")],
 )
 def test_dirlab_landmark_names(name: str, case: int, phase: str) -> None:
-    match = datasets.DIRLAB_LANDMARK_NAME.fullmatch(name)
+    match = dirlab.DIRLAB_LANDMARK_NAME.fullmatch(name)
     assert match and (int(match.group("case")), match.group("phase")) == (case, phase)
-    assert datasets.DIRLAB_LANDMARK_NAME.fullmatch("case1_4D-75_T00.txt") is None
+    assert dirlab.DIRLAB_LANDMARK_NAME.fullmatch("case1_4D-75_T00.txt") is None
 
 
 def test_dirlab_errors(tmp_path: Path) -> None:
@@ -282,7 +284,7 @@ def test_learn2reg_validation_pairs_and_keypoints(tmp_path: Path) -> None:
     assert files.labels is None
     assert result.landmark_imports["NLST_0002_0001"] == LandmarkImport(files.landmarks, "learn2reg-csv")
     reference = load_image(files.image)
-    datasets.import_landmarks(result.landmark_imports["NLST_0002_0001"], reference, tmp_path / "kp.csv")
+    imports.import_landmarks(result.landmark_imports["NLST_0002_0001"], reference, tmp_path / "kp.csv")
     # Learn2Reg keypoints are 0-based voxel indices of the NIfTI array axes: taken as they are
     np.testing.assert_allclose(load_landmarks(tmp_path / "kp.csv", reference), [[1.5, 2.0, 4.25], [9, 10, 11]])
 
@@ -316,7 +318,7 @@ def test_learn2reg_errors(tmp_path: Path) -> None:
         manifest("learn2reg", root, json="OASIS_dataset.json")
     (root / "bad.csv").write_text("1,2\n")
     with pytest.raises(InputError, match=r"bad.csv: line 1 has 2 values; learn2reg-csv expects 3"):
-        datasets.read_landmark_file(root / "bad.csv", "learn2reg-csv")
+        imports.read_landmark_file(root / "bad.csv", "learn2reg-csv")
 
 
 # ------------------------------------------------------------------------------------ FIRE
@@ -367,11 +369,11 @@ def test_fire_manifest_and_import(tmp_path: Path) -> None:
     assert image.shape == FIRE_SIZE and image.spacing == (1.0, 1.0)
     # green channel (JPEG is lossy: within a few grey levels), the block at x 16-31, y 0-15
     assert abs(image.data[23, 7] - 230) < 12 and abs(image.data[8, 24] - 40) < 12
-    datasets.import_landmarks(result.landmark_imports["A01-2"], image, out / "A01-2.csv")
+    imports.import_landmarks(result.landmark_imports["A01-2"], image, out / "A01-2.csv")
     points = load_landmarks(out / "A01-2.csv", image)
     np.testing.assert_allclose(points, [[23.5, 7.5], [3, 29]])
     assert image.data[tuple(np.round(points[0]).astype(int))] > 200  # the point lies on the green block
-    fixed = datasets.read_landmark_file(result.landmark_imports["A01-1"].source, "fire-fixed")
+    fixed = imports.read_landmark_file(result.landmark_imports["A01-1"].source, "fire-fixed")
     np.testing.assert_allclose(fixed, [[7.5, 7.5], [1, 2]])
 
 
@@ -379,11 +381,11 @@ def test_picture_import_is_exact_for_png(tmp_path: Path) -> None:
     """Lossless picture: the green channel lands unchanged at (i, j) = (column, row)."""
     rgb = np.random.default_rng(0).integers(0, 256, (*FIRE_SIZE, 3), dtype=np.uint8)
     path = write_picture(tmp_path / "p.png", rgb)
-    image = datasets.read_raw(RawImport(str(path), FIRE_SIZE, (0.5, 0.5), "u1"))
+    image = imports.read_raw(RawImport(str(path), FIRE_SIZE, (0.5, 0.5), "u1"))
     np.testing.assert_array_equal(image.data, rgb[..., 1])
     np.testing.assert_allclose(image.affine, np.diag([-0.5, -0.5, 1.0, 1.0]))
     with pytest.raises(InputError, match=r"p.png: is 40x30 pixels; expected 30x40"):
-        datasets.read_raw(RawImport(str(path), (30, 40), (1.0, 1.0), "u1"))
+        imports.read_raw(RawImport(str(path), (30, 40), (1.0, 1.0), "u1"))
 
 
 def test_fire_errors(tmp_path: Path) -> None:
@@ -401,10 +403,10 @@ def test_fire_errors(tmp_path: Path) -> None:
         manifest("fire", root / "Images")
     (root / "bad.txt").write_text("1 2 3 4\n5 6 x 8\n")
     with pytest.raises(InputError, match=r"bad.txt: line 2 is not numeric"):
-        datasets.read_landmark_file(root / "bad.txt", "fire-moving")
+        imports.read_landmark_file(root / "bad.txt", "fire-moving")
     image = load_image(write_nifti(tmp_path / "small.nii.gz", (5, 5)))
     with pytest.raises(InputError, match=r"control_points_A01_1_2.txt: point 1 at voxel \[23.5, 7.5\] is outside"):
-        datasets.import_landmarks(manifest("fire", root, category="A").landmark_imports["A01-2"], image,
+        imports.import_landmarks(manifest("fire", root, category="A").landmark_imports["A01-2"], image,
                                   tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
 
@@ -416,11 +418,11 @@ def test_raw_import_checks(tmp_path: Path) -> None:
     path = tmp_path / "v.raw"
     volume = np.arange(24, dtype=">f4").reshape(4, 3, 2)  # big-endian float, C order of (k, j, i)
     volume.tofile(path)
-    image = datasets.read_raw(RawImport(str(path), (2, 3, 4), (1.0, 2.0, 3.0), ">f4", "RAS"))
+    image = imports.read_raw(RawImport(str(path), (2, 3, 4), (1.0, 2.0, 3.0), ">f4", "RAS"))
     np.testing.assert_array_equal(image.data, volume.transpose())
     np.testing.assert_allclose(image.affine, np.diag([1.0, 2.0, 3.0, 1.0]))
     assert image.data[1, 2, 3] == 23.0
-    little = datasets.read_raw(RawImport(str(path), (2, 3, 4), (1.0, 2.0, 3.0), "<f4"))
+    little = imports.read_raw(RawImport(str(path), (2, 3, 4), (1.0, 2.0, 3.0), "<f4"))
     assert not np.array_equal(little.data, image.data)  # the byte order is honoured, not guessed
     cases = [
         (RawImport(str(path), (2, 3, 5), (1, 1, 1), ">f4"), r"v.raw: holds 96 bytes; a 2x3x5 volume of >f4 needs 120"),
@@ -433,7 +435,7 @@ def test_raw_import_checks(tmp_path: Path) -> None:
     ]
     for raw, message in cases:
         with pytest.raises(InputError, match=message):
-            datasets.read_raw(raw)
+            imports.read_raw(raw)
 
 
 def test_import_raw_cli_error_leaves_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -479,7 +481,7 @@ def test_picture_import_of_a_real_fundus(shared_data: Path, tmp_path: Path) -> N
     """A real fundus JPEG: the imported image is its green channel, pixel (column, row) at index (i, j)."""
     path = shared_data / "fundus" / "refer.jpg"
     raw = RawImport(str(path), (1382, 1382), (1.0, 1.0), "u1")
-    datasets.import_raw(raw, tmp_path / "refer.nii.gz")
+    imports.import_raw(raw, tmp_path / "refer.nii.gz")
     image = load_image(tmp_path / "refer.nii.gz")
     assert image.shape == (1382, 1382)
     rgb = np.asarray(matplotlib.image.imread(str(path)))  # (rows, columns, 3), another JPEG decoder

@@ -1,4 +1,5 @@
-"""Tests of registration_core.data.datasets: the embedded MNI152 demo and the folder adapter."""
+"""Tests of registration_core.data.demo (the embedded MNI152 demo) and the folder adapter's path patterns
+(registration_core.data.adapters.patterns)."""
 
 from __future__ import annotations
 
@@ -9,21 +10,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registration_core.data import datasets
-from registration_core.errors import InputError
 from registration_core.core.io import Image, load_image
+from registration_core.data import demo
+from registration_core.data.adapters.patterns import discover_subjects, subject_files
+from registration_core.errors import InputError
 
 LEFT, RIGHT = (1, 2, 3), (4, 5, 6)  # CSF, GM, WM per hemisphere
 
 
 @pytest.fixture(scope="module")
 def template() -> tuple[Image, Image]:
-    return datasets.demo_template(2.0)
+    return demo.demo_template(2.0)
 
 
 @pytest.fixture(scope="module")
 def subject_one() -> tuple[Image, Image]:
-    return datasets.make_demo_subject(1, seed=42)
+    return demo.make_demo_subject(1, seed=42)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,8 +46,8 @@ def test_template_grid(template: tuple[Image, Image]) -> None:
 
 def test_template_labels_have_plausible_volumes(template: tuple[Image, Image]) -> None:
     image, labels = template
-    assert set(np.unique(labels.data)) == {0, *datasets.DEMO_LABELS}
-    counts = {label: int(np.sum(labels.data == label)) for label in datasets.DEMO_LABELS}
+    assert set(np.unique(labels.data)) == {0, *demo.DEMO_LABELS}
+    counts = {label: int(np.sum(labels.data == label)) for label in demo.DEMO_LABELS}
     brain = sum(counts.values())
     brain_litres = brain * 8.0 / 1e6  # 2 mm voxels are 8 mm^3
     assert 1.4 < brain_litres < 2.2
@@ -65,7 +67,7 @@ def test_template_hemispheres_and_tissue_contrast(template: tuple[Image, Image])
     assert np.all(x_of[np.isin(labels.data, LEFT)] < 0)
     assert np.all(x_of[np.isin(labels.data, RIGHT)] > 0)
     # T1 contrast: CSF < GM < WM, and background is black
-    mean = {label: float(image.data[labels.data == label].mean()) for label in (0, *datasets.DEMO_LABELS)}
+    mean = {label: float(image.data[labels.data == label].mean()) for label in (0, *demo.DEMO_LABELS)}
     for csf, gm, wm in (LEFT, RIGHT):
         assert mean[csf] + 0.1 < mean[gm] < mean[wm] - 0.1
     assert mean[0] < 0.01
@@ -76,11 +78,11 @@ def test_tissue_classes_rule() -> None:
     p_gm = np.array([0.9, 0.6, 0.2, 0.1, 0.3, 0.9])
     p_wm = np.array([0.0, 0.3, 0.7, 0.1, 0.35, 0.0])
     # background, GM, WM, CSF (p_csf 0.8), CSF (p_csf 0.35 ties p_wm: first wins), below the mask threshold
-    np.testing.assert_array_equal(datasets.tissue_classes(t1, p_gm, p_wm), [0, 2, 3, 1, 1, 0])
+    np.testing.assert_array_equal(demo.tissue_classes(t1, p_gm, p_wm), [0, 2, 3, 1, 1, 0])
 
 
 def test_subject_zero_is_the_template(template: tuple[Image, Image]) -> None:
-    image, labels = datasets.make_demo_subject(0, seed=42)
+    image, labels = demo.make_demo_subject(0, seed=42)
     np.testing.assert_array_equal(image.data, template[0].data)
     np.testing.assert_array_equal(labels.data, template[1].data)
     np.testing.assert_array_equal(image.affine, template[0].affine)
@@ -89,7 +91,7 @@ def test_subject_zero_is_the_template(template: tuple[Image, Image]) -> None:
 def test_subject_is_a_deformed_template(template: tuple[Image, Image], subject_one: tuple[Image, Image]) -> None:
     image, labels = subject_one
     assert image.same_grid(template[0]) and labels.same_grid(template[1])
-    assert set(np.unique(labels.data)) <= {0, *datasets.DEMO_LABELS}
+    assert set(np.unique(labels.data)) <= {0, *demo.DEMO_LABELS}
     assert 0.0 <= image.data.min() and image.data.max() <= 1.0
     for label in (2, 3, 5, 6):  # GM / WM overlap with the atlas: moved, but the same anatomy
         overlap = dice(labels.data == label, template[1].data == label)
@@ -99,19 +101,19 @@ def test_subject_is_a_deformed_template(template: tuple[Image, Image], subject_o
 
 
 def test_subject_is_deterministic() -> None:
-    first = datasets.make_demo_subject(1, seed=42, spacing_mm=4.0)
-    again = datasets.make_demo_subject(1, seed=42, spacing_mm=4.0)
+    first = demo.make_demo_subject(1, seed=42, spacing_mm=4.0)
+    again = demo.make_demo_subject(1, seed=42, spacing_mm=4.0)
     np.testing.assert_array_equal(first[0].data, again[0].data)
     np.testing.assert_array_equal(first[1].data, again[1].data)
-    other_seed = datasets.make_demo_subject(1, seed=43, spacing_mm=4.0)[1].data
-    other_index = datasets.make_demo_subject(2, seed=42, spacing_mm=4.0)[1].data
+    other_seed = demo.make_demo_subject(1, seed=43, spacing_mm=4.0)[1].data
+    other_index = demo.make_demo_subject(2, seed=42, spacing_mm=4.0)[1].data
     assert not np.array_equal(first[1].data, other_seed) and not np.array_equal(first[1].data, other_index)
 
 
 def test_write_demo_subject_round_trip(tmp_path: Path) -> None:
     out_image, out_labels = tmp_path / "s" / "image.nii.gz", tmp_path / "s" / "labels.nii.gz"
-    datasets.write_demo_subject(3, 0, out_image, out_labels, spacing_mm=4.0, max_disp_mm=6.0)
-    expected_image, expected_labels = datasets.make_demo_subject(3, 0, spacing_mm=4.0, max_disp_mm=6.0)
+    demo.write_demo_subject(3, 0, out_image, out_labels, spacing_mm=4.0, max_disp_mm=6.0)
+    expected_image, expected_labels = demo.make_demo_subject(3, 0, spacing_mm=4.0, max_disp_mm=6.0)
     image, labels = load_image(out_image), load_image(out_labels, kind="labels")
     np.testing.assert_array_equal(image.data, expected_image.data)
     np.testing.assert_array_equal(labels.data, expected_labels.data)
@@ -122,7 +124,7 @@ def test_write_demo_subject_round_trip(tmp_path: Path) -> None:
 def test_demo_never_imports_nilearn() -> None:
     """The bundled files are read directly, so no nilearn fetcher (and no download) can run."""
     code = (
-        "import sys; from registration_core import datasets; datasets.demo_template(4.0); "
+        "import sys; from registration_core.data import demo; demo.demo_template(4.0); "
         "assert 'nilearn' not in sys.modules, 'nilearn was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -131,11 +133,11 @@ def test_demo_never_imports_nilearn() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda: datasets.make_demo_subject(-1, 0), "index=-1"),
-        (lambda: datasets.make_demo_subject(1, True), "seed=True"),
-        (lambda: datasets.make_demo_subject(1.0, 0), "index=1.0"),
-        (lambda: datasets.demo_template(0.1), "spacing_mm=0.1"),
-        (lambda: datasets.write_demo_subject(1, 0, Path("a.nii.gz"), Path("b.nii.gz"), size=3), "'size'"),
+        (lambda: demo.make_demo_subject(-1, 0), "index=-1"),
+        (lambda: demo.make_demo_subject(1, True), "seed=True"),
+        (lambda: demo.make_demo_subject(1.0, 0), "index=1.0"),
+        (lambda: demo.demo_template(0.1), "spacing_mm=0.1"),
+        (lambda: demo.write_demo_subject(1, 0, Path("a.nii.gz"), Path("b.nii.gz"), size=3), "'size'"),
     ],
 )
 def test_demo_rejects_bad_arguments(call, message: str) -> None:
@@ -152,36 +154,36 @@ def touch(root: Path, *relative: str) -> None:
 def test_discover_subjects_in_folders(tmp_path: Path) -> None:
     touch(tmp_path, "b/t1w.nii.gz", "a/t1w.nii.gz", "c/other.nii.gz", "a/t1w.nii.gz.bak")
     (tmp_path / "d" / "t1w.nii.gz").mkdir(parents=True)  # a folder is not an image file
-    assert datasets.discover_subjects(tmp_path, "{subject}/t1w.nii.gz") == ["a", "b"]
-    assert datasets.discover_subjects(tmp_path, "{subject}/t1w.nii.gz", ["b", "a"]) == ["b", "a"]
+    assert discover_subjects(tmp_path, "{subject}/t1w.nii.gz") == ["a", "b"]
+    assert discover_subjects(tmp_path, "{subject}/t1w.nii.gz", ["b", "a"]) == ["b", "a"]
 
 
 def test_discover_subjects_flat_and_repeated_patterns(tmp_path: Path) -> None:
     touch(tmp_path, "s2_T1.nii.gz", "s10_T1.nii.gz", "s2_labels.nii.gz")
-    assert datasets.discover_subjects(tmp_path, "{subject}_T1.nii.gz") == ["s10", "s2"]
+    assert discover_subjects(tmp_path, "{subject}_T1.nii.gz") == ["s10", "s2"]
     touch(tmp_path, "sub-01/anat/sub-01_T1w.nii.gz", "sub-02/anat/sub-03_T1w.nii.gz")
-    assert datasets.discover_subjects(tmp_path, "{subject}/anat/{subject}_T1w.nii.gz") == ["sub-01"]
+    assert discover_subjects(tmp_path, "{subject}/anat/{subject}_T1w.nii.gz") == ["sub-01"]
 
 
 def test_discover_subjects_errors(tmp_path: Path) -> None:
     touch(tmp_path, "a/t1w.nii.gz")
     with pytest.raises(InputError, match=r"dataset path .*missing does not exist"):
-        datasets.discover_subjects(tmp_path / "missing", "{subject}/t1w.nii.gz")
+        discover_subjects(tmp_path / "missing", "{subject}/t1w.nii.gz")
     no_match = r"no subject in dataset path .* matches the image pattern '\{subject\}/T1.nii'"
     with pytest.raises(InputError, match=no_match):
-        datasets.discover_subjects(tmp_path, "{subject}/T1.nii")
+        discover_subjects(tmp_path, "{subject}/T1.nii")
     with pytest.raises(InputError, match=r"image file .*b/t1w.nii.gz not found"):
-        datasets.discover_subjects(tmp_path, "{subject}/t1w.nii.gz", ["a", "b"])
+        discover_subjects(tmp_path, "{subject}/t1w.nii.gz", ["a", "b"])
     with pytest.raises(InputError, match="must contain"):
-        datasets.discover_subjects(tmp_path, "a/t1w.nii.gz")
+        discover_subjects(tmp_path, "a/t1w.nii.gz")
     with pytest.raises(InputError, match="glob characters"):
-        datasets.discover_subjects(tmp_path, "{subject}/*.nii.gz")
+        discover_subjects(tmp_path, "{subject}/*.nii.gz")
     with pytest.raises(InputError, match="listed more than once"):
-        datasets.discover_subjects(tmp_path, "{subject}/t1w.nii.gz", ["a", "a"])
+        discover_subjects(tmp_path, "{subject}/t1w.nii.gz", ["a", "a"])
     with pytest.raises(InputError, match="non-empty list"):
-        datasets.discover_subjects(tmp_path, "{subject}/t1w.nii.gz", [])
+        discover_subjects(tmp_path, "{subject}/t1w.nii.gz", [])
     with pytest.raises(InputError, match="subject id '../a'"):
-        datasets.discover_subjects(tmp_path, "{subject}/t1w.nii.gz", ["../a"])
+        discover_subjects(tmp_path, "{subject}/t1w.nii.gz", ["../a"])
 
 
 def test_subject_files(tmp_path: Path) -> None:
@@ -192,17 +194,17 @@ def test_subject_files(tmp_path: Path) -> None:
         "mask": "mask.nii.gz",
         "landmarks": None,
     }
-    assert datasets.subject_files(tmp_path, patterns, "a") == {
+    assert subject_files(tmp_path, patterns, "a") == {
         "image": tmp_path / "a/t1w.nii.gz",
         "labels": tmp_path / "a/labels.nii.gz",
         "mask": tmp_path / "mask.nii.gz",
     }
     with pytest.raises(InputError, match=r"subject 'b': labels file .*b/labels.nii.gz not found"):
-        datasets.subject_files(tmp_path, patterns, "b")
+        subject_files(tmp_path, patterns, "b")
     with pytest.raises(InputError, match="key 'seg' is not allowed"):
-        datasets.subject_files(tmp_path, {"image": "{subject}/t1w.nii.gz", "seg": "x"}, "a")
+        subject_files(tmp_path, {"image": "{subject}/t1w.nii.gz", "seg": "x"}, "a")
     with pytest.raises(InputError, match="need an 'image' pattern"):
-        datasets.subject_files(tmp_path, {"labels": "{subject}/labels.nii.gz"}, "a")
+        subject_files(tmp_path, {"labels": "{subject}/labels.nii.gz"}, "a")
 
 
 @pytest.mark.realdata
@@ -210,11 +212,11 @@ def test_folder_adapter_on_oasis_trt(shared_data: Path) -> None:
     root = shared_data / "oasis-trt"
     image, labels, landmarks = "{subject}/t1w_brain.nii.gz", "{subject}/labels.nii.gz", "{subject}/landmarks.txt"
     expected = [f"sub-{i:02d}" for i in range(1, 11)]
-    assert datasets.discover_subjects(root, image) == expected
-    assert datasets.discover_subjects(root, image, ["sub-03", "sub-01"]) == ["sub-03", "sub-01"]
-    files = datasets.subject_files(root, {"image": image, "labels": labels}, "sub-07")
+    assert discover_subjects(root, image) == expected
+    assert discover_subjects(root, image, ["sub-03", "sub-01"]) == ["sub-03", "sub-01"]
+    files = subject_files(root, {"image": image, "labels": labels}, "sub-07")
     assert files == {"image": root / "sub-07/t1w_brain.nii.gz", "labels": root / "sub-07/labels.nii.gz"}
     with pytest.raises(InputError, match="sub-99/t1w_brain.nii.gz not found"):
-        datasets.discover_subjects(root, image, ["sub-01", "sub-99"])
+        discover_subjects(root, image, ["sub-01", "sub-99"])
     with pytest.raises(InputError, match="landmarks file .*sub-01/landmarks.txt not found"):
-        datasets.subject_files(root, {"image": image, "landmarks": landmarks}, "sub-01")
+        subject_files(root, {"image": image, "landmarks": landmarks}, "sub-01")

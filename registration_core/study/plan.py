@@ -7,7 +7,7 @@ workflow (``workflow/rules/common.smk``) builds one :class:`Study` at parse time
 file name, parameter and job list from it, and ``python -m registration_core plan`` writes the same
 jobs table. Relative dataset paths are relative to ``base_dir`` (the run's working directory).
 
-Datasets are read by the adapters of :mod:`registration_core.data.datasets` (their manifest) or made
+Datasets are read by the adapters of :mod:`registration_core.data.adapters` (their manifest) or made
 by the demo generator; a ``truth`` dataset deforms a prepared subject of another dataset by a
 known displacement. Labels, landmarks and masks are optional per subject and used wherever they
 exist. Only the datasets a study uses (its pairs, a truth base, training sets) are read.
@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from registration_core.core.io import atomic_path
-from registration_core.data.datasets import ADAPTER_KEYS, LandmarkImport, RawImport, build_manifest
+from registration_core.data.adapters import ADAPTER_KEYS, build_manifest
+from registration_core.data.imports import LandmarkImport, RawImport
 from registration_core.errors import InputError
 from registration_core.layout import PATHS
 from registration_core.methods import available_methods, get_method
@@ -163,12 +164,12 @@ def _study_settings(where: str, spec: Mapping[str, Any]) -> dict[str, Any]:
 def _demo_dataset(study: str, name: str, spec: Mapping[str, Any]) -> Dataset:
     subjects = tuple(demo_subject_id(i) for i in range(spec["n_subjects"]))
     files = {s: {kind: PATHS[f"raw_{kind}"].format(study=study, subject=s) for kind in ("image", "labels")} for s in subjects}
-    demo = {key: spec[key] for key in ("n_subjects", "seed", "spacing_mm", "max_disp_mm")}
+    demo = {key: spec[key] for key in ADAPTER_KEYS["demo"]}
     return Dataset(name, "demo", subjects, files, demo=demo, **_study_settings(f"datasets.{name}", spec))
 
 
 def _manifest_dataset(study: str, name: str, spec: Mapping[str, Any], base_dir: Path) -> Dataset:
-    """A dataset read by an adapter of :mod:`registration_core.data.datasets` (folder, dirlab, ...)."""
+    """A dataset read by an adapter of :mod:`registration_core.data.adapters` (folder, dirlab, ...)."""
     where = f"datasets.{name}"
     adapter = spec["adapter"]
     allowed = [*STUDY_DATASET_KEYS, *ADAPTER_KEYS[adapter]]

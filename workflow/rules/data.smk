@@ -1,4 +1,4 @@
-# Raw data. Dataset files are read in place (registration_core.data.datasets builds the manifest);
+# Raw data. Dataset files are read in place (registration_core.data.adapters builds the manifest);
 # what a dataset needs converted or generated first lands in results/<study>/data/<subject>/:
 # demo subjects (from the MNI152 template shipped with nilearn), NIfTI converted from raw
 # volumes or pictures, landmark CSVs converted from a dataset's point files, lung masks.
