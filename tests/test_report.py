@@ -13,15 +13,15 @@ import pandas as pd
 import pytest
 from test_aggregate import write_study
 
-from registration_core.evaluation.aggregate import aggregate_study
-from registration_core.errors import InputError
 from registration_core.core.io import load_image, save_displacement
+from registration_core.errors import InputError
+from registration_core.evaluation.aggregate import aggregate_study
+from registration_core.evaluation.stats import run_anova_study
 from registration_core.report import build_report
 from registration_core.report.examples import axial_axis, example_figure, load_example
 from registration_core.report.plots import png_bytes
-from registration_core.evaluation.stats import run_anova_study
 
-SECTION_IDS = ("config", "summary", "dice", "runtime", "loss", "anova", "examples", "provenance")
+SECTION_IDS = ("config", "summary", "dice", "runtime", "loss", "metrics", "anova", "examples", "provenance")
 SHAPE = (24, 20)
 CONFIG = """study: tiny
 # datasets from https://example.org are described here, not linked
@@ -120,7 +120,13 @@ def test_report_content(report: tuple[str, list[Path], Path]) -> None:
     assert "<td>nodeo</td><td class=num>0.01</td><td>GK</td>" in best_rows[0]
     assert "best pair: nodeo · lr=0.01, kernel=GK, A1 ← M3" in html
     assert "worst pair: demons, A1 ← M2" in html
-    assert "Tukey HSD of dice_mean between levels of lr" in html
+    statistics = html[html.index('<section id="anova">'):]
+    assert statistics.index("<h3>Conclusions</h3>") < statistics.index("<table>")  # conclusions open the section
+    assert re.search(r"<li>lr: (0\.01 beats 0\.001|0\.001 and 0\.01 are not distinguishable)", statistics)
+    assert "levels compared within pairs" in statistics and "Repeated-measures analysis" in statistics
+    assert "Methods head to head on the same pairs" in statistics and "best grid point:" in statistics
+    metrics = html[html.index('<section id="metrics">'):html.index('<section id="anova">')]
+    assert "<td>dice_mean</td><td>higher</td>" in metrics and "MONAI" in metrics
     assert "<b>3</b> pairs" in html and "<b>2</b> methods" in html and "<b>5</b> grid points" in html
 
 

@@ -145,8 +145,9 @@ def _study_metrics(tmp_path: Path) -> Path:
 
 
 def test_run_anova_study_files(tmp_path: Path) -> None:
+    """The seed reproduction's model: pairs as replicates, Tukey HSD on significant main effects."""
     out = tmp_path / "anova"
-    run_anova_study(_study_metrics(tmp_path), ["dice", "neg_jac_ratio"], ["kernel", "lr"], ALPHA, out)
+    run_anova_study(_study_metrics(tmp_path), ["dice", "neg_jac_ratio"], ["kernel", "lr"], ALPHA, out, model="independent")
     summary = json.loads((out / "anova.json").read_text())
     assert summary["selection"]["methods"] == ["nodeo"] and summary["selection"]["excluded_methods"] == ["demons"]
     assert "excluded: demons" in summary["selection"]["note"] and summary["n_rows"] == 18

@@ -34,9 +34,11 @@ import yaml
 from matplotlib.figure import Figure
 
 import registration_core
-from registration_core.evaluation.aggregate import ID_COLUMNS, JOB_COLUMNS, read_jobs
-from registration_core.errors import InputError
 from registration_core.core.io import atomic_path, read_json_object
+from registration_core.errors import InputError
+from registration_core.evaluation import registry
+from registration_core.evaluation.aggregate import ID_COLUMNS, JOB_COLUMNS, read_jobs
+from registration_core.layout import ANOVA_SUMMARY
 from registration_core.report import markup
 from registration_core.report.examples import example_figure, load_example
 from registration_core.report.plots import (
@@ -321,12 +323,33 @@ def qc_section(study: Study, sink: FigureSink) -> str:
 
 
 def _anova_response(response: str, entry: dict[str, Any], anova_dir: Path, sink: FigureSink) -> str:
-    """One response's ANOVA: message, table (significant rows highlighted), plot, Tukey tables."""
+    """One response: conclusions, model and table (significant rows highlighted), paired comparisons,
+    methods head to head, interaction plot, Tukey tables (independent model)."""
     parts = [f"<h3>{escape(response)}</h3>"]
+    conclusions = entry.get("conclusions") or []
+    if conclusions:
+        parts.append("<ul>" + "".join(f"<li>{escape(text)}</li>" for text in conclusions) + "</ul>")
     parts.append(markup.note(entry.get("message", ""), "info" if entry.get("table") else "warning"))
     if entry.get("table"):
         table = pd.read_csv(anova_dir / entry["table"])
         parts.append(markup.table(table, table["significant"].astype(bool).tolist(), mark="significant"))
+    for factor, name in (entry.get("paired") or {}).items():
+        parts.append(f"<h4>{escape(factor)}: levels compared within pairs (b − a; Holm-corrected)</h4>")
+        pairs = pd.read_csv(anova_dir / name)
+        parts.append(markup.table(pairs, pairs["significant"].astype(bool).tolist(), mark="significant"))
+        friedman = (entry.get("friedman") or {}).get(factor)
+        if friedman:
+            parts.append(markup.paragraph(
+                f"Friedman test over the levels of {factor}: chi2 {friedman['chi2']:.3g}, p {friedman['p']:.2g}, "
+                f"{friedman['n_pairs']} pairs."
+            ))
+    if entry.get("methods"):
+        parts.append(f"<h4>Methods head to head on the same pairs ({escape(response)}, each at its best grid point)</h4>")
+        methods = pd.read_csv(anova_dir / entry["methods"])
+        parts.append(markup.table(methods, methods["significant"].astype(bool).tolist(), mark="significant"))
+    if entry.get("methods_plot"):
+        png = (anova_dir / entry["methods_plot"]).read_bytes()
+        parts.append(sink.add(f"anova_methods_{response}", png, f"Per-pair differences of {response} between methods."))
     if entry.get("interaction_plot"):
         png = (anova_dir / entry["interaction_plot"]).read_bytes()
         caption = f"Interaction plots of {response}: mean with 95 % bootstrap CI."
@@ -338,19 +361,70 @@ def _anova_response(response: str, entry: dict[str, Any], anova_dir: Path, sink:
     return "".join(parts)
 
 
-def anova_section(study: Study, sink: FigureSink) -> str:
-    """ANOVA tables, messages, interaction plots and Tukey tables from ``anova/anova.json``."""
-    anova_dir = study.directory / "anova"
-    if not (anova_dir / "anova.json").is_file():
-        return markup.note("No ANOVA results: the study defines no ANOVA factors, or the ANOVA step did not run.")
-    summary = read_json_object(anova_dir / "anova.json", "ANOVA summary file")
-    intro = markup.paragraph(
-        f"Full factorial ANOVA over {', '.join(summary.get('factors', []))} (pairs as replicates), "
-        f"{summary.get('sums_of_squares', '')} sums of squares, alpha {summary.get('alpha')}; "
-        f"{summary.get('selection', {}).get('note', '')}. Highlighted: significant terms."
+def _anova_intro(summary: dict[str, Any]) -> str:
+    """Which model ran over which factors, and the row selection."""
+    factors = ", ".join(summary.get("factors", []))
+    selection = summary.get("selection", {}).get("note", "")
+    if summary.get("model", "independent") == "independent":
+        return markup.paragraph(
+            f"Full factorial ANOVA over {factors} (pairs as independent replicates, anova.model: independent), "
+            f"{summary.get('sums_of_squares', '')} sums of squares, alpha {summary.get('alpha')}; {selection}. "
+            "Highlighted: significant terms."
+        )
+    return markup.paragraph(
+        f"Repeated-measures analysis over {factors}: every pair is registered in every cell, so the pair is the "
+        "subject (AnovaRM when every pair has every cell, else a mixed model with a random intercept per pair; "
+        "each response says which ran and why). Levels, methods and the best grid point are compared within "
+        f"pairs: paired t and Wilcoxon signed-rank tests, Holm-corrected, mean difference with a seeded bootstrap "
+        f"95 % interval over pairs (seed {summary.get('seed')}); alpha {summary.get('alpha')}; {selection}. "
+        "Highlighted: significant terms and comparisons."
     )
+
+
+def anova_section(study: Study, sink: FigureSink) -> str:
+    """Statistics from ``anova/anova.json``: conclusions first, then tables, plots and post-hoc tests."""
+    anova_dir = study.directory / "anova"
+    if not (anova_dir / ANOVA_SUMMARY).is_file():
+        return markup.note("No ANOVA results: the study defines no ANOVA factors, or the ANOVA step did not run.")
+    summary = read_json_object(anova_dir / ANOVA_SUMMARY, "ANOVA summary file")
     responses = summary.get("responses", {})
-    return intro + "".join(_anova_response(r, e, anova_dir, sink) for r, e in responses.items())
+    conclusions = [text for entry in responses.values() for text in (entry.get("conclusions") or [])]
+    opening = ""
+    if conclusions:
+        opening = "<h3>Conclusions</h3><ul>" + "".join(f"<li>{escape(t)}</li>" for t in conclusions) + "</ul>"
+    return opening + _anova_intro(summary) + "".join(_anova_response(r, e, anova_dir, sink) for r, e in responses.items())
+
+
+def metrics_section(study: Study, sink: FigureSink) -> str:
+    """The metrics of this study with their direction, unit and convention (from the metric registry)."""
+    present = [m for m in registry.METRICS if m.name in study.metrics.columns and study.metrics[m.name].notna().any()]
+    if not present:
+        return ""
+    table = pd.DataFrame({
+        "metric": [m.name for m in present],
+        "better": ["higher" if m.higher_is_better else "lower" if m.higher_is_better is False else "–" for m in present],
+        "unit": [m.unit or "–" for m in present],
+        "convention": [m.convention for m in present],
+        "robustness column": [m.robust_column or "–" for m in present],
+    })
+    intro = markup.paragraph(
+        "How each metric of this study is computed. The _l2r and _nodeo variants follow Learn2Reg's evaluation "
+        "and the NODEO paper, for comparison with published tables; robustness columns of summary.csv are the 30 % "
+        "quantile over pairs (higher is better, Learn2Reg's DSC30) or the 70 % quantile (lower is better)."
+    )
+    return intro + markup.table(table)
+
+
+def structures_section(study: Study, sink: FigureSink) -> str:
+    """Per-structure Dice (mean over pairs) of each method's best grid point, with structure names."""
+    if study.dice is None or "structure" not in study.dice.columns:
+        return ""
+    groups = list(best_groups(study).values()) or study.groups
+    rows = study.dice[study.dice["group"].isin(groups)]
+    table = rows.pivot_table(index=["label", "structure"], columns="group", values="dice", aggfunc="mean")
+    table = table[[g for g in groups if g in table.columns]].reset_index()
+    intro = markup.paragraph("Mean Dice over pairs per structure (FreeSurferColorLUT names), best grid point of each method.")
+    return intro + markup.table(table)
 
 
 def _example_rows(study: Study) -> list[tuple[str, pd.Series]]:
@@ -445,7 +519,9 @@ SECTIONS: tuple[tuple[str, str, Section], ...] = (
     ("runtime", "Runtime", runtime_section),
     ("training", "Learned methods", training_section),
     ("loss", "Loss curves", loss_section),
-    ("anova", "ANOVA", anova_section),
+    ("metrics", "Metrics and conventions", metrics_section),
+    ("structures", "Dice per structure", structures_section),
+    ("anova", "Statistics", anova_section),
     ("examples", "Examples", examples_section),
     ("qc", "Preprocessing QC", qc_section),
     ("provenance", "Provenance", provenance_section),
