@@ -99,3 +99,10 @@ def test_every_declared_file_option_is_an_option_of_its_command(command: str, gr
 def _missing_required(command: str, group: str) -> list[str]:
     """Required options of ``command`` that ``group`` does not hold (the image of a subject)."""
     return ["--image", "i.nii.gz"] if group == "subject_outputs" else []
+
+
+@pytest.mark.parametrize(("labels", "args"), [("all", []), ("oasis-28", ["--labels", "oasis-28"]), ([2, 3], ["--labels", "2,3"])])
+def test_label_selection_reaches_evaluate(labels, args) -> None:
+    config = load_config(DEMO)
+    config["metrics"]["labels"] = labels
+    assert Study(config).evaluate_label_args() == args

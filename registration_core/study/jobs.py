@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registration_core.errors import InputError
+from registration_core.evaluation.labelsets import LABEL_SETS
 from registration_core.layout import PATHS, reg_file
 from registration_core.study.grid import GridPoint, grid_id, value_text
 from registration_core.study.resources import register_resources as estimate_register_resources
@@ -117,9 +118,11 @@ class StudyJobs:
             return ["--labels", ",".join(str(label) for label in labels)]
         if labels == "all":
             return []
+        if labels in LABEL_SETS:
+            return ["--labels", labels]
         path = Path(labels) if Path(labels).is_absolute() else self.base_dir / labels
         if not path.is_file():
-            raise InputError(f"config key metrics.labels: label file {path} not found (or use 'all' or a list)")
+            raise InputError(f"config key metrics.labels: label file {path} not found (or use 'all', a list or a preset: {', '.join(LABEL_SETS)})")
         return ["--labels-file", str(path)]
 
     def _step_jobs(self, subject: str, prepared: bool) -> int:
