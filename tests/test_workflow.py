@@ -125,7 +125,8 @@ def test_tiny_demo_study_end_to_end(tmp_path: Path) -> None:
     assert anova["factors"] == ["smoothing_kernel"]
     table = pd.read_csv(results / "anova" / "dice_mean.csv")
     assert "smoothing_kernel" in set(table["term"])
-    assert {"sum_sq", "df", "F"} <= set(table.columns)
+    assert {"term", "F", "p", "significant"} <= set(table.columns)
+    assert anova["model"] == "repeated"
 
     assert_report(tmp_path / "reports" / "tiny" / "index.html")
     assert (tmp_path / "logs" / "tiny" / "register").is_dir()
