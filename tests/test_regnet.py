@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from registration_core.core.io import Image, load_displacement, load_image, save_image
+from registration_core.core.spatial import warp
 from registration_core.data import synth
 from registration_core.errors import InputError
-from registration_core.core.io import Image, load_displacement, load_image, save_image
 from registration_core.methods import get_method
 from registration_core.methods.regnet import RegNetCNN, halo, predict_dense, synthetic_displacement, synthetic_pair
-from registration_core.core.spatial import warp
 from registration_core.methods.training import TrainingSet, train_method
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -188,14 +188,11 @@ def write_image(data: np.ndarray, path: Path, spacing_mm: float = 1.0) -> Path:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None) -> dict[str, Path]:
     """200 steps (4 pairs x 2 crops each) on 4 textures, 48x48 voxels of 1 mm (one thread)."""
     root = tmp_path_factory.mktemp("regnet")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     images = [write_image(texture(seed), root / f"train{seed}.nii.gz") for seed in range(4)]
     train_method("regnet", images, root / "model", TRAIN_PARAMS)
-    torch.set_num_threads(before)
     return {"model": root / "model" / "model.pt", "log": root / "model" / "log.json", "root": root}
 
 

@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 import torch
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, load_displacement, load_image, save_image
+from registration_core.core.spatial import compose, warp_array
+from registration_core.errors import InputError
+from registration_core.evaluation.metrics import dice_summary
 from registration_core.methods import get_method
+from registration_core.methods.training import train_method
 from registration_core.methods.voxelmorph import (
     gradient_l2_loss,
     resize_field,
     scaling_and_squaring,
     soft_dice_loss,
 )
-from registration_core.evaluation.metrics import dice_summary
-from registration_core.core.spatial import compose, warp_array
-from registration_core.methods.training import train_method
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -214,14 +214,11 @@ def test_training_without_labels_for_dice_writes_nothing(tmp_path: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def trained(tmp_path_factory: pytest.TempPathFactory, torch_one_thread: None) -> dict[str, Path]:
     """300 MSE training steps on 8 blobs shifted by up to 3 voxels (one thread: ~10 s)."""
     root = tmp_path_factory.mktemp("vxm")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     images = [write_image(blob(c), root / f"train{n}.nii.gz") for n, c in enumerate(TRAIN_CENTRES)]
     train_method("voxelmorph", images, root / "model", TRAIN_PARAMS)
-    torch.set_num_threads(before)
     return {
         "model": root / "model" / "model.pt",
         "log": root / "model" / "log.json",
