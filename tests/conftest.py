@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = (REPO_ROOT / ".." / "shared" / "data").resolve()
+from support.paths import REPO_ROOT, SHARED_DATA
 
 
 @pytest.fixture(scope="session")

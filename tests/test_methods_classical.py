@@ -13,13 +13,13 @@ import pytest
 import SimpleITK as sitk
 from scipy import ndimage
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, image_to_sitk, load_image, load_itk_displacement_transform, save_image
-from registration_core.methods import get_method
+from registration_core.core.spatial import warp_array
+from registration_core.errors import InputError
 from registration_core.evaluation.metrics import dice_summary, jacobian_stats
+from registration_core.methods import get_method
 from registration_core.preprocessing.steps import extract_slice
 from registration_core.registration import run_registration
-from registration_core.core.spatial import warp_array
 from registration_core.study.grid import method_grid
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ CLASSICAL = ("affine", "demons", "bspline")
 # a 2D grid with anisotropic spacing, a flipped first axis and an origin: exercises LPS/RAS and mm -> voxels
 AFFINE_2D = np.array([[-1.5, 0, 0, 40.0], [0, 0.8, 0, -12.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])
 FAST_3D = {
-    "affine": {"shrink_factors": "2x1", "smoothing_sigmas": "1x0"},
+    "affine": {"shrink_factors": "2x1"},
     "demons": {"shrink_factors": "2x1", "smoothing_sigmas": "1x0", "iterations": "40"},
     "bspline": {"shrink_factors": "2x1", "smoothing_sigmas": "1x0", "grid_scale_factors": "1x2", "iterations": 20,
                 "control_spacing_mm": 12.0, "sampling_percentage": 0.1},
@@ -102,7 +102,7 @@ def test_rigid_transform_has_no_scaling() -> None:
 def test_the_same_seed_repeats_exactly_on_the_cpu(name: str) -> None:
     fixed, moving = Image(blobs((64, 64), 2), np.eye(4)), Image(blobs((64, 64), 3), np.eye(4))
     method = get_method(name)
-    raw = {} if name == "demons" else {"seed": 5, "sampling_percentage": 0.3}
+    raw = {} if name == "demons" else {"seed": 5, "sampling" if name == "affine" else "sampling_percentage": 0.3}
     params = method.resolve_params(raw)
     first, second = method.register(fixed, moving, params), method.register(fixed, moving, params)
     np.testing.assert_array_equal(first.disp_vox, second.disp_vox)
@@ -112,9 +112,11 @@ def test_the_same_seed_repeats_exactly_on_the_cpu(name: str) -> None:
     ("name", "raw", "named"),
     [
         ("affine", {"shrink_factors": "4,x"}, "shrink_factors"),
-        ("affine", {"shrink_factors": "4,2", "smoothing_sigmas": "2,1,0"}, "smoothing_sigmas"),
+        ("bspline", {"shrink_factors": "4,2", "smoothing_sigmas": "2,1,0", "grid_scale_factors": "1,2"}, "smoothing_sigmas"),
+        ("affine", {"shrink_factors": "4x0"}, "shrink_factors"),
+        ("affine", {"init": "search", "transform": "bspline"}, "transform"),
         ("affine", {"metric": "ncc"}, "metric"),
-        ("affine", {"sampling_percentage": 0}, "sampling_percentage"),
+        ("affine", {"sampling": 0}, "sampling"),
         ("demons", {"iterations": "10,20"}, "iterations"),
         ("demons", {"variant": "log"}, "variant"),
         ("demons", {"smoothing_sigmas": "-1,0,0"}, "smoothing_sigmas"),
@@ -136,7 +138,7 @@ def test_list_parameters_are_grid_values() -> None:
 def test_list_parameters_accept_yaml_lists_and_one_iteration_count_per_level() -> None:
     demons = get_method("demons")
     params = demons.resolve_params({"shrink_factors": [2, 1], "smoothing_sigmas": [1.0, 0], "iterations": "5,3"})
-    assert params["shrink_factors"] == "[2, 1]"
+    assert params["shrink_factors"] == (2, 1) and params["smoothing_sigmas"] == (1.0, 0.0) and params["iterations"] == (5, 3)
     result = demons.register(Image(blobs((48, 48), 1), np.eye(4)), Image(blobs((48, 48), 2), np.eye(4)), params)
     assert [h["level"] for h in result.loss_history] == [0] * 5 + [1] * 3
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
+from registration_core.core.io import Image, load_image, load_landmarks, ras_to_voxel, save_image, save_landmarks, voxel_to_ras
 from registration_core.errors import InputError
-from registration_core.core.io import Image, load_image, load_landmarks, ras_to_voxel, save_image, save_landmarks
-from registration_core.core.io import voxel_to_ras
 from registration_core.preprocessing.steps import (
     STEPS,
     clip_intensity,

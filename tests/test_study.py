@@ -369,7 +369,7 @@ def test_align_replaces_the_moving_files_by_aligned_ones(tmp_path: Path) -> None
     assert files["moving_landmarks"] == "results/unit/aligned/s01__s02/landmarks.csv"
     assert files["fixed"] == "results/unit/prep/s01/image.nii.gz"
     assert study.jobs_by_rule()["align"] == 1
-    assert re.match(r"^config key datasets\.points\.align: affine_align: unknown setting 'metric'", error_of(landmark_config(root, align={"metric": "ncc"})))
+    assert re.match(r"^config key datasets\.points\.align: affine_align: unknown setting 'levels'", error_of(landmark_config(root, align={"levels": 3})))
     assert re.match(r"^config key datasets\.points\.align: affine_align: setting 'transform'", error_of(landmark_config(root, align={"transform": "spline"})))
 
 

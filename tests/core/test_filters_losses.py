@@ -7,8 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from registration_core.core import filters
-from registration_core.core import losses
+from registration_core.core import filters, losses
 
 
 @pytest.mark.parametrize("shape,window", [((1, 2, 13, 11), 5), ((1, 1, 9, 10, 8), 3), ((2, 1, 7, 9, 6), 7), ((1, 1, 6, 5), 15), ((1, 1, 4, 9), 9)])

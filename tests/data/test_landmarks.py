@@ -9,10 +9,10 @@ import pytest
 from scipy import ndimage
 
 from registration_core.core import io
+from registration_core.data.landmarks import detect_landmarks, foerstner_response
+from registration_core.errors import InputError
 from registration_core.preprocessing import lung
 from registration_core.preprocessing import steps as preprocess
-from registration_core.errors import InputError
-from registration_core.data.landmarks import detect_landmarks, foerstner_response
 
 BLOBS_3D = [(8, 9, 10), (8, 26, 22), (22, 12, 27), (27, 28, 9), (18, 20, 18)]
 BLOBS_2D = [(8, 9), (8, 26), (22, 12), (27, 28), (18, 20)]

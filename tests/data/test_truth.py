@@ -12,11 +12,7 @@ import torch
 from scipy import ndimage
 
 from registration_core import cli
-from registration_core.core import io
-from registration_core.evaluation import metrics
-from registration_core.core import spatial
-from registration_core.errors import InputError
-from registration_core.methods import get_method
+from registration_core.core import io, spatial
 from registration_core.data.truth import (
     deform_with_truth,
     invert_displacement,
@@ -24,6 +20,9 @@ from registration_core.data.truth import (
     retina_truth_pair,
     write_truth_pair,
 )
+from registration_core.errors import InputError
+from registration_core.evaluation import metrics
+from registration_core.methods import get_method
 
 AFFINE = np.diag([2.0, 1.5, 2.5, 1.0])
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from registration_core.evaluation import metrics
 from registration_core.errors import InputError
+from registration_core.evaluation import metrics
 
 
 def _boxes(shape: tuple[int, ...], starts: tuple[int, ...], size: int, label: int = 1) -> np.ndarray:

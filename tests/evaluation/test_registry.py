@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,10 @@ from registration_core.evaluation.evaluate import parse_label_spec
 from registration_core.evaluation.labelsets import LABEL_SETS, structure_name
 from registration_core.evaluation.metrics import jacobian_conventions, jacobian_stats
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-EVAL_LABELS = Path(__file__).resolve().parents[2] / "shared" / "data" / "aligned-brains" / "eval-labels.txt"
+from support.paths import REPO_ROOT, SHARED_DATA
+
+SCHEMA = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+EVAL_LABELS = SHARED_DATA / "aligned-brains" / "eval-labels.txt"
 
 
 def test_schema_anova_responses_equal_the_registry() -> None:

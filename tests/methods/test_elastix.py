@@ -19,10 +19,10 @@ from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
 
 from baselines_helpers import AFFINE_2D, affine_pair, body_mask, brain_truth_pair, lung_truth_pair, shifted_pair
+from support.paths import REPO_ROOT
 
 itk = pytest.importorskip("itk", reason="itk-elastix is not installed (pip install -c constraints.txt -e .[elastix])")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST = {"resolutions": 3, "iterations": 100}
 
 

@@ -28,10 +28,11 @@ from registration_core.methods.linear_deformable import (
 )
 from registration_core.methods.training import train_method
 
+from support.paths import REPO_ROOT
+
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 METHOD = get_method("linear_deformable")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SHAPE = (32, 32)
 TINY = {"features": 4, "device": "cpu"}
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, load_displacement, load_image, save_image
 from registration_core.core.losses import point_ncc_loss
+from registration_core.core.spatial import compose, identity_grid_norm, warp_array
+from registration_core.errors import InputError
+from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
 from registration_core.methods.nephi import grid_points_norm, sample_at_points
-from registration_core.evaluation.metrics import dice_summary, jacobian_stats
-from registration_core.core.spatial import compose, identity_grid_norm, warp_array
 
 NEPHI = get_method("nephi")
 SMALL = {"hidden": 32, "sim_points": 512, "reg_points": 32}

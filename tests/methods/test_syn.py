@@ -19,12 +19,18 @@ from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
 
 from baselines_helpers import (
-    AFFINE_2D, affine_pair, body_mask, brain_subject_pair, brain_truth_pair, lung_truth_pair, shifted_pair,
+    AFFINE_2D,
+    affine_pair,
+    body_mask,
+    brain_subject_pair,
+    brain_truth_pair,
+    lung_truth_pair,
+    shifted_pair,
 )
+from support.paths import REPO_ROOT
 
 ants = pytest.importorskip("ants", reason="antspyx is not installed (pip install -c constraints.txt -e .[ants])")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 FAST = {"iterations": "40x20x10"}
 """The SyN stage at every level (antspyx's default skips full resolution)."""
 

@@ -29,6 +29,8 @@ from registration_core.methods.voxelmorph import (
     soft_dice_loss,
 )
 
+from support.paths import REPO_ROOT
+
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 VXM = get_method("voxelmorph")
@@ -287,7 +289,7 @@ def test_checkpoint_of_another_shape_is_refused(trained: dict[str, Path]) -> Non
 
 def learned_2d_benchmark() -> ModuleType:
     """benchmarks/learned_2d.py (not a package): its OASIS-TRT slice preparation and pairs."""
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "learned_2d.py"
+    path = REPO_ROOT / "benchmarks" / "learned_2d.py"
     spec = importlib.util.spec_from_file_location("learned_2d", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

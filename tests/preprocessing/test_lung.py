@@ -11,10 +11,18 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, load_image, voxel_to_ras
-from registration_core.preprocessing.lung import LEFT_LUNG, RIGHT_LUNG, _close_and_fill, _convex_hull, _morphology, lung_mask, mask_image
+from registration_core.errors import InputError
 from registration_core.evaluation.metrics import dice_summary
+from registration_core.preprocessing.lung import (
+    LEFT_LUNG,
+    RIGHT_LUNG,
+    _close_and_fill,
+    _convex_hull,
+    _morphology,
+    lung_mask,
+    mask_image,
+)
 from registration_core.preprocessing.steps import resample, resample_to, run_steps
 
 SHAPE = (64, 48, 48)

@@ -8,10 +8,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from registration_core.preprocessing import qc
 from registration_core.cli import main
-from registration_core.errors import InputError
 from registration_core.core.io import Image, load_image, save_image
+from registration_core.errors import InputError
+from registration_core.preprocessing import qc
 
 
 def blob_image(shape: tuple[int, ...], spacing: float) -> tuple[Image, Image]:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, load_image, load_landmarks, save_image, save_landmarks
+from registration_core.errors import InputError
 from registration_core.preprocessing.steps import prepare_subject
 
 SPACING = 2.0
