@@ -215,6 +215,7 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _methods(args: argparse.Namespace) -> None:
+    from registration_core.core.params import value_text
     from registration_core.methods import available_methods, get_method
 
     for name in args.names or available_methods():
@@ -226,8 +227,7 @@ def _methods(args: argparse.Namespace) -> None:
             trained += ")" if method.requires_checkpoint else "; without one it optimises each pair from scratch)"
         print(f"{name}{presets}{trained}")
         for param in method.params.values():
-            default = "none" if param.default is None else param.default
-            print(f"  {param.name} = {default}  [{param.allowed()}]  {param.help}")
+            print(f"  {param.name} = {value_text(param.default)}  [{param.allowed()}]  {param.help}")
 
 
 @dataclass(frozen=True)

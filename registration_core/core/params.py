@@ -117,7 +117,9 @@ class Param:
     def _parse_list(self, raw: Any, where: str) -> tuple[Any, ...]:
         bad = InputError(f"{where} must be {self.allowed()}, got {raw!r}")
         if isinstance(raw, str):
-            items: list[Any] = [v for v in raw.strip().strip("[]()").replace("x", ",").split(",") if v.strip()]
+            items: list[Any] = raw.strip().strip("[]()").replace("x", ",").split(",")
+            if any(not item.strip() for item in items):
+                raise bad
         elif isinstance(raw, (list, tuple)):
             items = list(raw)
         elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
@@ -251,8 +253,11 @@ def json_schema(p: Param) -> dict[str, Any]:
     schema: dict[str, Any] = {"description": p.help} if p.help else {}
     schema.update(_value_schema(p))
     if p.nullable:
-        schema = {**{k: v for k, v in schema.items() if k not in _VALUE_KEYS},
-                  "anyOf": [{k: v for k, v in schema.items() if k in _VALUE_KEYS}, {"type": "null"}]}
+        value = {k: v for k, v in schema.items() if k in _VALUE_KEYS}
+        alternatives = value["anyOf"] if list(value) == ["anyOf"] else [value]
+        schema = {**{k: v for k, v in schema.items() if k not in _VALUE_KEYS}, "anyOf": [*alternatives, {"type": "null"}]}
+    if p.type is list or any(alternative.type is list for alternative in p.alternatives):
+        schema["description"] = f"{schema.get('description', '')} (a list, or text such as 4x2x1)".strip()
     if p.length_of is not None:
         rule = {"equal": "as many items as", "equal_or_one": "1 item or as many as", "at_least": "at least as many items as"}
         schema["description"] = f"{schema.get('description', '')} ({rule[p.length_rule]} {p.length_of})".strip()

@@ -9,25 +9,24 @@ Conventions
   ``d`` with ``warped(p) = moving(p + d(p))``. Both are our convention; their displacement
   ``d(p)`` (LPS mm) becomes ``disp_vox = (D diag(s))^-1 d(p)`` (D: direction, s: spacing), i.e.
   voxels of the fixed grid, channel d along array axis d.
-* Multi-resolution schedules are strings with one value per level, coarse to fine, separated by
-  ``x`` as in ANTs (``"4x2x1"``; grid folder names allow no commas) or by commas; YAML lists
-  (``[4, 2, 1]``) are accepted as fixed parameters.
+* Multi-resolution schedules are list parameters (:class:`registration_core.core.params.Param`
+  of type ``list``) with one value per level, coarse to fine: YAML lists (``[4, 2, 1]``) or text
+  separated by ``x`` as in ANTs (``"4x2x1"``; grid folder names allow no commas) or by commas.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import time
+from contextlib import contextmanager
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 import SimpleITK as sitk
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, image_to_sitk
 from registration_core.core.params import Param
-from registration_core.methods import Method, RegistrationResult
+from registration_core.errors import InputError
+from registration_core.methods import RegistrationResult
 
 METRICS = ("mattes_mi", "correlation", "mean_squares")
 
@@ -56,38 +55,18 @@ def transform_to_disp_vox(transform: sitk.Transform, reference: sitk.Image) -> n
 
 
 def parse_list(owner: str, name: str, raw: Any, kind: type, minimum: float) -> tuple[Any, ...]:
-    """Parse ``"4x2x1"`` (or ``"4,2,1"``, ``[4, 2, 1]``, one number) into a tuple of ``kind`` values >= ``minimum``."""
-    text = str(raw).strip().strip("[]()").replace("x", ",")
-    bad = InputError(
-        f"{owner}: parameter '{name}' must be {'integers' if kind is int else 'numbers'} "
-        f">= {minimum:g}, one per level separated by x (e.g. 4x2x1), got {raw!r}"
-    )
-    try:
-        values = tuple(kind(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise bad from None
-    if not values or any(not np.isfinite(v) or v < minimum for v in values):
-        raise bad
-    return values
+    """Parse ``"4x2x1"`` (or ``"4,2,1"``, ``[4, 2, 1]``, one number) into a tuple of ``kind`` values >= ``minimum``
+    (a ``list`` :class:`Param` for parameters not declared as one)."""
+    return Param(name, list, None, "", item=kind, minimum=minimum).parse(raw, owner)
 
 
-def schedule(owner: str, params: Mapping[str, Any]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-    """The checked ``(shrink_factors, smoothing_sigmas)`` pair: one entry per pyramid level, coarse to fine."""
-    shrink = parse_list(owner, "shrink_factors", params["shrink_factors"], int, 1)
-    sigmas = parse_list(owner, "smoothing_sigmas", params["smoothing_sigmas"], float, 0.0)
-    if len(shrink) != len(sigmas):
-        raise InputError(
-            f"{owner}: parameters 'shrink_factors' ({len(shrink)} levels) and 'smoothing_sigmas' "
-            f"({len(sigmas)} levels) must have the same length"
-        )
-    return shrink, sigmas
-
-
-def pyramid_params(shrink: str, sigmas: str) -> list[Param]:
-    """The multi-resolution parameters (strings, coarse to fine) with the given defaults."""
+def pyramid_params(shrink: tuple[int, ...], sigmas: tuple[float, ...]) -> list[Param]:
+    """The multi-resolution parameters (lists, coarse to fine) with the given defaults."""
     return [
-        Param("shrink_factors", str, shrink, "downsampling factor per level, coarse to fine (e.g. 4x2x1)"),
-        Param("smoothing_sigmas", str, sigmas, "Gaussian sigma in mm per level before downsampling (e.g. 2x1x0)"),
+        Param("shrink_factors", list, shrink, "downsampling factor per level, coarse to fine (e.g. 4x2x1)",
+              item=int, minimum=1),
+        Param("smoothing_sigmas", list, sigmas, "Gaussian sigma in mm per level before downsampling (e.g. 2x1x0)",
+              item=float, minimum=0.0, length_of="shrink_factors"),
     ]
 
 
@@ -102,15 +81,6 @@ def metric_params(metric: str, sampling: float, bins: int) -> list[Param]:
         Param("threads", int, 1, "ITK threads of the optimisation: 1 repeats exactly run to run; "
               "0 uses every core (faster, the metric's parallel sums then vary in the last digits)", minimum=0),
     ]
-
-
-class PyramidMethod(Method):
-    """A method with ``shrink_factors`` / ``smoothing_sigmas`` parameters, checked when resolved."""
-
-    def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        values = super().resolve_params(raw)
-        schedule(f"method '{self.name}'", values)
-        return values
 
 
 class IterationLog:
@@ -164,11 +134,10 @@ def configure_metric(method: sitk.ImageRegistrationMethod, params: Mapping[str, 
     method.SetInterpolator(sitk.sitkLinear)
 
 
-def configure_pyramid(method: sitk.ImageRegistrationMethod, owner: str, params: Mapping[str, Any]) -> None:
+def configure_pyramid(method: sitk.ImageRegistrationMethod, params: Mapping[str, Any]) -> None:
     """Shrink factors and smoothing sigmas (mm) per level of ``method``."""
-    shrink, sigmas = schedule(owner, params)
-    method.SetShrinkFactorsPerLevel(list(shrink))
-    method.SetSmoothingSigmasPerLevel(list(sigmas))
+    method.SetShrinkFactorsPerLevel(list(params["shrink_factors"]))
+    method.SetSmoothingSigmasPerLevel(list(params["smoothing_sigmas"]))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
 
 

@@ -19,13 +19,17 @@ from typing import Any, Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image
 from registration_core.core.params import Param
-from registration_core.methods import RegistrationResult
+from registration_core.methods import Method, RegistrationResult
 from registration_core.methods._sitk import (
-    PyramidMethod, as_sitk_float, check_grid_size, configure_metric, configure_pyramid, execute, metric_params,
-    parse_list, pyramid_params, schedule,
+    as_sitk_float,
+    check_grid_size,
+    configure_metric,
+    configure_pyramid,
+    execute,
+    metric_params,
+    pyramid_params,
 )
 
 PARAMS: dict[str, Param] = {
@@ -33,8 +37,9 @@ PARAMS: dict[str, Param] = {
     for p in [
         Param("control_spacing_mm", float, 10.0, "control-point spacing of the finest level, mm",
               minimum=0.0, exclusive_minimum=True),
-        Param("grid_scale_factors", str, "1x2x4", "control-grid refinement per level relative to the first (e.g. 1x2x4)"),
-        *pyramid_params("4x2x1", "2x1x0"),
+        Param("grid_scale_factors", list, (1, 2, 4), "control-grid refinement per level relative to the first (e.g. 1x2x4)",
+              item=int, minimum=1, length_of="shrink_factors"),
+        *pyramid_params((4, 2, 1), (2.0, 1.0, 0.0)),
         # 32 bins: ITK's Mattes derivative holds bins x bins x (all B-spline parameters) per thread
         *metric_params("mattes_mi", 0.25, 32),
         Param("optimizer", str, "lbfgs", "lbfgs (L-BFGS, libLBFGS) or gradient_descent (regular step)",
@@ -46,46 +51,29 @@ PARAMS: dict[str, Param] = {
 }
 
 
-def _grid_scales(owner: str, params: Mapping[str, Any]) -> tuple[int, ...]:
-    """Control-grid scale factors, one per pyramid level."""
-    scales = parse_list(owner, "grid_scale_factors", params["grid_scale_factors"], int, 1)
-    levels = len(schedule(owner, params)[0])
-    if len(scales) != levels:
-        raise InputError(
-            f"{owner}: parameter 'grid_scale_factors' has {len(scales)} values but 'shrink_factors' has {levels} levels"
-        )
-    return scales
-
-
 def _mesh_size(fixed: sitk.Image, spacing_mm: float, last_scale: int) -> list[int]:
     """Initial mesh cells per axis so that the finest level's control spacing is about ``spacing_mm``."""
     extent = (np.asarray(fixed.GetSize()) - 1) * np.asarray(fixed.GetSpacing())
     return [max(1, int(round(e / (spacing_mm * last_scale)))) for e in extent]
 
 
-class BSpline(PyramidMethod):
+class BSpline(Method):
     """SimpleITK B-spline FFD; see the module docstring."""
 
     name = "bspline"
     params = PARAMS
     uses_torch = False
 
-    def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        values = super().resolve_params(raw)
-        _grid_scales(f"method '{self.name}'", values)
-        return values
-
     def register(self, fixed: Image, moving: Image, params: Mapping[str, Any]) -> RegistrationResult:
-        owner = f"method '{self.name}'"
-        check_grid_size(owner, fixed, schedule(owner, params)[0])
-        scales = _grid_scales(owner, params)
+        check_grid_size(f"method '{self.name}'", fixed, params["shrink_factors"])
+        scales = params["grid_scale_factors"]
         fixed_itk, moving_itk = as_sitk_float(fixed), as_sitk_float(moving)
         initial = sitk.BSplineTransformInitializer(
             fixed_itk, _mesh_size(fixed_itk, params["control_spacing_mm"], scales[-1]), order=3
         )
         method = sitk.ImageRegistrationMethod()
         configure_metric(method, params)
-        configure_pyramid(method, owner, params)
+        configure_pyramid(method, params)
         if params["optimizer"] == "lbfgs":
             method.SetOptimizerAsLBFGS2(
                 solutionAccuracy=1e-5, numberOfIterations=params["iterations"], deltaConvergenceTolerance=1e-4,

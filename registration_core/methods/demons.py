@@ -18,14 +18,10 @@ from typing import Any, Mapping
 
 import SimpleITK as sitk
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image
 from registration_core.core.params import Param
-from registration_core.methods import RegistrationResult
-from registration_core.methods._sitk import (
-    IterationLog, PyramidMethod, as_sitk_float, check_grid_size, field_to_disp_vox, parse_list, pyramid_params,
-    schedule,
-)
+from registration_core.methods import Method, RegistrationResult
+from registration_core.methods._sitk import IterationLog, as_sitk_float, check_grid_size, field_to_disp_vox, pyramid_params
 
 _FILTERS = {
     "diffeomorphic": sitk.DiffeomorphicDemonsRegistrationFilter,
@@ -38,8 +34,9 @@ PARAMS: dict[str, Param] = {
     p.name: p
     for p in [
         Param("variant", str, "diffeomorphic", "demons variant", choices=tuple(_FILTERS)),
-        *pyramid_params("4x2x1", "2x1x0"),
-        Param("iterations", str, "100", "demons iterations per level: one number for every level or one per level (e.g. 200x100x50)"),
+        *pyramid_params((4, 2, 1), (2.0, 1.0, 0.0)),
+        Param("iterations", list, (100,), "demons iterations per level: one number for every level or one per level "
+              "(e.g. 200x100x50)", item=int, minimum=1, length_of="shrink_factors", length_rule="equal_or_one"),
         Param("field_sigma", float, 1.5, "Gaussian sigma smoothing the displacement field, voxels of each level (0: off)", minimum=0.0),
         Param("update_sigma", float, 0.0, "Gaussian sigma smoothing each update (fluid-like), voxels of each level (0: off)", minimum=0.0),
         Param("max_step", float, 2.0, "largest update per iteration, in voxels of the level",
@@ -47,16 +44,6 @@ PARAMS: dict[str, Param] = {
         Param("histogram_matching", bool, True, "match the moving image's histogram to the fixed image first"),
     ]
 }
-
-
-def _iterations(owner: str, raw: Any, levels: int) -> tuple[int, ...]:
-    """Iterations per level: one value broadcast to every level, or exactly one per level."""
-    values = parse_list(owner, "iterations", raw, int, 1)
-    if len(values) == 1:
-        return values * levels
-    if len(values) != levels:
-        raise InputError(f"{owner}: parameter 'iterations' has {len(values)} values; give 1 or {levels} (one per level)")
-    return values
 
 
 def _level_image(image: sitk.Image, shrink: int, sigma_mm: float) -> sitk.Image:
@@ -84,24 +71,17 @@ def _demons_filter(params: Mapping[str, Any], iterations: int) -> sitk.ImageFilt
     return demons
 
 
-class Demons(PyramidMethod):
+class Demons(Method):
     """SimpleITK multi-resolution demons; see the module docstring."""
 
     name = "demons"
     params = PARAMS
     uses_torch = False
 
-    def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        values = super().resolve_params(raw)
-        owner = f"method '{self.name}'"
-        _iterations(owner, values["iterations"], len(schedule(owner, values)[0]))
-        return values
-
     def register(self, fixed: Image, moving: Image, params: Mapping[str, Any]) -> RegistrationResult:
-        owner = f"method '{self.name}'"
-        shrink, sigmas = schedule(owner, params)
-        check_grid_size(owner, fixed, shrink)
-        iterations = _iterations(owner, params["iterations"], len(shrink))
+        shrink, sigmas = params["shrink_factors"], params["smoothing_sigmas"]
+        check_grid_size(f"method '{self.name}'", fixed, shrink)
+        iterations = params["iterations"] * len(shrink) if len(params["iterations"]) == 1 else params["iterations"]
         fixed_itk, moving_itk = as_sitk_float(fixed), as_sitk_float(moving)
         if params["histogram_matching"]:
             moving_itk = sitk.HistogramMatching(moving_itk, fixed_itk, 1024, 7, True)

@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from registration_core.errors import InputError
 from registration_core.core.filters import box_mean, gaussian_smooth
 from registration_core.core.io import Image
 from registration_core.core.losses import LocalNCC, diffusion_loss, neg_jacobian_loss, velocity_magnitude_loss
 from registration_core.core.params import Param
 from registration_core.core.provenance import resolve_device
 from registration_core.core.spatial import disp_norm_to_vox, identity_grid_norm, sample
+from registration_core.errors import InputError
 from registration_core.methods import Method, RegistrationResult
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -120,7 +120,7 @@ class _Dynamics(nn.Module):
 
 
 def _odd(name: str, default: int, help: str) -> Param:
-    return Param(name, int, default, help + " (odd)", minimum=1)
+    return Param(name, int, default, help, minimum=1, parity="odd")
 
 
 PARAMS: dict[str, Param] = {
@@ -184,13 +184,6 @@ class Nodeo(Method):
     params = PARAMS
     presets = PRESETS
     uses_torch = True
-
-    def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        values = super().resolve_params(raw)
-        for key in ("smoothing_window", "ncc_window"):
-            if values[key] % 2 == 0:
-                raise InputError(f"method 'nodeo': parameter '{key}' must be odd, got {values[key]}")
-        return values
 
     def register(self, fixed: Image, moving: Image, params: Mapping[str, Any]) -> RegistrationResult:
         device = resolve_device(params["device"])

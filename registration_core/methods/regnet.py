@@ -80,12 +80,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registration_core.data import synth
-from registration_core.errors import InputError
 from registration_core.core.io import Image
 from registration_core.core.losses import LocalNCC, diffusion_loss
 from registration_core.core.params import Param
 from registration_core.core.spatial import warp
+from registration_core.data import synth
+from registration_core.errors import InputError
 from registration_core.methods.training import Batch, LearnedMethod, TrainingSet, common_params, param_schema
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -239,7 +239,7 @@ def _even_corner(rng: np.random.Generator, extent: Sequence[int], size: Sequence
 
 
 def _odd(name: str, default: int, help: str) -> Param:
-    return Param(name, int, default, help + " (odd)", minimum=3)
+    return Param(name, int, default, help, minimum=3, parity="odd")
 
 
 PARAMS = param_schema(
@@ -249,7 +249,7 @@ PARAMS = param_schema(
     Param("grid_spacing_mm", float, 40.0, "B-spline control spacing of the training fields (mm)", minimum=0.0, exclusive_minimum=True),
     _odd("patch_size", 29, "fine patch per axis (voxels); the context sees patch_size voxels at half resolution"),
     Param("width", int, 16, "features per convolution", minimum=1),
-    Param("output_patch", int, 24, "output voxels per axis of a training crop (even)", minimum=2),
+    Param("output_patch", int, 24, "output voxels per axis of a training crop", minimum=2, parity="even"),
     Param("patches_per_pair", int, 2, "training crops cut from each synthetic pair", minimum=1),
     Param("field_window", int, 0, "voxels per axis of the box each training field lives on (0: the whole image)", minimum=0),
     Param("noise_std", float, 0.01, "Gaussian noise added to training pairs (fraction of the image range)", minimum=0.0),
@@ -267,11 +267,6 @@ class RegNet(LearnedMethod):
 
     def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         values = super().resolve_params(raw)
-        for key in ("patch_size", "ncc_window"):
-            if values[key] % 2 == 0:
-                raise InputError(f"method 'regnet': parameter '{key}' must be odd, got {values[key]}")
-        if values["output_patch"] % 2:
-            raise InputError(f"method 'regnet': parameter 'output_patch' must be even, got {values['output_patch']}")
         if 0 < values["field_window"] < values["output_patch"]:
             raise InputError(
                 f"method 'regnet': parameter 'field_window'={values['field_window']} is smaller than "

@@ -47,10 +47,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registration_core.errors import InputError
 from registration_core.core.losses import LocalNCC, diffusion_loss, mse_loss
 from registration_core.core.params import Param
 from registration_core.core.spatial import compose, disp_norm_to_vox, disp_vox_to_norm, warp
+from registration_core.errors import InputError
 from registration_core.methods.training import Batch, LearnedMethod, TrainingSet, common_params, param_schema
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -233,7 +233,7 @@ PARAMS = param_schema(
     Param("int_steps", int, 7, "scaling-and-squaring steps (diffeomorphic)", minimum=0),
     Param("int_downsize", int, 2, "velocity grid coarsening factor (diffeomorphic)", minimum=1),
     Param("similarity", str, "ncc", "image similarity", choices=("ncc", "mse")),
-    Param("ncc_window", int, 9, "local NCC window in voxels (odd)", minimum=1),
+    Param("ncc_window", int, 9, "local NCC window in voxels", minimum=1, parity="odd"),
     Param("smooth_weight", float, None, "weight of the gradient smoothness loss (none: 1.0 for ncc, 0.01 for mse)",
           minimum=0.0, nullable=True),
     Param("dice_weight", float, 0.0, "weight of the soft Dice loss on training label maps (needs --labels)", minimum=0.0),
@@ -256,8 +256,6 @@ class VoxelMorph(LearnedMethod):
                 f"method 'voxelmorph': parameter 'dec_features' needs at least {len(enc)} entries "
                 f"(one per encoder level), got {values['dec_features']!r}"
             )
-        if values["ncc_window"] % 2 == 0:
-            raise InputError(f"method 'voxelmorph': parameter 'ncc_window' must be odd, got {values['ncc_window']}")
         if values["smooth_weight"] is None:
             values["smooth_weight"] = DEFAULT_SMOOTH_WEIGHT[values["similarity"]]
         return values

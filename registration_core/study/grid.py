@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from registration_core.core.params import value_text
 from registration_core.errors import InputError
 from registration_core.methods import available_methods, get_method
 
@@ -19,17 +20,6 @@ VALUE_PATTERN = r"[A-Za-z0-9.+-]+"
 GRID_ID_PATTERN = rf"default|[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*~{VALUE_PATTERN}(?:__[A-Za-z0-9]+(?:_[A-Za-z0-9]+)*~{VALUE_PATTERN})*"
 """Grid ids: ``default`` or ``key~value`` items joined by ``__``."""
 DEFAULT_GRID_ID = "default"
-
-
-def value_text(value: Any) -> str:
-    """Text of a parameter value in job tables and ``--param`` arguments: booleans are
-    ``true``/``false``, None is ``none``, numbers use Python's shortest round-trip text
-    (``0.005``, ``1e-05``), strings are kept."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "none"
-    return str(value)
 
 
 def format_value(value: Any) -> str:
