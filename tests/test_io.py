@@ -322,7 +322,7 @@ def test_displacement_errors(tmp_path: Path) -> None:
         save_displacement(np.zeros((3, 6, 5, 5)), reference, tmp_path / "d.nii.gz")
     save_displacement(np.zeros((3, *reference.shape)), reference, tmp_path / "d.nii.gz")
     other = Image(reference.data, reference.affine @ np.diag([2.0, 1, 1, 1]))
-    with pytest.raises(InputError, match="d.nii.gz: its grid .* differs"):
+    with pytest.raises(InputError, match="d.nii.gz: its grid differs .*: spacing"):
         load_displacement(tmp_path / "d.nii.gz", other)
     with pytest.raises(InputError, match="d.nii.gz: is a 3D field with 3 components; expected 2D"):
         load_displacement(tmp_path / "d.nii.gz", make_image(2))

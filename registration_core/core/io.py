@@ -9,8 +9,11 @@ Conventions (shared by the whole package):
 * ITK formats (.mha, .mhd, .nrrd) store geometry in LPS; they are converted to the RAS
   affine on reading (flip the signs of the first two physical axes) and back on writing.
 * 2D images are written to ITK formats and converted to physical points / millimetre
-  vectors with their *in-plane block*: rows and columns (0, 1) of the affine plus the
-  translation's first two entries (see :func:`spatial_affine`).
+  vectors with their *in-plane block*: columns (0, 1) of the affine and the two physical
+  rows of the image's plane -- (x, y) for an axial slice, (x, z) for a coronal and (y, z)
+  for a sagittal one -- plus those rows of the translation (see :func:`plane_rows`,
+  :func:`spatial_affine`). ITK's LPS flip negates both in-plane axes of that frame (a 2D ITK
+  file holds in-plane coordinates: true LPS for an axial slice).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -83,16 +87,73 @@ class Image:
         """True when both images have the same spatial shape and affines equal within ``atol`` (mm)."""
         return self.shape == other.shape and bool(np.allclose(self.affine, other.affine, atol=atol))
 
+    def grid_difference(self, other: Image, atol: float = 1e-4) -> str | None:
+        """None on the same grid, else which of shape / spacing / origin / direction differs, with both
+        values (``self``'s first), e.g. ``"origin [0.0, 0.0, 0.0] vs [0.0, 0.0, 5.0] mm"``."""
+        return grid_difference(self.shape, self.affine, other.shape, other.affine, atol)
+
+
+def grid_difference(
+    shape_a: tuple[int, ...], affine_a: np.ndarray, shape_b: tuple[int, ...], affine_b: np.ndarray, atol: float = 1e-4
+) -> str | None:
+    """Describe how two grids differ (None when they agree within ``atol`` mm).
+
+    Args:
+        shape_a, shape_b: spatial shapes (n voxel axes).
+        affine_a, affine_b: square voxel -> mm affines, (4, 4) or (n + 1, n + 1); only the first
+            n columns give spacings and directions, the last column the origin.
+
+    Returns:
+        The first property that differs -- shape, spacing (mm), origin (mm), direction (unit
+        columns, one per voxel axis), else the whole affine -- and its two values.
+    """
+    if tuple(shape_a) != tuple(shape_b):
+        return f"shape {tuple(shape_a)} vs {tuple(shape_b)}"
+    a, b = np.asarray(affine_a, dtype=np.float64), np.asarray(affine_b, dtype=np.float64)
+    if a.shape != b.shape:
+        return f"affine of size {a.shape} vs {b.shape}"
+    n = len(shape_a)
+    spacing_a, spacing_b = np.linalg.norm(a[:-1, :n], axis=0), np.linalg.norm(b[:-1, :n], axis=0)
+    origin_a, origin_b = a[:-1, -1], b[:-1, -1]
+    direction_a, direction_b = a[:-1, :n] / np.where(spacing_a > 0, spacing_a, 1), b[:-1, :n] / np.where(spacing_b > 0, spacing_b, 1)
+
+    def show(values: np.ndarray) -> str:
+        return str(np.round(values, 4).tolist())
+
+    if not np.allclose(spacing_a, spacing_b, atol=atol):
+        return f"spacing {show(spacing_a)} vs {show(spacing_b)} mm"
+    if not np.allclose(origin_a, origin_b, atol=atol):
+        return f"origin {show(origin_a)} vs {show(origin_b)} mm"
+    if not np.allclose(direction_a, direction_b, atol=atol):
+        return f"direction (columns) {show(direction_a.T)} vs {show(direction_b.T)}"
+    if not np.allclose(a, b, atol=atol):
+        return f"affine {show(a)} vs {show(b)}"
+    return None
+
+
+def plane_rows(affine: np.ndarray, ndim: int) -> tuple[int, ...]:
+    """The physical RAS rows an image's voxel axes span: ``(0, 1, 2)`` in 3D; in 2D ``(0, 1)``
+    (x, y) unless the slice is not in the x-y plane, then the pair of rows whose 2x2 block of
+    columns (i, j) has the largest determinant ((0, 2) coronal, (1, 2) sagittal)."""
+    if ndim == 3:
+        return (0, 1, 2)
+    linear = np.asarray(affine, dtype=np.float64)[:3, :2]
+    scale = float(np.prod(np.linalg.norm(linear, axis=0))) or 1.0
+    dets = {rows: abs(float(np.linalg.det(linear[list(rows)]))) / scale for rows in ((0, 1), (0, 2), (1, 2))}
+    return (0, 1) if dets[(0, 1)] > 1e-6 else max(dets, key=lambda rows: dets[rows])
+
 
 def spatial_affine(affine: np.ndarray, ndim: int) -> np.ndarray:
     """The ``(ndim + 1, ndim + 1)`` voxel -> RAS mm affine restricted to the image's axes.
 
     For 3D this is the affine itself. For 2D it is the in-plane block: voxel axes (i, j)
-    mapped to the physical axes (x, y) = (R, A), plus the (x, y) translation. This is the
-    geometry used for 2D landmarks in mm, 2D displacement vectors in mm and 2D ITK files.
+    mapped to the two physical axes of the slice's plane (:func:`plane_rows`; (x, y) = (R, A)
+    for an axial slice), plus those entries of the translation. This is the geometry used for
+    2D landmarks in mm, 2D displacement vectors in mm and 2D ITK files.
     """
-    axes = [*range(ndim), 3]
-    return np.asarray(affine, dtype=np.float64)[np.ix_(axes, axes)]
+    rows = [*plane_rows(affine, ndim), 3]
+    columns = [*range(ndim), 3]
+    return np.asarray(affine, dtype=np.float64)[np.ix_(rows, columns)]
 
 
 def embed_affine(affine_nd: np.ndarray) -> np.ndarray:
@@ -107,7 +168,8 @@ def embed_affine(affine_nd: np.ndarray) -> np.ndarray:
 
 
 def _lps_flip(ndim: int) -> np.ndarray:
-    """Diagonal (ndim, ndim) matrix converting RAS <-> LPS (negates the first two axes)."""
+    """Diagonal (ndim, ndim) matrix converting RAS <-> LPS (negates the first two axes of the
+    :func:`spatial_affine` frame; for a coronal or sagittal 2D slice, both in-plane axes)."""
     return np.diag([-1.0, -1.0, 1.0][:ndim])
 
 
@@ -171,10 +233,30 @@ def _suffix(path: Path) -> str:
 
 
 def _reason(exc: Exception) -> str:
-    """One line describing a reader's exception (SimpleITK puts the reason on its ``sitk::ERROR`` line)."""
+    """One line describing a reader's exception (SimpleITK puts the reason on its ``sitk::ERROR`` line;
+    ITK's own source paths and line numbers are dropped)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [""]
     reason = next((line for line in lines if line.startswith("sitk::ERROR:")), lines[0])
-    return f"{type(exc).__name__}: {reason.removeprefix('sitk::ERROR:').strip()}"
+    reason = re.sub(r"(?:/[^\s:]+)+\.(?:cxx|cpp|h|hxx|txx):\d+:?\s*", "", reason.removeprefix("sitk::ERROR:")).strip()
+    return f"{type(exc).__name__}: {reason}"
+
+
+def _check_data_file(path: Path) -> None:
+    """An .mhd header names its voxel file (``ElementDataFile``): InputError naming both when that file is missing."""
+    if not path.name.lower().endswith(".mhd"):
+        return
+    try:
+        header = path.read_text(errors="replace")
+    except OSError:
+        return
+    match = re.search(r"^\s*ElementDataFile\s*=\s*(.+?)\s*$", header, re.M)
+    if match is None:
+        raise InputError(f"{path}: .mhd header has no ElementDataFile line")
+    name = match.group(1)
+    if name.upper() not in ("LOCAL", "LIST") and not name.upper().startswith("LIST ") and "%" not in name:
+        data_file = Path(name) if Path(name).is_absolute() else path.parent / name
+        if not data_file.is_file():
+            raise InputError(f"{path}: its voxel file {data_file} (ElementDataFile) is missing")
 
 
 def _read_raw(path: Path) -> Image:
@@ -184,6 +266,7 @@ def _read_raw(path: Path) -> Image:
             nifti = nib.load(str(path))
             image = Image(data=np.asarray(nifti.dataobj), affine=np.asarray(nifti.affine, dtype=np.float64))
         else:
+            _check_data_file(path)
             itk_image = sitk.ReadImage(str(path))
             if itk_image.GetNumberOfComponentsPerPixel() != 1:
                 raise InputError(
@@ -228,14 +311,24 @@ def load_image(path: str | os.PathLike[str], kind: ImageKind = "image") -> Image
     data = image.data
     if not np.issubdtype(data.dtype, np.number) or np.issubdtype(data.dtype, np.complexfloating):
         raise InputError(f"{path}: voxel type {data.dtype} is not a real scalar")
+    if data.size == 0:
+        raise InputError(f"{path}: has an empty axis (shape {tuple(data.shape)})")
     if not np.all(np.isfinite(data)):
-        raise InputError(f"{path}: contains NaN or infinite voxels")
+        bad = np.argwhere(~np.isfinite(data))[0]
+        raise InputError(f"{path}: contains NaN or infinite voxels (first at index {bad.tolist()})")
     if not np.all(np.isfinite(image.affine)) or abs(np.linalg.det(image.affine[:3, :3])) < 1e-12:
         raise InputError(f"{path}: its voxel-to-world affine is singular or not finite")
     if kind == "labels":
         if not np.array_equal(data, np.round(data)):
             raise InputError(f"{path}: label map has non-integer values (e.g. {data[data != np.round(data)].flat[0]})")
+        low, high = data.min(), data.max()
+        if low < np.iinfo(np.int32).min or high > np.iinfo(np.int32).max:
+            raise InputError(
+                f"{path}: label values {low}..{high} do not fit 32-bit label ids ({np.iinfo(np.int32).min}..{np.iinfo(np.int32).max})"
+            )
         return Image(data=data.astype(np.int32), affine=image.affine, path=image.path)
+    if np.abs(data).max() > np.finfo(np.float32).max:
+        raise InputError(f"{path}: intensities reach {np.abs(data).max():.3g}, beyond the float32 range ({np.finfo(np.float32).max:.3g})")
     if data.min() == data.max():
         raise InputError(f"{path}: image is constant (every voxel is {data.flat[0]})")
     return Image(data=data.astype(np.float32), affine=image.affine, path=image.path)
@@ -448,6 +541,9 @@ def load_landmarks(path: str | os.PathLike[str], reference: Image) -> np.ndarray
         raise InputError(f"{path}: not a text landmark file") from exc
     if len(points) == 0:
         raise InputError(f"{path}: contains no points")
+    not_finite = np.flatnonzero(~np.isfinite(points).all(axis=1))
+    if not_finite.size:
+        raise InputError(f"{path}: point {not_finite[0] + 1} has a NaN or infinite coordinate")
     outside = np.flatnonzero(((points < -0.5) | (points > np.asarray(reference.shape) - 0.5)).any(axis=1))
     if outside.size:
         raise InputError(
@@ -502,7 +598,8 @@ def save_displacement(disp_vox: np.ndarray, reference: Image, path: str | os.Pat
         raise InputError(f"save_displacement: field has shape {disp_vox.shape}; expected {expected}")
     if not np.all(np.isfinite(disp_vox)):
         raise InputError("save_displacement: field contains NaN or infinite values")
-    disp_lps = np.einsum("rc,c...->r...", _lps_flip(reference.ndim), disp_vox_to_mm(disp_vox, reference.affine))
+    flip = _lps_flip(reference.ndim)
+    disp_lps = np.einsum("rc,c...->r...", flip, disp_vox_to_mm(disp_vox, reference.affine))
     vectors = np.moveaxis(disp_lps, 0, -1).transpose(*reversed(range(reference.ndim)), reference.ndim)
     field = sitk.GetImageFromArray(np.ascontiguousarray(vectors, dtype=np.float32), isVector=True)
     origin, spacing, direction = itk_geometry(reference)
@@ -517,8 +614,11 @@ def _read_itk_field(path: Path, reference: Image) -> sitk.Image:
     """Read an ITK vector field and check it has ``reference.ndim`` components on the reference grid."""
     if not path.is_file():
         raise InputError(f"{path}: file not found")
-    _suffix(path)
+    suffix = _suffix(path)
+    if suffix in NIFTI_SUFFIXES:
+        _check_nifti_values(path)
     try:
+        _check_data_file(path)
         field = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise InputError(f"{path}: cannot read as an ITK image ({_reason(exc)})") from exc
@@ -528,15 +628,31 @@ def _read_itk_field(path: Path, reference: Image) -> sitk.Image:
             f"{path}: is a {field.GetDimension()}D field with {field.GetNumberOfComponentsPerPixel()} components; "
             f"expected {ndim}D with {ndim} components (the reference grid)"
         )
+    vectors = sitk.GetArrayViewFromImage(field)
+    if not np.all(np.isfinite(vectors)):
+        raise InputError(f"{path}: contains NaN or infinite displacements")
     grid = image_from_sitk(sitk.VectorIndexSelectionCast(field, 0))
-    if grid.shape != reference.shape or not np.allclose(
-        spatial_affine(grid.affine, ndim), spatial_affine(reference.affine, ndim), atol=1e-3
-    ):
-        raise InputError(
-            f"{path}: its grid (shape {grid.shape}, spacing {np.round(grid.spacing, 4).tolist()}) differs from "
-            f"the reference grid (shape {reference.shape}, spacing {np.round(reference.spacing, 4).tolist()})"
-        )
+    difference = grid_difference(
+        grid.shape, spatial_affine(grid.affine, ndim), reference.shape, spatial_affine(reference.affine, ndim), atol=1e-3
+    )
+    if difference is not None:
+        where = f" ({reference.path})" if reference.path else ""
+        raise InputError(f"{path}: its grid differs from the reference grid{where}: {difference}")
     return field
+
+
+def _check_nifti_values(path: Path) -> None:
+    """InputError naming ``path`` when a NIfTI file cannot be read or holds NaN/Inf values.
+
+    ITK's NIfTI reader turns NaN vectors into zeros without a word, so the stored values are read
+    with nibabel first.
+    """
+    try:
+        values = np.asarray(nib.load(str(path)).dataobj)
+    except Exception as exc:  # nibabel raises many types for corrupt or truncated files
+        raise InputError(f"{path}: cannot read as a NIfTI image ({_reason(exc)})") from exc
+    if np.issubdtype(values.dtype, np.number) and not np.all(np.isfinite(values)):
+        raise InputError(f"{path}: contains NaN or infinite values")
 
 
 def load_displacement(path: str | os.PathLike[str], reference: Image) -> np.ndarray:

@@ -196,18 +196,22 @@ def disp_vox_to_mm(disp_vox: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Voxel displacement (ndim, *spatial) -> physical RAS displacement in mm (ndim, *spatial).
 
     For 3D this is ``A[:3, :3] @ u``; for 2D images (4x4 affine with a singleton third axis) the in-plane
-    2x2 block ``A[:2, :2]`` is used, which assumes the image plane is the RAS x-y plane (true for images
-    made by :func:`registration_core.preprocessing.steps.extract_slice`).
+    2x2 block of :func:`registration_core.core.io.spatial_affine` is used: rows (x, y) for an axial slice
+    (e.g. made by :func:`registration_core.preprocessing.steps.extract_slice`), (x, z) coronal, (y, z) sagittal.
     """
+    from registration_core.core.io import spatial_affine
+
     ndim = disp_vox.shape[0]
-    lin = np.asarray(affine, dtype=np.float64)[:ndim, :ndim]
+    lin = spatial_affine(affine, ndim)[:ndim, :ndim]
     return np.einsum("rc,c...->r...", lin, disp_vox).astype(np.float32)
 
 
 def disp_mm_to_vox(disp_mm: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Inverse of :func:`disp_vox_to_mm`: RAS mm displacement (ndim, *spatial) -> voxels (ndim, *spatial)."""
+    from registration_core.core.io import spatial_affine
+
     ndim = disp_mm.shape[0]
-    inv = np.linalg.inv(np.asarray(affine, dtype=np.float64)[:ndim, :ndim])
+    inv = np.linalg.inv(spatial_affine(affine, ndim)[:ndim, :ndim])
     return np.einsum("rc,c...->r...", inv, disp_mm).astype(np.float32)
 
 
