@@ -138,7 +138,7 @@ CASES = [
     Case("malformed landmark line", lambda f, o: register(f, o, landmarks=("points", "points_malformed")), "points_malformed.txt"),
     Case("landmark count header wrong", lambda f, o: register(f, o, landmarks=("points", "points_count")), "points_count.txt"),
     Case("landmark outside the image", lambda f, o: register(f, o, landmarks=("points", "points_outside")), "points_outside.csv"),
-    Case("unknown method", lambda f, o: register(f, o, method="elastix"), "unknown method 'elastix'"),
+    Case("unknown method", lambda f, o: register(f, o, method="ants-syn"), "unknown method 'ants-syn'"),
     Case("unknown parameter", lambda f, o: register(f, o, params=("learning_rate=0.1",)), "unknown parameter 'learning_rate'"),
     Case("parameter of the wrong type", lambda f, o: register(f, o, params=("iterations=many",)), "parameter 'iterations'"),
     Case("negative lr", lambda f, o: register(f, o, params=("lr=-0.001",)), "parameter 'lr'"),

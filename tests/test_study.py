@@ -122,7 +122,10 @@ def test_paths_follow_the_file_contract() -> None:
 def test_defaults_are_filled_in() -> None:
     resolved = Study(config()).config
     assert resolved["metrics"] == {"labels": "all"}
-    assert resolved["anova"] == {"responses": ["dice_mean", "neg_jac_ratio"], "factors": ["smoothing_kernel", "lr"], "alpha": 0.05}
+    assert resolved["anova"] == {
+        "responses": ["dice_mean", "neg_jac_ratio"], "model": "repeated", "seed": 0, "factors": ["smoothing_kernel", "lr"],
+        "alpha": 0.05,
+    }
     assert resolved["resources"]["register"] == {"threads": 1, "mem_mb": 4000, "runtime": 120}
     assert resolved["datasets"]["synthetic"] == {
         "adapter": "demo", "n_subjects": 4, "preprocess": [], "seed": 0, "spacing_mm": 2.0, "max_disp_mm": 8.0,
