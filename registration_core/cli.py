@@ -68,18 +68,20 @@ def _synth_pair(args: argparse.Namespace) -> None:
 
 def _read_steps(text: str) -> list[dict]:
     """Steps as inline JSON or a path to a JSON/YAML file holding the list."""
-    path = Path(text)
-    if not text.lstrip().startswith("[") and path.is_file():
-        import yaml
+    from registration_core.core.yaml_io import load_yaml_file
 
-        steps = yaml.safe_load(path.read_text())
+    path = Path(text)
+    if not text.lstrip().startswith("[") and path.exists():
+        steps = load_yaml_file(path, "--steps file")
+        where = f"--steps {path}"
     else:
         try:
             steps = json.loads(text)
         except json.JSONDecodeError as exc:
             raise InputError(f"--steps is neither a file nor a JSON list ({exc.msg})") from None
+        where = "--steps"
     if not isinstance(steps, list):
-        raise InputError("--steps must be a list of {step: name, ...settings}")
+        raise InputError(f"{where} must be a list of {{step: name, ...settings}}")
     return steps
 
 
@@ -116,7 +118,7 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def _parse_settings(items: list[str] | None) -> dict:
     """``--set key=value`` items -> settings; values are read as YAML (numbers, lists, strings)."""
-    import yaml
+    from registration_core.core.yaml_io import load_yaml_text
 
     settings = {}
     for item in items or []:
@@ -125,10 +127,7 @@ def _parse_settings(items: list[str] | None) -> dict:
             raise InputError(f"--set '{item}' is not of the form key=value")
         if key in settings:
             raise InputError(f"--set '{key}' given twice")
-        try:
-            settings[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            raise InputError(f"--set {key}={value}: value is not a number, list or string") from None
+        settings[key] = load_yaml_text(value, f"--set {key}")
     return settings
 
 
@@ -312,7 +311,11 @@ def file_args(group: str, files: Mapping[str, str | Sequence[str]]) -> list[str]
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of all commands."""
+    from registration_core import __version__
+
     parser = argparse.ArgumentParser(prog="python -m registration_core", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"registration_core {__version__}",
+                        help="print the package version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
@@ -348,10 +351,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "single / mixed: smooth random (single- / mixed-frequency)")
     p.add_argument("--max-disp-mm", type=float, default=15.0, help="largest true displacement, inside the mask")
     p.add_argument("--noise-std", type=float, default=0.01, help="noise on the moving image, fraction of the range")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-landmarks", type=int, default=150)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random motion and noise")
+    p.add_argument("--n-landmarks", type=int, default=150, help="landmarks to place (at corners, inside the mask)")
     p.add_argument("--min-distance-mm", type=float, help="smallest landmark distance (default 5 voxels)")
-    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True, help="output folder (fixed, moving, truth displacement, truth.json)")
 
     p = command("prepare", _prepare, "preprocess one image (and its labels, mask, landmarks) by a list of steps")
     add_file_options(p, "subject")
@@ -370,12 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="step setting, value as YAML (repeatable)")
 
     p = command("demo-subject", _demo_subject, "write one subject of the embedded demo dataset")
-    p.add_argument("--index", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--spacing-mm", type=float, default=2.0)
-    p.add_argument("--max-disp-mm", type=float, default=8.0)
-    p.add_argument("--out-image", type=Path, required=True)
-    p.add_argument("--out-labels", type=Path, required=True)
+    p.add_argument("--index", type=int, required=True, help="subject number (0: the template itself)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subject's random deformation")
+    p.add_argument("--spacing-mm", type=float, default=2.0, help="voxel size of the written image (mm)")
+    p.add_argument("--max-disp-mm", type=float, default=8.0, help="largest displacement of the subject's deformation (mm)")
+    p.add_argument("--out-image", type=Path, required=True, help="output image (.nii.gz)")
+    p.add_argument("--out-labels", type=Path, required=True, help="output label map (.nii.gz)")
 
     p = command("import-raw", _import_raw, "convert a raw volume (DIR-Lab .img) or a picture (green channel) to NIfTI")
     p.add_argument("--raw", type=Path, required=True, help="headerless binary file, or .jpg/.png/.tif picture")
@@ -387,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output image (.nii.gz)")
 
     p = command("import-landmarks", _import_landmarks, "convert a dataset's point file to a landmark CSV")
-    p.add_argument("--points", type=Path, required=True)
+    p.add_argument("--points", type=Path, required=True, help="the dataset's point file")
     p.add_argument("--format", required=True, help="dirlab-xyz, learn2reg-csv, fire-fixed or fire-moving")
     p.add_argument("--reference", type=Path, required=True, help="the image the points belong to (as imported)")
     p.add_argument("--out", type=Path, required=True, help="landmarks CSV (i,j[,k],x,y[,z])")
@@ -398,44 +401,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="PNG")
 
     p = command("plan", _plan, "write the jobs table of a study config")
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--config", type=Path, required=True, help="study config (YAML)")
+    p.add_argument("--out", type=Path, required=True, help="jobs table (TSV)")
 
     p = command("aggregate", _aggregate, "collect per-pair metrics and logs into tables")
-    p.add_argument("--jobs", type=Path, required=True)
-    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--jobs", type=Path, required=True, help="jobs table written by plan")
+    p.add_argument("--out-dir", type=Path, required=True, help="folder of the tables (metrics.csv, summary.csv, ...)")
 
     p = command("anova", _anova, "ANOVA of metrics against grid factors")
-    p.add_argument("--metrics", type=Path, required=True)
+    p.add_argument("--metrics", type=Path, required=True, help="metrics.csv written by aggregate")
     p.add_argument("--responses", required=True, help="comma-separated metric columns")
     p.add_argument("--factors", required=True, help="comma-separated grid factors")
-    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level")
     p.add_argument("--method", help="restrict to one method")
     p.add_argument("--model", choices=("repeated", "independent"), default="repeated",
                    help="repeated: pairs as subjects (AnovaRM, mixed model when cells are missing); "
                    "independent: pairs as replicates (factorial ANOVA)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap confidence intervals")
-    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--out-dir", type=Path, required=True, help="folder of the ANOVA tables, plots and anova.json")
 
     p = command("methods", _methods, "list the registered methods and their parameters")
     p.add_argument("names", nargs="*", help="methods to describe (default: all)")
 
     p = command("report", _report, "build the self-contained HTML report of a study")
-    p.add_argument("--study-dir", type=Path, required=True)
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--study-dir", type=Path, required=True, help="the study's results folder (results/<study>)")
+    p.add_argument("--config", type=Path, required=True, help="the resolved study config")
+    p.add_argument("--out", type=Path, required=True, help="output HTML file")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a command; returns the exit status (0, or 2 on bad input, 1 on a failed write)."""
-    args = build_parser().parse_args(argv)
-    try:
-        args.handler(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+    """Run a command; returns the exit status: 0, 2 on bad input, 1 on a failed write, 128 + the
+    signal's number when SIGTERM / SIGINT / SIGHUP stopped it (after the command's cleanup ran:
+    all-or-nothing writers remove what they wrote)."""
+    from registration_core.core.outputs import Interrupted, signals_as_exceptions
+
+    with signals_as_exceptions():
+        try:
+            args = build_parser().parse_args(argv)
+            args.handler(args)
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 1
+        except Interrupted as exc:
+            print(f"error: {exc}; nothing of this run was kept", file=sys.stderr)
+            return 128 + exc.signum
     return 0

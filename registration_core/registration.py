@@ -22,10 +22,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from registration_core.core.io import Image, load_image, load_landmarks, save_displacement, save_image, write_json
+from registration_core.core.outputs import staged_folder
 from registration_core.core.provenance import peak_memory_mb, software_versions
 from registration_core.core.spatial import warp_array
 from registration_core.errors import InputError
-from registration_core.layout import reg_file
+from registration_core.layout import REG_FILES, reg_file
 from registration_core.methods import RegistrationResult, get_method
 
 
@@ -44,10 +45,10 @@ class PairInputs:
 def _check_same_grid(a: Image, b: Image, what: str) -> None:
     if a.ndim != b.ndim:
         raise InputError(f"{b.path}: is {b.ndim}D but {a.path} is {a.ndim}D ({what} must match)")
-    if not a.same_grid(b):
+    difference = b.grid_difference(a)
+    if difference is not None:
         raise InputError(
-            f"{b.path}: grid (shape {b.shape}, spacing {np.round(b.spacing, 4).tolist()}) differs from {a.path} "
-            f"(shape {a.shape}, spacing {np.round(a.spacing, 4).tolist()}); {what} must share one grid "
+            f"{b.path}: its grid differs from {a.path}'s ({difference}); {what} must share one grid "
             "(resample in preprocessing)"
         )
 
@@ -84,27 +85,19 @@ def load_pair(
 
 
 def write_outputs(out_dir: Path, pair: PairInputs, result: RegistrationResult, log: dict[str, Any]) -> None:
-    """Write warped image/labels, displacement and log.json into ``out_dir``; all or nothing."""
-    written: list[Path] = []
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    """Write warped image/labels, displacement and log.json into ``out_dir``; all or nothing: the files
+    of a previous run are removed first and the new ones moved in when all are written, log.json last
+    (:func:`registration_core.core.outputs.staged_folder`)."""
+    with staged_folder(out_dir, REG_FILES.values(), REG_FILES["log"]) as stage:
         warped = pair.fixed.with_data(warp_array(pair.moving.data, result.disp_vox, "linear"))
-        save_image(warped, reg_file(out_dir, "warped"))
-        written.append(reg_file(out_dir, "warped"))
+        save_image(warped, reg_file(stage, "warped"))
         if pair.moving_labels is not None:
             warped_labels = pair.fixed.with_data(warp_array(pair.moving_labels.data, result.disp_vox, "nearest"))
-            save_image(warped_labels, reg_file(out_dir, "warped_labels"))
-            written.append(reg_file(out_dir, "warped_labels"))
-        save_displacement(result.disp_vox, pair.fixed, reg_file(out_dir, "displacement"))
-        written.append(reg_file(out_dir, "displacement"))
+            save_image(warped_labels, reg_file(stage, "warped_labels"))
+        save_displacement(result.disp_vox, pair.fixed, reg_file(stage, "displacement"))
         if result.inverse_disp_vox is not None:
-            save_displacement(result.inverse_disp_vox, pair.fixed, reg_file(out_dir, "inverse_displacement"))
-            written.append(reg_file(out_dir, "inverse_displacement"))
-        write_json(log, reg_file(out_dir, "log"))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
+            save_displacement(result.inverse_disp_vox, pair.fixed, reg_file(stage, "inverse_displacement"))
+        write_json(log, reg_file(stage, "log"))
 
 
 def run_registration(

@@ -161,13 +161,14 @@ def read_raw(raw: RawImport) -> Image:
     (the channel with the best vessel contrast in fundus photographs); ``raw.shape`` must equal
     ``(width, height)``.
 
-    Raises InputError naming the file: missing, wrong size for shape x dtype, unreadable picture.
+    Raises InputError naming the file: missing, wrong size for shape x dtype, unreadable picture,
+    NaN/Inf or beyond-float32 values (usually a wrong ``dtype``).
     """
     path = Path(raw.raw)
     dtype = _check_raw_description(raw)
     affine = raw_affine(raw.shape, raw.spacing_mm, raw.orientation)
     if not path.is_file():
-        raise InputError(f"{path}: file not found")
+        raise InputError(f"{path}: {'is a folder, not a file' if path.is_dir() else 'file not found'}")
     if path.suffix.lower() in PICTURE_SUFFIXES:
         data = _read_picture(path)
         if data.shape != tuple(raw.shape):
@@ -179,6 +180,12 @@ def read_raw(raw: RawImport) -> Image:
     if raw.intercept:
         integral = float(raw.intercept).is_integer() and data.dtype.kind in "iu"
         data = data + (np.int32(raw.intercept) if integral else np.float32(raw.intercept))
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)):
+            bad = np.argwhere(~np.isfinite(data))[0]
+            raise InputError(f"{path}: holds NaN or infinite values as {raw.dtype} (first at index {bad.tolist()}); check --dtype")
+        if np.abs(data).max() > np.finfo(np.float32).max:
+            raise InputError(f"{path}: values reach {np.abs(data).max():.3g}, beyond float32; check --dtype")
     return Image(data=np.ascontiguousarray(data), affine=affine, path=str(path))
 
 

@@ -37,10 +37,11 @@ import torch
 from scipy import ndimage
 
 from registration_core.core import io, spatial
+from registration_core.core.outputs import staged_folder
 from registration_core.data import synth
 from registration_core.data.landmarks import detect_landmarks
 from registration_core.errors import InputError
-from registration_core.layout import truth_file
+from registration_core.layout import TRUTH_FILES, truth_file
 
 Motion = Literal["respiratory", "respiratory-inhale", "single", "mixed"]
 MOTIONS: tuple[str, ...] = ("respiratory", "respiratory-inhale", "single", "mixed")
@@ -355,7 +356,8 @@ def retina_truth_pair(
 
 
 def write_truth_pair(pair: TruthPair, out_dir: Path) -> list[Path]:
-    """Write the pair's files (module docstring) into ``out_dir``; all or nothing. Returns the paths."""
+    """Write the pair's files (module docstring) into ``out_dir``; all or nothing, a previous run's files
+    removed first (:func:`registration_core.core.outputs.staged_folder`). Returns the paths."""
     out_dir = Path(out_dir)
     images = {
         "fixed": pair.fixed,
@@ -365,26 +367,21 @@ def write_truth_pair(pair: TruthPair, out_dir: Path) -> list[Path]:
         "mask": pair.mask,
         "moving_mask": pair.moving_mask,
     }
-    written: list[Path] = []
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[str] = []
+    with staged_folder(out_dir, TRUTH_FILES.values(), TRUTH_FILES["info"]) as stage:
         for key, image in images.items():
             if image is not None:
-                io.save_image(image, truth_file(out_dir, key))
-                written.append(truth_file(out_dir, key))
-        io.save_displacement(pair.disp_vox, pair.fixed, truth_file(out_dir, "truth_displacement"))
-        written.append(truth_file(out_dir, "truth_displacement"))
+                io.save_image(image, truth_file(stage, key))
+                written.append(key)
+        io.save_displacement(pair.disp_vox, pair.fixed, truth_file(stage, "truth_displacement"))
+        written.append("truth_displacement")
         landmarks = {"fixed_landmarks": pair.fixed_landmarks, "moving_landmarks": pair.moving_landmarks}
         for key, points in landmarks.items() if len(pair.fixed_landmarks) else ():
-            io.save_landmarks(points, pair.fixed, truth_file(out_dir, key))
-            written.append(truth_file(out_dir, key))
-        io.write_json(pair.info, truth_file(out_dir, "info"))
-        written.append(truth_file(out_dir, "info"))
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
-    return written
+            io.save_landmarks(points, pair.fixed, truth_file(stage, key))
+            written.append(key)
+        io.write_json(pair.info, truth_file(stage, "info"))
+        written.append("info")
+    return [truth_file(out_dir, key) for key in written]
 
 
 def synth_pair(

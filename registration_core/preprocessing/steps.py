@@ -150,6 +150,24 @@ def _interpolator(image: Image, interpolation: Interpolation | None) -> int:
     return _SITK_INTERPOLATORS[interpolation]
 
 
+MAX_OUTPUT_VOXELS = 2**28
+"""Largest grid a step may produce: 268 million voxels, 1 GiB as float32 (a 512 x 512 x 1024 CT).
+A larger one is almost always a unit slip (a spacing in m taken for mm)."""
+
+
+def check_output_size(shape: Sequence[float] | np.ndarray, step: str, why: str = "") -> None:
+    """InputError naming ``step`` when a grid of ``shape`` voxels exceeds :data:`MAX_OUTPUT_VOXELS`,
+    with the estimated size of the float32 image; ``why`` says where the shape comes from."""
+    voxels = float(np.prod(np.asarray(shape, dtype=np.float64)))
+    if voxels > MAX_OUTPUT_VOXELS:
+        size = f"{voxels * 4 / 2**30:.3g} GiB"
+        reason = f" from {why}" if why else ""
+        raise InputError(
+            f"{step}: output grid {[int(n) for n in shape]}{reason} has {voxels:.3g} voxels ({size} as float32), "
+            f"more than {MAX_OUTPUT_VOXELS} ({MAX_OUTPUT_VOXELS * 4 / 2**30:.3g} GiB); check the units (mm)"
+        )
+
+
 def resample(
     image: Image,
     spacing: float | Sequence[float] | None = None,
@@ -187,6 +205,7 @@ def resample(
         else:
             new_shape = np.maximum(1, np.round(old_shape * _per_axis(scale, image.ndim, "scale")))
         new_spacing = extent / new_shape
+    check_output_size(new_shape, "resample", f"new spacing {np.round(new_spacing, 4).tolist()} mm")
     ratio = new_spacing / old_spacing  # new voxel size in old voxels
     offset = 0.5 * ratio - 0.5  # new voxel 0 centre in old voxel coordinates
 
@@ -270,6 +289,7 @@ def crop_pad(image: Image, shape: Sequence[int], centre: Sequence[float], pad_va
     target = np.asarray(shape)
     if target.shape != (image.ndim,) or not np.all(target >= 1) or not np.all(target == np.round(target)):
         raise InputError(f"crop_pad: shape {list(shape)} must be {image.ndim} positive integers")
+    check_output_size(target, "crop_pad")
     start = np.round(np.asarray(centre, dtype=np.float64) - (target - 1) / 2.0).astype(int)
     old = np.asarray(image.shape)
     src_lo, src_hi = np.maximum(start, 0), np.minimum(start + target, old)

@@ -30,11 +30,11 @@ from string import Template
 from typing import Any
 
 import pandas as pd
-import yaml
 from matplotlib.figure import Figure
 
 import registration_core
 from registration_core.core.io import atomic_path, read_json_object
+from registration_core.core.yaml_io import load_yaml_text
 from registration_core.errors import InputError
 from registration_core.evaluation import registry
 from registration_core.evaluation.aggregate import ID_COLUMNS, JOB_COLUMNS, read_jobs
@@ -141,10 +141,7 @@ def _primary_metric(metrics: pd.DataFrame) -> tuple[str, bool] | None:
 
 def _study_name(config_text: str, config_path: Path, study_dir: Path) -> str:
     """The config's ``study`` key, else the study folder's name."""
-    try:
-        config = yaml.safe_load(config_text)
-    except yaml.YAMLError as exc:
-        raise InputError(f"{config_path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    config = load_yaml_text(config_text, str(config_path))
     if isinstance(config, dict) and isinstance(config.get("study"), str):
         return config["study"]
     return study_dir.name

@@ -14,6 +14,7 @@ import jsonschema
 import yaml
 
 from registration_core.core.io import atomic_path
+from registration_core.core.yaml_io import load_yaml_file
 from registration_core.errors import InputError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -42,8 +43,8 @@ _DefaultFillingValidator = _extend_with_defaults(jsonschema.Draft202012Validator
 def load_schema(path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """The config JSON schema (YAML file); InputError when it cannot be read."""
     if not path.is_file():
-        raise InputError(f"config schema {path} not found (it ships with the workflow folder)")
-    return yaml.safe_load(path.read_text())
+        raise InputError(f"config schema {path} not found (it ships inside the registration_core package)")
+    return load_yaml_file(path, "config schema")
 
 
 def _key_path(path: Sequence[Any]) -> str:
@@ -104,18 +105,31 @@ def validate_config(raw: Mapping[str, Any], schema: Mapping[str, Any] | None = N
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML study config and return it validated with defaults filled in (InputError on error)."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"config file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"config file {path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if raw is None:
-        raise InputError(f"config file {path} is empty")
+    raw = read_config_file(path)
     try:
         return validate_config(raw)
     except InputError as exc:
         raise InputError(f"{path}: {exc}") from None
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML config file (not validated). InputError naming the file when it is
+    missing, empty, not a mapping, or not valid YAML -- including a key given twice (with its line)
+    and an anchor/alias bomb (:func:`registration_core.core.yaml_io.load_yaml_text`)."""
+    path = Path(path)
+    raw = load_yaml_file(path, "config file")
+    if raw is None:
+        raise InputError(f"{path}: config file is empty")
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: config file must hold a mapping of keys, found {type(raw).__name__}")
+    return raw
+
+
+def check_config_files(paths: Sequence[str | Path]) -> None:
+    """Read every config file Snakemake was given with :func:`read_config_file` (Snakemake's own
+    YAML reader keeps the last of two equal keys without a word)."""
+    for path in paths:
+        read_config_file(path)
 
 
 def write_config(config: Mapping[str, Any], path: str | Path) -> None:

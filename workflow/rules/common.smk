@@ -9,7 +9,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from registration_core.errors import InputError
-from registration_core.study.config import ID_PATTERN, write_config
+from registration_core.study.config import ID_PATTERN, check_config_files, write_config
 from registration_core.study.grid import GRID_ID_PATTERN
 from registration_core.study.plan import Study, demo_subject_index, exact_regex
 from registration_core.study.resources import image_shape
@@ -21,6 +21,7 @@ from registration_core.study.rules import PairRules, SubjectRules, quoted, set_a
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
 
 try:
+    check_config_files(workflow.overwrite_configfiles or workflow.configfiles)
     STUDY = Study(config)
 except InputError as error:
     config_files = ", ".join(map(str, workflow.overwrite_configfiles or workflow.configfiles)) or "--config"

@@ -1,0 +1,120 @@
+"""Output folders written all or nothing, and signals turned into exceptions so that cleanup runs.
+
+A command that writes several files into one folder (``register --out DIR``, ``synth-pair
+--out-dir DIR``) writes them into a hidden staging folder inside ``DIR`` and moves them into
+place only when all are written, the marker file (``log.json``) last. Before that, the files the
+layout names in ``DIR`` -- a previous run's outputs -- and hidden leftovers of a killed run are
+removed, so no stale file survives next to new ones.
+
+What each kind of interruption leaves:
+
+* an exception, SIGTERM or SIGINT (:func:`signals_as_exceptions`): nothing of this run, and the
+  previous run's files are gone;
+* SIGKILL: at worst a hidden ``.staging-*.tmp`` folder (removed by the next run into ``DIR``)
+  or, inside the final moves (a few renames), some outputs without the marker file: without
+  ``log.json`` a folder is not finished (Snakemake also deletes the outputs of a job it did not
+  see finish).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+
+STAGING_PREFIX = ".staging-"
+STAGING_SUFFIX = ".tmp"
+
+
+class Interrupted(BaseException):
+    """A termination signal (SIGTERM, SIGINT, SIGHUP) received by a command.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` clauses (readers turning
+    library errors into InputError) let it through and only ``finally`` / cleanup code runs.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(signum)
+
+
+@contextmanager
+def signals_as_exceptions(signums: Iterable[int] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) -> Iterator[None]:
+    """Within the block, the given signals raise :class:`Interrupted` in the main thread; the
+    previous handlers are restored afterwards. Only the main thread can install handlers: elsewhere
+    this does nothing."""
+    try:
+        previous = {signum: signal.signal(signum, _raise_interrupted) for signum in signums}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def remove_stale_outputs(out_dir: Path, names: Iterable[str], marker: str) -> None:
+    """Remove ``marker`` first (the folder stops looking finished), then every file of ``names``, then
+    hidden leftovers of killed runs: staging folders and :func:`registration_core.core.io.atomic_path`'s
+    ``.<name>.*.tmp`` folders of those names."""
+    names = list(names)
+    for name in [marker, *(name for name in names if name != marker)]:
+        target = out_dir / name
+        if target.is_dir() and not target.is_symlink():
+            raise IsADirectoryError(21, "a folder stands where an output file goes", str(target))
+        target.unlink(missing_ok=True)
+    for leftover in out_dir.glob(f"{STAGING_PREFIX}*{STAGING_SUFFIX}"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for name in names:
+        for leftover in out_dir.glob(f".{name}.*.tmp"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+@contextmanager
+def staged_folder(out_dir: str | os.PathLike[str], names: Iterable[str], marker: str) -> Iterator[Path]:
+    """Yield a hidden staging folder inside ``out_dir`` to write the files ``names`` into; on success
+    move them into ``out_dir`` (``marker`` last), on any exception remove what was moved.
+
+    Args:
+        out_dir: the output folder (created).
+        names: every file name the layout gives this folder; a previous run's files of these names
+            are removed before the block runs, even those this run will not write.
+        marker: the name written last, whose presence means the folder is finished (``log.json``).
+
+    Raises:
+        OSError when the block did not write ``marker``, or a file outside ``names``.
+    """
+    out_dir = Path(out_dir)
+    names = list(names)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_outputs(out_dir, names, marker)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, suffix=STAGING_SUFFIX, dir=out_dir))
+    moved: list[Path] = []
+    try:
+        yield staging
+        written = sorted(entry.name for entry in staging.iterdir())
+        unexpected = sorted(set(written) - set(names))
+        if unexpected:
+            raise OSError(f"{out_dir}: wrote {', '.join(unexpected)}, which the layout does not name")
+        if marker not in written:
+            raise OSError(f"{out_dir}: {marker} was not written")
+        for name in [*(name for name in written if name != marker), marker]:
+            os.replace(staging / name, out_dir / name)
+            moved.append(out_dir / name)
+    except BaseException:
+        for path in reversed(moved):
+            path.unlink(missing_ok=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
