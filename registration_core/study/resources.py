@@ -167,8 +167,9 @@ def _work_mvoxel_iterations(params: Mapping[str, Any], shape: Sequence[int]) -> 
 
 
 def _levels(value: Any) -> tuple[int, ...]:
-    """``"4x2x1"``, ``"100"`` or an int as a tuple of ints."""
+    """``[4, 2, 1]`` (a resolved list parameter), ``"4x2x1"``, ``"100"`` or an int as a tuple of ints."""
+    items = value if isinstance(value, (list, tuple)) else str(value).lower().split("x")
     try:
-        return tuple(int(v) for v in str(value).lower().split("x"))
+        return tuple(int(v) for v in items)
     except ValueError:
         raise InputError(f"expected integers per level separated by x (e.g. 4x2x1), got {value!r}") from None

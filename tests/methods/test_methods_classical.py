@@ -22,7 +22,8 @@ from registration_core.preprocessing.steps import extract_slice
 from registration_core.registration import run_registration
 from registration_core.study.grid import method_grid
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from support.paths import REPO_ROOT
+
 CLASSICAL = ("affine", "demons", "bspline")
 # a 2D grid with anisotropic spacing, a flipped first axis and an origin: exercises LPS/RAS and mm -> voxels
 AFFINE_2D = np.array([[-1.5, 0, 0, 40.0], [0, 0.8, 0, -12.0], [0, 0, 1.0, 0], [0, 0, 0, 1]])

@@ -33,6 +33,8 @@ from registration_core.preprocessing.align import (
 )
 from registration_core.preprocessing.steps import normalize, resample, resample_to
 
+from support.paths import REPO_ROOT
+
 AFFINE_2D = np.diag([2.0, 2.0, 1.0, 1.0])  # 2 mm pixels
 SUBCORTICAL = [10, 11, 12, 13, 17, 18, 49, 50, 51, 52, 53, 54]
 
@@ -223,7 +225,7 @@ def test_search_alignment_of_the_fundus_pair_raises_correlation_in_the_field_of_
         return normalize(resample(green, shape=(256, 256)))
 
     fixed, moving = picture("refer"), picture("query")
-    settings = yaml.safe_load((Path(__file__).parents[1] / "config/studies/fundus.yaml").read_text())
+    settings = yaml.safe_load((REPO_ROOT / "config/studies/fundus.yaml").read_text())
     align = settings["datasets"]["fundus"]["align"]
     assert align["init"] == "search"
 

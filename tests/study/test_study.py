@@ -16,6 +16,8 @@ from registration_core.study.grid import GRID_ID_PATTERN, format_value, grid_id
 from registration_core.study.jobs import JOB_COLUMNS
 from registration_core.study.plan import Study, demo_subject_id, demo_subject_index, exact_regex, write_jobs_table
 
+from support.paths import REPO_ROOT
+
 DEMO = {
     "study": "unit",
     "datasets": {"synthetic": {"adapter": "demo", "n_subjects": 4}},
@@ -280,7 +282,6 @@ def test_validation_does_not_modify_its_input() -> None:
     assert raw == DEMO
 
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_config_plans_the_demo_design() -> None:
