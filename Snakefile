@@ -9,6 +9,13 @@
 
 from pathlib import Path
 
+from snakemake.utils import min_version
+
+# The lock (constraints.txt) and pyproject.toml's `workflow` extra: snakemake>=9.15,<10.
+min_version("9.15")
+
+# The config is validated against registration_core/study/config.schema.yaml (package data, so an
+# installed package finds it too) when common.smk plans the study; every key is documented there.
 
 if not workflow.overwrite_configfiles:
     # Only when no --configfile is given: a command-line config replaces the demo entirely

@@ -85,8 +85,8 @@ def test_plateau_stop_ends_early_and_keeps_the_best() -> None:
 
 
 def test_too_small_image_is_a_clear_error() -> None:
-    img = Image(blobs((32, 80)), np.eye(4))
-    with pytest.raises(ValueError, match="every image axis >= 64"):
+    img = Image(blobs((15, 80)), np.eye(4))
+    with pytest.raises(ValueError, match="every image axis >= 16"):
         NODEO.register(img, img, NODEO.resolve_params({"iterations": 1}))
 
 

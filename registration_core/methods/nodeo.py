@@ -127,12 +127,12 @@ PARAMS: dict[str, Param] = {
     p.name: p
     for p in [
         Param("preset", str, "default", "parameter set applied before explicit values", choices=("reference", "default")),
-        Param("iterations", int, 300, "optimizer steps", minimum=1),
+        Param("iterations", int, 300, "optimizer steps", minimum=1, maximum=100_000),
         Param("lr", float, 5e-3, "Adam (amsgrad) learning rate", minimum=0.0, exclusive_minimum=True),
         Param("smoothing_kernel", str, "AK", "velocity smoothing: AK box average, GK Gaussian", choices=("AK", "GK")),
         _odd("smoothing_window", 15, "smoothing window in voxels"),
-        Param("smoothing_passes", int, 1, "smoothing passes", minimum=0),
-        Param("gaussian_nsig", float, 2.0, "GK window half-width in standard deviations", minimum=0.0, exclusive_minimum=True),
+        Param("smoothing_passes", int, 1, "smoothing passes", minimum=0, maximum=20),
+        Param("gaussian_nsig", float, 2.0, "GK window half-width in standard deviations", minimum=0.0, exclusive_minimum=True, maximum=10.0),
         _odd("ncc_window", 21, "local NCC window in voxels"),
         Param("lambda_J", float, 2.5, "weight of the negative-Jacobian penalty", minimum=0.0),
         Param("lambda_df", float, 0.05, "weight of the diffusion regulariser", minimum=0.0),
@@ -140,12 +140,12 @@ PARAMS: dict[str, Param] = {
         Param("jacobian_threshold", float, 0.5, "detJ below this is penalised by L_J"),
         Param("ode_method", str, "euler", "torchdiffeq solver", choices=("euler", "midpoint", "rk4", "dopri5")),
         Param("step_size", float, None, "fixed solver step (none: one step per interval)", minimum=0.0, exclusive_minimum=True, nullable=True),
-        Param("time_steps", int, 2, "time points from 0 to time_span (>= 2)", minimum=2),
-        Param("time_span", float, 1.0, "integration end time", minimum=0.0, exclusive_minimum=True),
+        Param("time_steps", int, 2, "time points from 0 to time_span (>= 2)", minimum=2, maximum=1000),
+        Param("time_span", float, 1.0, "integration end time", minimum=0.0, exclusive_minimum=True, maximum=100.0),
         Param("tolerance", float, 1e-3, "rtol and atol of dopri5", minimum=0.0, exclusive_minimum=True),
         Param("adjoint", bool, False, "use odeint_adjoint (memory O(1) in time steps)"),
-        Param("channels", int, 32, "encoder features", minimum=1),
-        Param("bottleneck", int, 16, "bottleneck width", minimum=1),
+        Param("channels", int, 32, "encoder features", minimum=1, maximum=1024),
+        Param("bottleneck", int, 16, "bottleneck width", minimum=1, maximum=4096),
         Param("stop_patience", int, 0, "stop when the best total loss improved by less than stop_rel_tol over this many iterations (0: never)", minimum=0),
         Param("stop_rel_tol", float, 5e-3, "relative improvement that counts for stop_patience", minimum=0.0),
         Param("seed", int, 0, "random seed", minimum=0),
@@ -175,6 +175,32 @@ PRESETS: dict[str, dict[str, Any]] = {
 # Fixed architecture of the reference: five stride-2 convolutions, velocity predicted 4x coarser.
 _N_CONVS = 5
 _UPSAMPLE_LEVELS = 2
+MIN_AXIS = 16
+"""Smallest image axis (voxels) NODEO runs on: its encoder then has 3 stride-2 convolutions."""
+
+
+def encoder_depth(shape: Sequence[int]) -> int:
+    """Stride-2 convolutions of the encoder for an image of ``shape``: ``_N_CONVS`` (5, the reference's
+    depth) when every axis has >= 64 voxels, one fewer per halving below that (16-31 voxels: 3), so
+    the half-resolution input of the smallest axis is encoded down to 1-2 voxels and never padded
+    out of nothing. InputError below :data:`MIN_AXIS`."""
+    smallest = min(int(n) for n in shape)
+    if smallest < MIN_AXIS:
+        raise InputError(f"nodeo needs every image axis >= {MIN_AXIS} voxels, got shape {tuple(shape)}")
+    return min(_N_CONVS, int(math.log2(smallest)) - 1)
+
+
+def check_windows(params: Mapping[str, Any], shape: Sequence[int]) -> None:
+    """InputError naming the parameter when a window exceeds ``2 * n - 1`` voxels for the smallest
+    axis ``n``: from there on every window centred on the axis covers all of it, so a larger one only
+    adds padding (the bound that depends on the image, checked at run time)."""
+    bound = 2 * min(int(n) for n in shape) - 1
+    for key in ("ncc_window", "smoothing_window"):
+        if params[key] > bound:
+            raise InputError(
+                f"method 'nodeo': parameter '{key}' = {params[key]} exceeds {bound} voxels "
+                f"(2 n - 1 for the smallest axis of the image of shape {tuple(shape)})"
+            )
 
 
 class Nodeo(Method):
@@ -189,13 +215,12 @@ class Nodeo(Method):
         device = resolve_device(params["device"])
         torch.manual_seed(params["seed"])
         shape = fixed.shape
-        min_side = 2 ** (_N_CONVS + 1)
-        if min(shape) < min_side:
-            raise InputError(f"nodeo needs every image axis >= {min_side} voxels, got shape {shape}")
+        n_convs = encoder_depth(shape)
+        check_windows(params, shape)
         fixed_t = torch.from_numpy(np.ascontiguousarray(fixed.data, dtype=np.float32))[None, None].to(device)
         moving_t = torch.from_numpy(np.ascontiguousarray(moving.data, dtype=np.float32))[None, None].to(device)
         net = VelocityNet(
-            shape, params["channels"], params["bottleneck"], _N_CONVS, _UPSAMPLE_LEVELS,
+            shape, params["channels"], params["bottleneck"], n_convs, _UPSAMPLE_LEVELS,
             params["smoothing_kernel"], params["smoothing_window"], params["smoothing_passes"],
             params["gaussian_nsig"],
         ).to(device)

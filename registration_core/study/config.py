@@ -17,7 +17,9 @@ from registration_core.core.io import atomic_path
 from registration_core.core.yaml_io import load_yaml_file
 from registration_core.errors import InputError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().with_name("config.schema.yaml")
+"""The config's JSON schema (YAML, with defaults): package data beside this module, so an installed
+package (``pip install .``, not editable) finds it; the workflow validates against the same file."""
 
 ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9.-]*(?:_[A-Za-z0-9.-]+)*"
 """Subject, dataset, study and method ids: no ``/``, no ``__``, no leading or trailing ``_``."""

@@ -3,7 +3,7 @@
 Every preprocessing step (:data:`registration_core.preprocessing.steps.STEPS`), the alignment
 settings (:data:`registration_core.preprocessing.align.ALIGN_PARAMS`) and every method's
 parameters (:mod:`registration_core.methods`) become a ``$defs`` entry of
-``workflow/schemas/config.schema.yaml`` (``step_<name>``, ``align_settings``,
+``registration_core/study/config.schema.yaml`` (``step_<name>``, ``align_settings``,
 ``method_<name>``): names, types, defaults, bounds, choices and help, as
 :func:`registration_core.core.params.json_schema` writes them. They document the keys for the
 reader of the schema; the values are checked by the declarations themselves (one-line errors

@@ -17,7 +17,7 @@ from registration_core.evaluation.metrics import jacobian_conventions, jacobian_
 
 from support.paths import REPO_ROOT, SHARED_DATA
 
-SCHEMA = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = REPO_ROOT / "registration_core" / "study" / "config.schema.yaml"
 EVAL_LABELS = SHARED_DATA / "aligned-brains" / "eval-labels.txt"
 
 

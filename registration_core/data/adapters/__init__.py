@@ -3,7 +3,7 @@
 Each adapter is one module declaring ``ADAPTER`` (:class:`Adapter`: name, config keys as
 :class:`registration_core.core.params.Param`, manifest builder); :data:`ADAPTERS` lists them. To
 add one, write its module and add its ``ADAPTER`` to :data:`ADAPTERS`; the config schema documents
-its keys (workflow/schemas/config.schema.yaml ``$defs/adapter_keys``, checked against the
+its keys (registration_core/study/config.schema.yaml ``$defs/adapter_keys``, checked against the
 declarations by tests/test_adapter_registry.py).
 
 * ``folder``: NIfTI / ITK files per subject from ``{subject}`` patterns; landmarks as CSV or
