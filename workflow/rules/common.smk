@@ -19,6 +19,9 @@ from registration_core.study.rules import PairRules, SubjectRules, quoted, set_a
 # The rules call `python -m registration_core`: the interpreter running Snakemake (its virtual
 # environment) comes first on PATH, unless a job's conda environment (--sdm conda) is activated.
 os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+# A job's conda environment (envs/registration.yaml) holds the dependencies only: the package itself
+# is imported from the workflow folder, so `--sdm conda` jobs run this checkout's registration_core.
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(workflow.basedir), os.environ.get("PYTHONPATH")])))
 
 try:
     check_config_files(workflow.overwrite_configfiles or workflow.configfiles)
