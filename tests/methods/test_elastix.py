@@ -18,7 +18,7 @@ from registration_core.errors import InputError
 from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
 
-from baselines_helpers import AFFINE_2D, affine_pair, body_mask, brain_truth_pair, lung_truth_pair, shifted_pair
+from support.baselines import AFFINE_2D, affine_pair, body_mask, brain_truth_pair, lung_truth_pair, shifted_pair
 from support.paths import REPO_ROOT
 
 itk = pytest.importorskip("itk", reason="itk-elastix is not installed (pip install -c constraints.txt -e .[elastix])")

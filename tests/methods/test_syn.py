@@ -18,7 +18,7 @@ from registration_core.errors import InputError
 from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
 
-from baselines_helpers import (
+from support.baselines import (
     AFFINE_2D,
     affine_pair,
     body_mask,
