@@ -5,8 +5,6 @@ known deformation, the small lung CT)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +17,7 @@ from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
 
 from support.baselines import AFFINE_2D, affine_pair, body_mask, brain_truth_pair, lung_truth_pair, shifted_pair
-from support.paths import REPO_ROOT
+from support.cli import run_cli
 
 itk = pytest.importorskip("itk", reason="itk-elastix is not installed (pip install -c constraints.txt -e .[elastix])")
 
@@ -128,13 +126,10 @@ def test_brain_slice_with_known_deformation_through_the_cli(shared_data: Path, t
     for name, image in files.items():
         save_image(image, tmp_path / f"{name}.nii.gz")
     out = tmp_path / "out"
-    subprocess.run(
-        [sys.executable, "-m", "registration_core", "register", "--method", "elastix",
+    run_cli("register", "--method", "elastix",
          "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
          "--fixed-labels", str(tmp_path / "fl.nii.gz"), "--moving-labels", str(tmp_path / "ml.nii.gz"),
-         "--out", str(out)],
-        check=True, cwd=REPO_ROOT, capture_output=True,
-    )
+         "--out", str(out), check=True)
     log = json.loads((out / "log.json").read_text())
     assert log["method"] == "elastix" and log["tool"] == "itk-elastix"
     assert log["elastix_parameter_maps"][0]["FinalGridSpacingInPhysicalUnits"] == ["10.000000"]

@@ -22,6 +22,7 @@ from registration_core.preprocessing.steps import extract_slice
 from registration_core.registration import run_registration
 from registration_core.study.grid import method_grid
 
+from support.cli import run_cli
 from support.paths import REPO_ROOT
 
 CLASSICAL = ("affine", "demons", "bspline")
@@ -197,13 +198,10 @@ def test_demons_through_the_cli_raises_dice_on_a_real_brain_slice(shared_data: P
     for image, name in [(fixed, "f"), (moving, "m"), (fixed_labels, "fl"), (moving_labels, "ml")]:
         save_image(image, tmp_path / f"{name}.nii.gz")
     out = tmp_path / "out"
-    subprocess.run(
-        [sys.executable, "-m", "registration_core", "register", "--method", "demons",
+    run_cli("register", "--method", "demons",
          "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
          "--fixed-labels", str(tmp_path / "fl.nii.gz"), "--moving-labels", str(tmp_path / "ml.nii.gz"),
-         "--out", str(out)],
-        check=True, cwd=REPO_ROOT, capture_output=True,
-    )
+         "--out", str(out), check=True)
     log = json.loads((out / "log.json").read_text())
     assert log["method"] == "demons" and log["device"] == "cpu" and log["best_iteration"] is None
     assert log["params"]["variant"] == "diffeomorphic" and log["loss_history"]

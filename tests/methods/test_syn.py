@@ -5,8 +5,6 @@ and real pairs (a brain slice with a known deformation, the small lung CT)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from support.baselines import (
     lung_truth_pair,
     shifted_pair,
 )
-from support.paths import REPO_ROOT
+from support.cli import run_cli
 
 ants = pytest.importorskip("ants", reason="antspyx is not installed (pip install -c constraints.txt -e .[ants])")
 
@@ -167,13 +165,10 @@ def test_brain_slice_with_known_deformation_through_the_cli(shared_data: Path, t
     for name, image in files.items():
         save_image(image, tmp_path / f"{name}.nii.gz")
     out = tmp_path / "out"
-    subprocess.run(
-        [sys.executable, "-m", "registration_core", "register", "--method", "syn", "--param", "preset=SyNOnly",
+    run_cli("register", "--method", "syn", "--param", "preset=SyNOnly",
          "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
          "--fixed-labels", str(tmp_path / "fl.nii.gz"), "--moving-labels", str(tmp_path / "ml.nii.gz"),
-         "--out", str(out)],
-        check=True, cwd=REPO_ROOT, capture_output=True,
-    )
+         "--out", str(out), check=True)
     log = json.loads((out / "log.json").read_text())
     assert log["method"] == "syn" and log["params"]["preset"] == "SyNOnly" and log["tool"] == "antspyx"
     assert "antsRegistration" in log["ants_command"] and log["tool_versions"]["antspyx"] == "0.6.3"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,7 @@ from registration_core.preprocessing.align import (
 )
 from registration_core.preprocessing.steps import normalize, resample, resample_to
 
+from support.cli import run_cli
 from support.paths import REPO_ROOT
 
 AFFINE_2D = np.diag([2.0, 2.0, 1.0, 1.0])  # 2 mm pixels
@@ -132,13 +131,12 @@ def test_cli_affine_align(tmp_path: Path) -> None:
     save_image(warp_with(fixed, truth, sitk.sitkLinear), tmp_path / "moving.nii.gz")
     save_image(warp_with(fixed_labels, truth, sitk.sitkNearestNeighbor), tmp_path / "moving_labels.nii.gz")
     save_landmarks(map_points_to_fixed(np.array([[22.0, 28.0]]), truth, fixed, fixed), fixed, tmp_path / "points.csv")
-    result = subprocess.run(
-        [sys.executable, "-m", "registration_core", "preprocess", "affine-align",
-         "--reference", tmp_path / "fixed.nii.gz", "--image", tmp_path / "moving.nii.gz",
-         "--labels", tmp_path / "moving_labels.nii.gz", "--landmarks", tmp_path / "points.csv",
-         "--out", tmp_path / "out.nii.gz", "--out-labels", tmp_path / "out_labels.nii.gz",
-         "--out-landmarks", tmp_path / "out.csv", "--set", "transform=rigid"],
-        capture_output=True, text=True, timeout=120,
+    result = run_cli(
+        "preprocess", "affine-align",
+        "--reference", tmp_path / "fixed.nii.gz", "--image", tmp_path / "moving.nii.gz",
+        "--labels", tmp_path / "moving_labels.nii.gz", "--landmarks", tmp_path / "points.csv",
+        "--out", tmp_path / "out.nii.gz", "--out-labels", tmp_path / "out_labels.nii.gz",
+        "--out-landmarks", tmp_path / "out.csv", "--set", "transform=rigid", timeout=120,
     )
     assert result.returncode == 0, result.stderr
     out_labels = load_image(tmp_path / "out_labels.nii.gz", "labels")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,8 @@ from registration_core.preprocessing.lung import (
     mask_image,
 )
 from registration_core.preprocessing.steps import resample, resample_to, run_steps
+
+from support.cli import run_cli
 
 SHAPE = (64, 48, 48)
 # 2 mm voxels, array axis 0 towards the patient's left (RAS x decreases), axis 2 towards S
@@ -186,10 +186,7 @@ def test_thorax_ct_has_two_lungs_of_plausible_volume(shared_data: Path) -> None:
 def test_cli_lung_mask(shared_data: Path, tmp_path: Path) -> None:
     ct_path = shared_data / "lung-ct-small" / "3DCT_lung_baseline_small.mha"
     out = tmp_path / "mask.nii.gz"
-    result = subprocess.run(
-        [sys.executable, "-m", "registration_core", "preprocess", "lung-mask", "--image", ct_path, "--out", out],
-        capture_output=True, text=True, timeout=120,
-    )
+    result = run_cli("preprocess", "lung-mask", "--image", ct_path, "--out", out, timeout=120)
     assert result.returncode == 0, result.stderr
     written = load_image(out, "labels")
     np.testing.assert_array_equal(written.data, lung_mask(load_image(ct_path)).data)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,8 @@ from scipy import ndimage
 from registration_core.core.io import Image, load_image, load_landmarks, save_image, save_landmarks
 from registration_core.errors import InputError
 from registration_core.preprocessing.steps import prepare_subject
+
+from support.cli import run_cli
 
 SPACING = 2.0
 SHIFT_MM = np.array([6.0, -4.0, 5.0])
@@ -107,7 +107,7 @@ def test_prepare_command_aligns_onto_the_reference(tmp_path: Path) -> None:
         "--reference", tmp_path / "ref.nii.gz", "--steps", steps, "--out-image", tmp_path / "out.nii.gz",
         "--out-labels", tmp_path / "out_labels.nii.gz", "--out-landmarks", tmp_path / "out_points.csv",
     ]
-    result = subprocess.run([sys.executable, "-m", "registration_core", "prepare", *map(str, args)], capture_output=True, text=True)
+    result = run_cli("prepare", *args)
     assert result.returncode == 0, result.stderr
     out = load_image(tmp_path / "out.nii.gz")
     assert out.same_grid(reference)
@@ -163,8 +163,7 @@ def test_a_later_align_step_meets_the_reference_at_the_same_stage_step_by_step_a
     np.testing.assert_array_equal(itself.image.data, prepare_subject(staged_reference, steps[2:]).image.data)
 
     def run(*args: object) -> None:
-        result = subprocess.run([sys.executable, "-m", "registration_core", *map(str, args)], capture_output=True, text=True)
-        assert result.returncode == 0, result.stderr
+        run_cli(*args, check=True)
 
     for name, image in (("ref", reference), ("mov", moving), ("mov_labels", moving_labels)):
         save_image(image, tmp_path / f"{name}.nii.gz")
