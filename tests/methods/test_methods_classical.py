@@ -22,6 +22,7 @@ from registration_core.preprocessing.steps import extract_slice
 from registration_core.registration import run_registration
 from registration_core.study.grid import method_grid
 
+from support.baselines import blobs, shifted_pair
 from support.cli import run_cli
 from support.paths import REPO_ROOT
 
@@ -34,18 +35,6 @@ FAST_3D = {
     "bspline": {"shrink_factors": "2x1", "smoothing_sigmas": "1x0", "grid_scale_factors": "1x2", "iterations": 20,
                 "control_spacing_mm": 12.0, "sampling_percentage": 0.1},
 }
-
-
-def blobs(shape: tuple[int, ...], seed: int, sigma: float = 5.0) -> np.ndarray:
-    """A smooth random texture in [0, 1] (Gaussian-filtered noise)."""
-    img = ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), sigma)
-    return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
-
-
-def shifted_pair(shape: tuple[int, ...], shift: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(fixed, moving) with moving(x) = fixed(x - shift), so the true displacement is u = shift (voxels)."""
-    fixed = blobs(shape, seed=1)
-    return fixed, ndimage.shift(fixed, shift, order=3, mode="nearest")
 
 
 @pytest.mark.parametrize("name", CLASSICAL)

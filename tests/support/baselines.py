@@ -1,5 +1,6 @@
-"""Test data shared by tests/methods/test_syn.py and test_elastix.py: analytic pairs, a real brain
-slice pair with a known smooth deformation, and the small real lung CT with one."""
+"""Test data shared by the method tests: smooth random textures and analytic pairs (known
+translation, known affine), a real brain slice pair with a known smooth deformation, and the small
+real lung CT with one."""
 
 from __future__ import annotations
 
