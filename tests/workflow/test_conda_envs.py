@@ -12,7 +12,7 @@ import pytest
 
 from registration_core.core.yaml_io import load_yaml_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from support.paths import REPO_ROOT
 
 
 @pytest.mark.parametrize("name", ["registration.yaml", "workflow.yaml"])

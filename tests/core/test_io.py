@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from registration_core.errors import InputError
 from registration_core.core.io import (
     Image,
     atomic_path,
@@ -24,6 +23,7 @@ from registration_core.core.io import (
     save_image,
     save_landmarks,
 )
+from registration_core.errors import InputError
 
 SUFFIXES = [".nii", ".nii.gz", ".mha", ".mhd", ".nrrd"]
 
