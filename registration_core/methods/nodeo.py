@@ -153,14 +153,22 @@ PARAMS: dict[str, Param] = {
     ]
 }
 
+REFERENCE_STEP = 0.001
+"""The public reference code's Euler step (its STEP_SIZE); it takes one such step over t = [0, 1]."""
+REFERENCE_LAMBDA_V = 5e-5
+"""The reference's weight of mean |phi_1 - phi_0|^2 (normalised units, per Euler step, not per unit time)."""
+
 PRESETS: dict[str, dict[str, Any]] = {
-    # The public reference code's settings: one Euler step over [0, 1], a Gaussian kernel that is
-    # nearly flat (nsig 0.1), 300 iterations.
+    # The public reference code's arithmetic. Its Euler(z0, n_steps=|t1 - t0|, f, step_size=0.001)
+    # over t = [0, 1] takes ONE step of 0.001: phi = id + 0.001 F(id), i.e. the flow to t = 0.001
+    # (time_span 0.001, one step). Its velocity loss is mean |phi_1 - phi_0|^2 = mean |0.001 F|^2
+    # with weight 5e-5; ours is mean |(phi_1 - phi_0) / dt|^2 = mean |F|^2, so the same term needs
+    # lambda_v = 5e-5 * 0.001^2 = 5e-11. Gaussian kernel nearly flat (nsig 0.1), 300 iterations.
     "reference": {
         "iterations": 300, "lr": 5e-3, "smoothing_kernel": "AK", "smoothing_window": 15,
         "smoothing_passes": 1, "gaussian_nsig": 0.1, "ncc_window": 21, "lambda_J": 2.5,
-        "lambda_df": 0.05, "lambda_v": 5e-5, "ode_method": "euler", "step_size": None,
-        "time_steps": 2, "time_span": 1.0, "stop_patience": 0,
+        "lambda_df": 0.05, "lambda_v": REFERENCE_LAMBDA_V * REFERENCE_STEP**2, "ode_method": "euler",
+        "step_size": None, "time_steps": 2, "time_span": REFERENCE_STEP, "stop_patience": 0,
     },
     # The reference's model and losses, stopped when the loss has plateaued: the best total loss
     # improving by less than 0.5% over 25 iterations (see docs/studies.md for the measured effect).
