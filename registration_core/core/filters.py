@@ -6,6 +6,7 @@ this is what keeps NODEO's 15-voxel smoothing and the 21-voxel NCC window cheap 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -105,3 +106,45 @@ def gaussian_smooth(x: torch.Tensor, window: int, nsig: float) -> torch.Tensor:
     """Separable Gaussian smoothing of ``x`` (B, C, *spatial) with :func:`gaussian_kernel_1d` weights."""
     kernel = torch.from_numpy(gaussian_kernel_1d(window, nsig))
     return separable_filter(x, kernel)
+
+
+def linear_upsample_matrix(n_in: int, n_out: int) -> torch.Tensor:
+    """(n_out, n_in) float64 matrix of 1D linear interpolation from ``n_in`` to ``n_out`` samples,
+    ``align_corners=False`` (the per-axis factor of ``F.interpolate(..., mode="(bi/tri)linear", size=...)``)."""
+    eye = torch.eye(n_in, dtype=torch.float64)[None]  # (1, n_in channels, n_in samples)
+    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
+
+
+def box_mean_matrix(n: int, window: int) -> torch.Tensor:
+    """(n, n) float64 matrix of the zero-padded 1D moving average over ``window`` (odd) samples."""
+    idx = torch.arange(n)
+    return ((idx[:, None] - idx[None, :]).abs() <= window // 2).to(torch.float64) / window
+
+
+def gaussian_matrix(n: int, window: int, nsig: float) -> torch.Tensor:
+    """(n, n) float64 matrix of the zero-padded 1D filter with :func:`gaussian_kernel_1d` weights."""
+    kernel = torch.from_numpy(gaussian_kernel_1d(window, nsig))
+    idx = torch.arange(n)
+    offset = idx[None, :] - idx[:, None] + window // 2
+    inside = (offset >= 0) & (offset < window)
+    return torch.where(inside, kernel[offset.clamp(0, window - 1)], torch.zeros((), dtype=torch.float64))
+
+
+def apply_separable(x: torch.Tensor, matrices: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``x`` (B, C, *m) -> (B, C, *n): matrix ``matrices[d]`` (n_d, m_d) applied along spatial axis ``d``.
+
+    One batched GEMM per axis on contiguous views (differentiable); a separable linear filter or
+    resampling of the whole field costs ``prod(n) * m_last`` multiply-adds for its last axis.
+    """
+    batch, channels = x.shape[:2]
+    spatial = list(x.shape[2:])
+    lead = batch * channels
+    for d, mat in enumerate(matrices):
+        before = lead * math.prod(spatial[:d])
+        after = math.prod(spatial[d + 1:])
+        if after == 1:  # last axis: one GEMM (rows, m) @ (m, n) instead of a batch of matrix-vector products
+            x = x.reshape(before, spatial[d]) @ mat.T
+        else:
+            x = torch.matmul(mat, x.reshape(before, spatial[d], after))
+        spatial[d] = mat.shape[0]
+    return x.reshape(batch, channels, *spatial)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
-from registration_core.core.filters import box_mean, gaussian_smooth
+from registration_core.core.filters import apply_separable, box_mean_matrix, gaussian_matrix, linear_upsample_matrix
 from registration_core.core.io import Image
 from registration_core.core.losses import LocalNCC, diffusion_loss, neg_jacobian_loss, velocity_magnitude_loss
 from registration_core.core.params import Param
@@ -89,6 +89,13 @@ class VelocityNet(nn.Module):
         self.smoothing_window = smoothing_window
         self.smoothing_passes = smoothing_passes
         self.gaussian_nsig = gaussian_nsig
+        for d, mat in enumerate(self._field_matrices()):
+            self.register_buffer(f"field_matrix_{d}", mat, persistent=False)
+
+    @property
+    def field_matrices(self) -> list[torch.Tensor]:
+        """The per-axis matrices of :meth:`_field_matrices` (buffers: they follow ``.to(device)``)."""
+        return [getattr(self, f"field_matrix_{d}") for d in range(len(self.shape))]
 
     def forward(self, phi_norm: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(phi_norm, scale_factor=0.5, mode=self.mode)
@@ -98,14 +105,25 @@ class VelocityNet(nn.Module):
                 x = F.relu(x)
         x = F.relu(self.lin1(x.flatten()))
         v = self.lin2(x).view(1, len(self.shape), *self.coarse_shapes[0])
-        for size in self.coarse_shapes[1:]:
-            v = F.interpolate(v, size=size, mode=self.mode)
-        for _ in range(self.smoothing_passes):
+        # upsampling by 2 per level, then the smoothing passes: one separable linear map, applied as
+        # one GEMM per axis (the same arithmetic as F.interpolate + box/Gaussian filters, rounding aside)
+        return apply_separable(v, self.field_matrices)
+
+    def _field_matrices(self) -> list[torch.Tensor]:
+        """Per axis d, the (shape[d], coarse[d]) float32 matrix smoothing^passes @ upsample_levels."""
+        mats = []
+        for d, n in enumerate(self.shape):
+            m = torch.eye(self.coarse_shapes[0][d], dtype=torch.float64)
+            for prev, size in zip(self.coarse_shapes[:-1], self.coarse_shapes[1:]):
+                m = linear_upsample_matrix(prev[d], size[d]) @ m
             if self.smoothing_kernel == "AK":
-                v = box_mean(v, self.smoothing_window)
+                smooth = box_mean_matrix(n, self.smoothing_window)
             else:
-                v = gaussian_smooth(v, self.smoothing_window, self.gaussian_nsig)
-        return v
+                smooth = gaussian_matrix(n, self.smoothing_window, self.gaussian_nsig)
+            for _ in range(self.smoothing_passes):
+                m = smooth @ m
+            mats.append(m.float().contiguous())
+        return mats
 
 
 class _Dynamics(nn.Module):
