@@ -118,12 +118,12 @@ def main() -> None:
         t_ref += [t for t, _ in b]
         sim_ref = b[-1][1]
         ratios.append(statistics.median(t for t, _ in b) / statistics.median(a))
-        print(f"round {r}: ours {[round(t, 2) for t in a]} s, reference {[round(t, 2) for t, _ in b]} s", flush=True)
+        print(f"round {r}: ours {[round(float(t), 2) for t in a]} s, reference {[round(t, 2) for t, _ in b]} s", flush=True)
     n = 1 + args.rounds * args.block  # reference steps taken; its last similarity is that of the state before step n
     sim_ours = our_run(fixed, moving, n)[1][n - 1]
     print(f"ours      {statistics.median(t_ours):.3f} s/iteration (min {min(t_ours):.3f}, max {max(t_ours):.3f})")
     print(f"reference {statistics.median(t_ref):.3f} s/iteration (min {min(t_ref):.3f}, max {max(t_ref):.3f})")
-    print(f"speed-up per round {[round(x, 2) for x in ratios]}, median {statistics.median(ratios):.2f}")
+    print(f"speed-up per round {[round(float(x), 2) for x in ratios]}, median {statistics.median(ratios):.2f}")
     print(f"similarity loss of the iterate after {n - 1} steps: ours {sim_ours:.4f}, reference {sim_ref:.4f}")
 
 

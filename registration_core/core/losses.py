@@ -7,12 +7,12 @@ inverse map).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from registration_core.core.filters import box_sum
+from registration_core.core.filters import _box_sum_all, box_sum
 from registration_core.core.spatial import forward_differences, jacobian_determinant
 
 
@@ -36,6 +36,10 @@ class LocalNCC:
         self.sum_f, sum_f2 = sums.chunk(2, dim=1)
         self.var_f = (sum_f2 - self.sum_f * self.sum_f / self.n).clamp_min(0.0)
 
+    def windows(self, image: torch.Tensor) -> tuple[int, ...]:
+        """The window per spatial axis of ``image`` (B, C, *spatial)."""
+        return (self.window,) * (image.dim() - 2)
+
     def cc_map(self, warped: torch.Tensor) -> torch.Tensor:
         """Squared local correlation in [0, 1], shape (B, C, *spatial)."""
         sums = box_sum(torch.cat([warped, warped * warped, warped * self.fixed], dim=1), self.window)
@@ -45,7 +49,43 @@ class LocalNCC:
         return cross * cross / (self.var_f * var_w + self.eps)
 
     def __call__(self, warped: torch.Tensor) -> torch.Tensor:
-        return 1.0 - self.cc_map(warped).mean()
+        if self.fixed.requires_grad:  # the fused gradient treats the fixed image as a constant
+            return 1.0 - self.cc_map(warped).mean()
+        return _FusedNCC.apply(warped, self)
+
+
+class _FusedNCC(torch.autograd.Function):
+    """``1 - mean(cc)`` of :meth:`LocalNCC.cc_map` with its gradient written out (w.r.t. ``warped`` only).
+
+    With ``D = var_f var_w + eps``, ``a = -2 cross / (N D)`` and ``b = cross^2 var_f / (N D^2)``
+    (``N`` voxels, ``b = 0`` where ``var_w`` was clamped): ``dL/dw = box(g_w) + 2 w box(b) + f box(a)``,
+    ``g_w = -(a sum_f + 2 b sum_w) / n``; one 3-channel box sum forward and one backward, and no
+    autograd graph of full-size temporaries in between. Differentiable once.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, warped: torch.Tensor, ncc: LocalNCC) -> torch.Tensor:
+        sums = _box_sum_all(torch.cat([warped, warped * warped, warped * ncc.fixed], dim=1), ncc.windows(warped))
+        sum_w, sum_w2, sum_fw = sums.chunk(3, dim=1)
+        cross = sum_fw - ncc.sum_f * sum_w / ncc.n
+        var_raw = sum_w2 - sum_w * sum_w / ncc.n
+        denom = ncc.var_f * var_raw.clamp_min(0.0) + ncc.eps
+        cc = cross * cross / denom
+        ctx.ncc = ncc
+        ctx.save_for_backward(warped, sum_w, cross, var_raw, denom)
+        return 1.0 - cc.mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        warped, sum_w, cross, var_raw, denom = ctx.saved_tensors
+        ncc: LocalNCC = ctx.ncc
+        scale = grad / cross.numel()
+        a = cross.mul(-2.0 * scale).div_(denom)
+        b = (cross * cross).mul_(ncc.var_f).div_(denom * denom).mul_(scale).masked_fill_(var_raw < 0, 0.0)
+        g_w = (a * ncc.sum_f).add_(2.0 * b * sum_w).div_(-ncc.n)
+        back = _box_sum_all(torch.cat([g_w, b, a], dim=1), ncc.windows(warped))
+        bw, bw2, bfw = back.chunk(3, dim=1)
+        return bw + 2.0 * warped * bw2 + ncc.fixed * bfw, None
 
 
 def ncc_loss(fixed: torch.Tensor, warped: torch.Tensor, window: int) -> torch.Tensor:

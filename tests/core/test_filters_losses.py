@@ -98,3 +98,28 @@ def test_velocity_magnitude() -> None:
     v[:, :, 0] = 3.0
     v[:, :, 1] = 4.0
     assert float(losses.velocity_magnitude_loss(v, channel_dim=2)) == pytest.approx(25.0)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 9, 11, 10), (1, 1, 17, 13)])
+def test_local_ncc_written_out_gradient_matches_autograd(shape: tuple[int, ...]) -> None:
+    gen = torch.Generator().manual_seed(0)
+    fixed = torch.rand(shape, dtype=torch.float64, generator=gen)
+    warped = torch.rand(shape, dtype=torch.float64, generator=gen, requires_grad=True)
+    ncc = losses.LocalNCC(fixed, 5)
+    assert torch.autograd.gradcheck(lambda w: ncc(w), (warped,))
+    fused, = torch.autograd.grad(ncc(warped), warped)
+    plain, = torch.autograd.grad(1.0 - ncc.cc_map(warped).mean(), warped)
+    torch.testing.assert_close(fused, plain, rtol=1e-9, atol=1e-15)
+
+
+def test_separable_field_map_equals_upsampling_then_filtering() -> None:
+    gen = torch.Generator().manual_seed(1)
+    coarse, fine = (5, 7, 4), (19, 27, 13)
+    v = torch.randn(1, 3, *coarse, dtype=torch.float64, generator=gen)
+    up = torch.nn.functional.interpolate(v, size=fine, mode="trilinear")
+    for filtered, mats in (
+        (filters.box_mean(up, 5), [filters.box_mean_matrix(n, 5) for n in fine]),
+        (filters.gaussian_smooth(up, 5, 2.0), [filters.gaussian_matrix(n, 5, 2.0) for n in fine]),
+    ):
+        ops = [m @ filters.linear_upsample_matrix(c, n) for m, c, n in zip(mats, coarse, fine)]
+        torch.testing.assert_close(filters.apply_separable(v, ops), filtered, rtol=1e-10, atol=1e-12)
