@@ -14,8 +14,13 @@ the diffusion regulariser of the voxel displacement.
 Differences from the public reference code (github.com/yifannnwu/NODEO-DIR): the network's first linear layer is
 sized from the image shape (the reference hard-codes 864, so only volumes with every axis in
 (128, 192] run); lambdas are floats; the returned field is the best iterate by total loss
-(the reference's selection never updates); smoothing uses running-sum box filters whose cost does
-not depend on the window, which is most of the speed-up over the reference's dense kernels.
+(the reference's selection never updates); upsampling and smoothing of the velocity are one
+separable linear map applied as one matrix product per axis, and the NCC's gradient is written out
+(docs/nodeo-speed.md). The `reference` preset reproduces the reference's update rule (one Euler
+step of 0.001, its velocity term; tests/methods/test_nodeo_reference.py); what remains different
+there: the zero last layer, float32 NCC (the reference's is float64), the exact gradient at the
+identity (the reference's hand-written adjoint evaluates F at phi_1), voxel units (n - 1) / 2 per
+normalised unit (the reference scales by n / 2 and stacks its grid's channels in reverse order).
 """
 
 from __future__ import annotations
