@@ -52,15 +52,17 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from registration_core.errors import InputError
 from registration_core.core.losses import mse_loss
 from registration_core.core.params import Param
 from registration_core.core.spatial import disp_norm_to_vox, disp_vox_to_norm, identity_grid_norm, warp
-from registration_core.methods.training import Batch, LearnedMethod, common_params, param_schema
+from registration_core.errors import InputError
+from registration_core.methods.augment import augment_params, augmented_pair_batch
+from registration_core.methods.training import Batch, LearnedMethod, TrainingSet, common_params, param_schema
 
 DILATIONS = (1, 1, 2, 3, 5)
 """Encoder dilations (Fibonacci-like growth, denser sampling than powers of two)."""
@@ -89,13 +91,17 @@ PARAMS = param_schema(
     ),
     Param("affine", bool, True, "use the affine branch (false: deformable grid only)"),
     Param("se_reduction", int, 16, "channel reduction of the squeeze-excitation block", minimum=1),
+    *augment_params(fraction=0.5, max_disp_mm=10.0),
 )
 
 PRESETS: dict[str, dict[str, Any]] = {
     # Narrow network for CPU runs (38k parameters in 2D instead of 0.6M).
     "default": {"features": 8},
     # The paper's widths and training settings (GPU).
-    "published": {"features": 32, "lr": 1e-3, "batch_size": 2, "alpha": 1e-6, "beta": 1e-6, "max_gradient": 2.0},
+    "published": {
+        "features": 32, "lr": 1e-3, "batch_size": 2, "alpha": 1e-6, "beta": 1e-6, "max_gradient": 2.0,
+        "synth_fraction": 0.0,
+    },
 }
 
 
@@ -251,6 +257,12 @@ class LinearDeformable(LearnedMethod):
         return LinearDeformableNet(
             len(shape), params["features"], params["se_reduction"], params["max_gradient"], params["affine"]
         )
+
+    def sample_batch(
+        self, data: TrainingSet, rng: np.random.Generator, params: Mapping[str, Any], device: torch.device
+    ) -> Batch:
+        """Inter-image pairs, ``synth_fraction`` of them replaced by synthetic self-pairs (:mod:`registration_core.methods.augment`)."""
+        return augmented_pair_batch(data, rng, params, device)
 
     def loss(
         self, model: nn.Module, batch: Batch, params: Mapping[str, Any]

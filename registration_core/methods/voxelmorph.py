@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,6 +52,7 @@ from registration_core.core.losses import LocalNCC, diffusion_loss, mse_loss
 from registration_core.core.params import Param
 from registration_core.core.spatial import compose, disp_norm_to_vox, disp_vox_to_norm, warp
 from registration_core.errors import InputError
+from registration_core.methods.augment import augment_params, augmented_pair_batch
 from registration_core.methods.training import Batch, LearnedMethod, TrainingSet, common_params, param_schema
 
 _CONV = {2: nn.Conv2d, 3: nn.Conv3d}
@@ -237,6 +239,7 @@ PARAMS = param_schema(
     Param("smooth_weight", float, None, "weight of the gradient smoothness loss (none: 1.0 for ncc, 0.01 for mse)",
           minimum=0.0, nullable=True),
     Param("dice_weight", float, 0.0, "weight of the soft Dice loss on training label maps (needs --labels)", minimum=0.0),
+    *augment_params(fraction=0.5, max_disp_mm=10.0),
 )
 
 
@@ -298,6 +301,13 @@ class VoxelMorph(LearnedMethod):
         if params["dice_weight"] > 0 and data.labels is None:
             labels_option = option.replace("images", "labels")
             raise InputError(f"method 'voxelmorph': parameter 'dice_weight' > 0 needs label maps ({labels_option})")
+
+    def sample_batch(self, data: TrainingSet, rng: np.random.Generator, params: Mapping[str, Any], device: torch.device) -> Batch:
+        """Inter-image pairs, ``synth_fraction`` of them synthetic self-pairs (:mod:`registration_core.methods.augment`);
+        with ``dice_weight`` > 0 only inter-image pairs (a synthetic copy has no label map)."""
+        if params["dice_weight"] > 0:
+            return super().sample_batch(data, rng, params, device)
+        return augmented_pair_batch(data, rng, params, device)
 
     def loss(self, model: nn.Module, batch: Batch, params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Training loss; the Dice term needs ``fixed_labels``/``moving_labels`` when ``dice_weight`` > 0."""
