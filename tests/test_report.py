@@ -258,6 +258,8 @@ def test_report_with_training_qc_and_landmarks(study: tuple[Path, Path], tmp_pat
     assert {"training_curves.png", "qc_A1.png", "before_after_tre_mean_mm.png"} <= {p.name for p in figures}
     assert "Learned and per-pair methods on the same test pairs" in html
     assert "training time (s)" in html and "registration time per pair (s)" in html
+    # every learned result carries its budget and is not passed off as a reproduction of the paper
+    assert "30 steps · 3 images" in html and "<th>reproduction</th>" in html.replace(' style="text-align: right;"', "")
 
 
 def test_sections_that_do_not_apply_are_left_out(report: tuple[str, list[Path], Path]) -> None:
@@ -283,3 +285,14 @@ def test_checkerboard_interleaves_the_images() -> None:
     assert board[0, 0] == 0 and board[0, 4] == 1 and board[4, 0] == 1 and board[4, 4] == 0
     assert board[:4, :4].max() == 0 and board[:4, 4:].min() == 1
     assert board.mean() == 0.5
+
+
+def test_only_a_full_published_run_is_a_reproduction() -> None:
+    from registration_core.report.training import is_reproduction, training_budget
+
+    full = {"params": {"preset": "published"}, "steps": 150_000}
+    assert is_reproduction("voxelmorph", full)
+    assert not is_reproduction("voxelmorph", {**full, "steps": 2000})
+    assert not is_reproduction("voxelmorph", {"params": {"preset": "default"}, "steps": 150_000})
+    assert not is_reproduction("regnet", full)  # no published step count known: never a reproduction
+    assert training_budget({"steps": 300, "n_train": 14, "train_time_s": 83.3}) == "300 steps · 14 images · 83 s"

@@ -186,6 +186,21 @@ def gradicon_loss(
     return (jacobian - eye).pow(2).sum(dim=(-2, -1)).mean()
 
 
+def gradicon_symmetric_loss(
+    forward_map: PointMap, inverse_map: PointMap, points: torch.Tensor, delta: float | None = 1e-3
+) -> torch.Tensor:
+    """GradICON on the scale of NePhi's and GradICON's released code: both compositions, entries averaged.
+
+    ``(G(phi o psi) + G(psi o phi)) / (2 ndim^2)`` with ``G`` = :func:`gradicon_loss` (which sums the
+    ``ndim^2`` squared entries of ``J - I``): the mean over points and over the ``ndim^2`` Jacobian
+    entries of ``(J - I)^2``, averaged over the two directions. Points (..., N, ndim), normalised
+    coordinates; the released weight is ``lambda = 10`` on this value.
+    """
+    ndim = points.shape[-1]
+    both = gradicon_loss(forward_map, inverse_map, points, delta) + gradicon_loss(inverse_map, forward_map, points, delta)
+    return both / (2 * ndim * ndim)
+
+
 def _jacobian_autograd(point_map: PointMap, points: torch.Tensor) -> torch.Tensor:
     """Jacobian (..., N, ndim_out, ndim_in) of a pointwise map at ``points`` (..., N, ndim), differentiable."""
     inputs = points.detach().requires_grad_(True)

@@ -25,6 +25,24 @@ from registration_core.study.jobs import REGISTER_ONLY_PARAMS
 
 SMOOTHING_STEPS = 25  # training loss drawn as a running mean over this many steps (raw values are noisy)
 COMPARED_METRICS = ("dice_mean", "tre_mean_mm", "tre_truth_mm", "neg_jac_ratio", "runtime_s")
+PUBLISHED_STEPS: dict[str, int] = {"voxelmorph": 150_000}
+"""Optimiser steps of a method's published training (VoxelMorph: 1500 epochs x 100 steps, its
+train script). A learned result is a reproduction only when its run used ``preset=published`` and at
+least these steps; for a method without a known count it is never one."""
+
+
+def is_reproduction(method: str, log: dict) -> bool:
+    """True only for a run of the ``published`` preset with at least the published step count."""
+    params = log.get("params") or {}
+    needed = PUBLISHED_STEPS.get(method)
+    return params.get("preset") == "published" and needed is not None and (log.get("steps") or 0) >= needed
+
+
+def training_budget(log: dict) -> str:
+    """``"<steps> steps · <images> images · <seconds> s"`` of one training log."""
+    seconds = log.get("train_time_s")
+    wall = f"{seconds:.0f} s" if isinstance(seconds, (int, float)) else "? s"
+    return f"{log.get('steps')} steps · {log.get('n_train')} images · {wall}"
 
 
 @dataclass(frozen=True)
@@ -71,6 +89,8 @@ def load_training_runs(study_dir: Path) -> list[TrainingRun]:
             "last training loss": history[-1].get("total"),
             "last validation loss": validation[-1].get("total"),
             "device": log.get("device"),
+            "budget": training_budget(log),
+            "reproduction": "yes" if is_reproduction(path.parent.parent.name, log) else "no",
         }
         runs.append(TrainingRun(path.parent.parent.name, path.parent.name, _curves(log), summary))
     return runs
@@ -108,9 +128,11 @@ def comparison_table(metrics: pd.DataFrame, runs: list[TrainingRun]) -> pd.DataF
     metrics.csv with a ``group`` column."""
     present = [m for m in COMPARED_METRICS if m in metrics.columns and metrics[m].notna().any()]
     table = metrics.groupby(["group", "method", "grid_id"], sort=False)[present].mean().reset_index()
-    training = {(run.method, run.grid_id): run.summary["training time (s)"] for run in runs}
-    table["training time (s)"] = [
-        training.get((method, model_id(grid_id)), np.nan) for method, grid_id in zip(table["method"], table["grid_id"])
-    ]
+    training = {(run.method, run.grid_id): run.summary for run in runs}
+    used = [training.get((method, model_id(grid_id))) for method, grid_id in zip(table["method"], table["grid_id"])]
+    table["training time (s)"] = [np.nan if run is None else run["training time (s)"] for run in used]
+    if any(run is not None for run in used):  # learned results carry their budget, never passed off as published
+        table["training budget"] = ["–" if run is None else run["budget"] for run in used]
+        table["reproduction"] = ["–" if run is None else run["reproduction"] for run in used]
     table = table.drop(columns=["method", "grid_id"])
     return table.rename(columns={"group": "method · grid point", "runtime_s": "registration time per pair (s)"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from registration_core.core.losses import gradicon_loss
+from registration_core.core.losses import gradicon_loss, gradicon_symmetric_loss
 
 
 def _affine(matrix: list[list[float]], offset: list[float]):
@@ -80,3 +80,15 @@ def test_bad_arguments_are_named() -> None:
         gradicon_loss(lambda p: p, lambda p: p, torch.zeros(10, 4))
     with pytest.raises(ValueError, match="delta must be > 0"):
         gradicon_loss(lambda p: p, lambda p: p, torch.zeros(10, 2), delta=0.0)
+
+
+@pytest.mark.parametrize("delta", [1e-3, None])
+def test_symmetric_gradicon_is_the_released_formula_on_a_hand_made_pair(delta: float | None) -> None:
+    """phi(x) = A x, psi(x) = B x: J(phi o psi) = AB, J(psi o phi) = BA; the released scale averages
+    the 4 entries of (J - I)^2 and the two directions: ((0.1485 + 0.1605) / 2) / 4 = 0.038625."""
+    a, b = [[1.1, 0.2], [0.0, 0.9]], [[1.0, 0.0], [0.3, 1.0]]
+    # AB - I = [[0.16, 0.2], [0.27, -0.1]] -> 0.1485; BA - I = [[0.1, 0.2], [0.33, -0.04]] -> 0.1605
+    value = float(gradicon_symmetric_loss(_affine(a, [0.1, 0.0]), _affine(b, [0.0, -0.2]), _points(2), delta).detach())
+    assert value == pytest.approx(0.038625, rel=1e-6)
+    one_way = float(gradicon_loss(_affine(a, [0.1, 0.0]), _affine(b, [0.0, -0.2]), _points(2), delta).detach())
+    assert one_way == pytest.approx(0.1485, rel=1e-6)

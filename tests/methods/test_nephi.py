@@ -182,3 +182,11 @@ def test_real_slice_pair_by_instance_optimisation_alone(oasis_2d_slice: Callable
     # measured (2 mm voxels): mean 0.49, 95th percentile 1.30 voxels; GradICON constrains the composition's
     # Jacobian, the two similarity terms its offset
     assert error.mean() < 0.75 and np.percentile(error, 95) < 2.0, (error.mean(), np.percentile(error, 95))
+
+
+def test_latent_prior_is_the_mean_l2_norm_of_the_codes() -> None:
+    """Global codes (3, 4) and (0, 0) -> norms 5, 0 -> 2.5; local codes all (1, 1, 1, 1) -> norm 2: prior 4.5."""
+    from registration_core.methods.nephi import LatentCodes
+
+    codes = LatentCodes(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.ones(2, 4, 3, 3))
+    assert float(codes.prior()) == pytest.approx(4.5)
