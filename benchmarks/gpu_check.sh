@@ -18,17 +18,17 @@ t0=$SECONDS
 step() { echo; echo "== $* ($((SECONDS - t0)) s elapsed)"; }
 
 step "CUDA-marked tests"
-timeout 240 "$PY" -m pytest -q -m cuda -rs -s tests/test_cuda.py
+timeout 150 "$PY" -m pytest -q -m cuda -rs -s tests/test_cuda.py
 
 step "NODEO timings on CUDA (2D: 300 iterations; 3D: 20 iterations), default and reference presets"
-timeout 180 "$PY" benchmarks/nodeo_speed.py --device cuda --iterations-2d 300 --iterations-3d 20 \
+timeout 150 "$PY" benchmarks/nodeo_speed.py --device cuda --iterations-2d 300 --iterations-3d 20 \
     | grep -v '^[][{}]\|^ *"' || echo "gpu_check: nodeo_speed failed or timed out"
 
 DATA="${OASIS_TRT:-../shared/data/oasis-trt}"
 if [ -d "$DATA" ]; then
     step "VoxelMorph training on CUDA (300 steps)"
     OUT="$(mktemp -d /tmp/gpu_check.XXXXXX)"
-    timeout 150 "$PY" benchmarks/learned_2d.py --data "$DATA" --out "$OUT" --method voxelmorph \
+    timeout 170 "$PY" benchmarks/learned_2d.py --data "$DATA" --out "$OUT" --method voxelmorph \
         --param steps=300 --param lr=1e-3 --param device=cuda \
         || echo "gpu_check: voxelmorph training failed or timed out"
 else
