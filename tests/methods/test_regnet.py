@@ -294,3 +294,15 @@ def test_real_brain_slices_held_out_deformations(shared_data: Path, tmp_path: Pa
             before.append(mean_error_mm(np.zeros_like(truth_np)[:, head], truth_np[:, head], image.spacing))
             after.append(mean_error_mm(result.disp_vox[:, head], truth_np[:, head], image.spacing))
     assert np.mean(after) < 0.85 * np.mean(before), (np.mean(before), np.mean(after))
+
+
+def test_published_activations_are_relu_in_the_convolutions_and_elu_in_the_head() -> None:
+    from torch import nn
+
+    from registration_core.methods.regnet import RegNetCNN
+
+    published, leaky = RegNetCNN(2, 5, 4, "published"), RegNetCNN(2, 5, 4)
+    kinds = [type(m) for m in published.fine] + [type(m) for m in published.context]
+    assert nn.ReLU in kinds and nn.LeakyReLU not in kinds and nn.ELU not in kinds
+    assert [type(m) for m in published.head].count(nn.ELU) == 2
+    assert not any(isinstance(m, (nn.ReLU, nn.ELU)) for m in leaky.modules())
