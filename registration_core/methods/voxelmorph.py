@@ -239,7 +239,7 @@ PARAMS = param_schema(
     Param("smooth_weight", float, None, "weight of the gradient smoothness loss (none: 1.0 for ncc, 0.01 for mse)",
           minimum=0.0, nullable=True),
     Param("dice_weight", float, 0.0, "weight of the soft Dice loss on training label maps (needs --labels)", minimum=0.0),
-    *augment_params(fraction=0.5, max_disp_mm=10.0),
+    *augment_params(fraction=0.0, max_disp_mm=10.0),
 )
 
 
