@@ -9,7 +9,7 @@
 # affinely pre-aligned onto the atlas grid.
 #
 # Snakemake outputs are fixed per rule, so rules whose optional files vary (labels, landmarks,
-# mask) come in variants, one per combination the study has (see registration_core.study.rules.variant_name),
+# mask) come in variants, one per combination the study has (every possible name: docs/rules.md),
 # and each step has a rule for intermediate stages and one (`<step>_final`) for the last step.
 
 for (step, step_kinds, last), step_subjects in SUBJECTS.step_rules().items():
