@@ -13,6 +13,7 @@ from registration_core.study.config import ID_PATTERN, check_config_files, write
 from registration_core.study.grid import GRID_ID_PATTERN
 from registration_core.study.plan import Study, demo_subject_index, exact_regex
 from registration_core.study.resources import image_shape
+from registration_core.study.scheduling import guard_scheduler
 from registration_core.study.rules import PairRules, SubjectRules, quoted, set_args, tracked, variant_name
 
 
@@ -22,6 +23,10 @@ os.environ.update(PATH=os.pathsep.join([os.path.dirname(sys.executable), os.envi
 # A job's conda environment (envs/registration.yaml) holds the dependencies only: the package itself
 # is imported from the workflow folder, so `--sdm conda` jobs run this checkout's registration_core.
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [str(workflow.basedir), os.environ.get("PYTHONPATH")])))
+# Snakemake 9.10+ forgets to take a job started alone from the free cores (and memory, GPUs) but gives
+# them back when it ends, so running jobs could hold more threads than --cores: see
+# registration_core.study.scheduling.
+guard_scheduler()
 
 try:
     check_config_files(workflow.overwrite_configfiles or workflow.configfiles)
