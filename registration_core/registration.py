@@ -23,6 +23,7 @@ import numpy as np
 
 from registration_core.core.io import Image, load_image, load_landmarks, save_displacement, save_image, write_json
 from registration_core.core.outputs import staged_folder
+from registration_core.core.progress import progress
 from registration_core.core.provenance import peak_memory_mb, software_versions
 from registration_core.core.spatial import warp_array
 from registration_core.errors import InputError
@@ -120,7 +121,8 @@ def run_registration(
     resolved = reg_method.resolve_params(params or {})
     pair = load_pair(fixed, moving, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
     start = time.perf_counter()
-    result = reg_method.register(pair.fixed, pair.moving, resolved)
+    with progress(f"register {method}"):
+        result = reg_method.register(pair.fixed, pair.moving, resolved)
     runtime = time.perf_counter() - start
     peak_rss, peak_cuda = peak_memory_mb()
     log = {

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 
 from registration_core.core.io import Image, image_to_sitk
 from registration_core.core.params import Param
+from registration_core.core.progress import report
 from registration_core.errors import InputError
 from registration_core.methods import RegistrationResult
 
@@ -100,6 +101,7 @@ class IterationLog:
             "iteration": len(self.records), "elapsed_s": time.perf_counter() - self._start,
             "total": float(total), "level": level,
         })
+        report(len(self.records), total=float(total), level=level)
 
 
 @contextmanager

@@ -39,6 +39,7 @@ from registration_core.core.filters import apply_separable, box_mean_matrix, gau
 from registration_core.core.io import Image
 from registration_core.core.losses import LocalNCC, diffusion_loss, neg_jacobian_loss, velocity_magnitude_loss
 from registration_core.core.params import Param
+from registration_core.core.progress import report
 from registration_core.core.provenance import resolve_device
 from registration_core.core.spatial import disp_norm_to_vox, identity_grid_norm, sample
 from registration_core.errors import InputError
@@ -291,6 +292,7 @@ class Nodeo(Method):
             record = {"iteration": iteration, "elapsed_s": time.perf_counter() - start, "total": float(total.detach())}
             record.update({k: float(v.detach()) for k, v in terms.items()})
             history.append(record)
+            report(iteration, params["iterations"], **{k: v for k, v in record.items() if k not in ("iteration", "elapsed_s")})
             if not math.isfinite(record["total"]):
                 raise RuntimeError(f"nodeo: loss became {record['total']} at iteration {iteration}; lower 'lr'")
             if record["total"] < best_total:

@@ -31,6 +31,7 @@ from torch import nn
 
 from registration_core.core.io import Image, atomic_path, load_image, write_json
 from registration_core.core.params import Param
+from registration_core.core.progress import progress, report
 from registration_core.core.provenance import peak_memory_mb, resolve_device, software_versions
 from registration_core.errors import InputError
 from registration_core.layout import train_file
@@ -249,6 +250,7 @@ class LearnedMethod(Method):
             total, terms = self.instance_loss(model, batch, params)
             _check_finite(total, f"{self.name} instance optimisation", step, "io_lr")
             history.append(_record("iteration", step, start, total, terms))
+            report(step + 1, params["io_steps"], **_terms(history[-1]))
             optimizer.zero_grad(set_to_none=True)
             total.backward()
             optimizer.step()
@@ -262,6 +264,11 @@ def _record(key: str, step: int, start: float, total: torch.Tensor, terms: Mappi
     record = {key: step, "elapsed_s": time.perf_counter() - start, "total": float(total.detach())}
     record.update({name: float(value.detach()) for name, value in terms.items()})
     return record
+
+
+def _terms(record: Mapping[str, float]) -> dict[str, float]:
+    """The loss terms of a history record (without its step and time), for a progress line."""
+    return {key: value for key, value in record.items() if key not in ("step", "iteration", "elapsed_s")}
 
 
 def _check_finite(total: torch.Tensor, what: str, step: int, lr_key: str) -> None:
@@ -391,20 +398,22 @@ def train_method(
 
     model.train()
     start = time.perf_counter() - elapsed_before
-    for step in range(start_step, params["steps"]):
-        if step % params["val_every"] == 0 and not (validation and validation[-1]["step"] == step):
-            validation.append(_validate(method, model, val_batches, params, step))
-        batch = method.sample_batch(data, rng, params, device)
-        total, terms = method.loss(model, batch, params)
-        _check_finite(total, f"{method.name} training", step, "lr")
-        history.append(_record("step", step, start, total, terms))
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        optimizer.step()
-        if (step + 1) % params["checkpoint_every"] == 0:
-            _save_checkpoint(checkpoint_path, snapshot(step + 1, time.perf_counter() - start))
-    if not validation or validation[-1]["step"] != params["steps"]:
-        validation.append(_validate(method, model, val_batches, params, params["steps"]))
+    with progress(f"train {method.name}", params["steps"], unit="step"):
+        for step in range(start_step, params["steps"]):
+            if step % params["val_every"] == 0 and not (validation and validation[-1]["step"] == step):
+                validation.append(_validate(method, model, val_batches, params, step))
+            batch = method.sample_batch(data, rng, params, device)
+            total, terms = method.loss(model, batch, params)
+            _check_finite(total, f"{method.name} training", step, "lr")
+            history.append(_record("step", step, start, total, terms))
+            report(step + 1, params["steps"], **_terms(history[-1]))
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            if (step + 1) % params["checkpoint_every"] == 0:
+                _save_checkpoint(checkpoint_path, snapshot(step + 1, time.perf_counter() - start))
+        if not validation or validation[-1]["step"] != params["steps"]:
+            validation.append(_validate(method, model, val_batches, params, params["steps"]))
     train_time = time.perf_counter() - start
     _save_checkpoint(checkpoint_path, snapshot(params["steps"], train_time))
 
