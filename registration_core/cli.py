@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registration_core.errors import InputError
+from registration_core.failures import add_failure_options
 
 Handler = Callable[[argparse.Namespace], None]
 
@@ -44,7 +45,9 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from registration_core.evaluation.evaluate import evaluate_pair, parse_label_spec
+    from registration_core.failures import check_registration
 
+    check_registration(args.displacement)
     if (args.fixed_landmarks is None) != (args.moving_landmarks is None):
         raise InputError("--fixed-landmarks and --moving-landmarks must be given together")
     evaluate_pair(
@@ -328,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_options(p, "register")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    add_failure_options(p)
 
     p = command("train", _train, "train a learned method on a set of images; writes OUT/model.pt and OUT/log.json")
     p.add_argument("--method", required=True, help="a learned method (see `methods`)")
@@ -341,6 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--labels", help="comma-separated label values (default: all labels of the fixed map)")
     group.add_argument("--labels-file", type=Path, help="file with label values")
     p.add_argument("--out", type=Path, required=True, help="metrics.json")
+    add_failure_options(p)
 
     p = command("synth-pair", _synth_pair, "deform a real image by a known motion: a pair with exact truth")
     p.add_argument("--image", required=True, help="fixed image, or skimage:retina (2D fundus, 256x256, 1 mm)")
@@ -436,12 +441,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     all-or-nothing writers remove what they wrote)."""
     from registration_core.core.outputs import Interrupted, signals_as_exceptions
 
+    args = None
     with signals_as_exceptions():
         try:
             args = build_parser().parse_args(argv)
             args.handler(args)
         except InputError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            if getattr(args, "record_failures", False):
+                from registration_core.failures import record_input_error
+
+                return record_input_error(args, exc)
             return 2
         except OSError as exc:
             where = f"{exc.filename}: " if exc.filename else ""

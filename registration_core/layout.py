@@ -24,10 +24,18 @@ REG_FILES: dict[str, str] = {
     "displacement": "displacement.nii.gz",
     "inverse_displacement": "inverse_displacement.nii.gz",
     "log": "log.json",
+    "failure": "failure.json",
 }
 """Files of one registration folder (``reg_dir``): warped image (always), warped labels (with
 moving labels), displacement (always, ITK vector image in mm on the fixed grid), inverse
-displacement (methods that estimate one) and ``log.json``, written last."""
+displacement (methods that estimate one) and ``log.json``, written last. A registration that
+failed for a reason of its input (``register --record-failures``) holds ``failure.json`` alone:
+the failure record (:mod:`registration_core.failures`)."""
+
+FAILURE_KEY = "failure"
+"""The one key of a failure record (``{"failure": {stage, reason, job, log, ...}}``): the content of
+a registration folder's ``failure.json`` and of an evaluation's metrics file (PATHS ``metrics``)
+when that job or its registration failed for a reason of its input."""
 
 TRUTH_FILES: dict[str, str] = {
     "fixed": "fixed.nii.gz",
@@ -56,6 +64,7 @@ TABLE_FILES: dict[str, str] = {
     "dice": "dice_per_label.csv",
     "summary": "summary.csv",
     "loss": "loss_curves.csv",
+    "failures": "failures.csv",
 }
 """The study tables inside ``results/<study>/`` (names of :data:`PATHS` entries ``jobs`` and ``*_table``)."""
 
@@ -111,12 +120,22 @@ PATHS: dict[str, str] = {
     "dice_table": f"{_STUDY}/{TABLE_FILES['dice']}",
     "summary_table": f"{_STUDY}/{TABLE_FILES['summary']}",
     "loss_table": f"{_STUDY}/{TABLE_FILES['loss']}",
+    "failures_table": f"{_STUDY}/{TABLE_FILES['failures']}",
     "anova_dir": "results/{study}/anova",
     "report": "reports/{study}/index.html",
     "report_figures": "reports/{study}/figures",
     "logs": "logs/{study}",
+    "benchmarks": "logs/{study}/benchmarks",
 }
 """Output locations relative to the working directory."""
+
+
+def benchmark_path(benchmarks_dir: str, rule: str, job: str) -> str:
+    """The ``benchmark:`` file of one job of ``rule``: ``<benchmarks_dir>/<rule>/<job>.tsv`` (Snakemake's
+    table: wall time ``s``, ``max_rss`` MB, ``cpu_time`` s, ...); ``job`` names the job like its log,
+    e.g. ``{method}/{grid_id}/{atlas}__{moving}`` (Snakemake wildcards), ``benchmarks_dir`` is PATHS
+    ``benchmarks`` of the study."""
+    return f"{benchmarks_dir}/{rule}/{job}.tsv"
 
 
 def study_relative(key: str, **fields: str) -> str:
