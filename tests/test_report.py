@@ -126,7 +126,7 @@ def test_report_content(report: tuple[str, list[Path], Path]) -> None:
     assert "levels compared within pairs" in statistics and "Repeated-measures analysis" in statistics
     assert "Methods head to head on the same pairs" in statistics and "best grid point:" in statistics
     metrics = html[html.index('<section id="metrics">'):html.index('<section id="anova">')]
-    assert "<td>dice_mean</td><td>higher</td>" in metrics and "MONAI" in metrics
+    assert "<td>dice_mean</td><td>higher</td>" in metrics and "surface-distance" in metrics
     assert "<b>3</b> pairs" in html and "<b>2</b> methods" in html and "<b>5</b> grid points" in html
 
 

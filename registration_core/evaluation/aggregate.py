@@ -12,7 +12,7 @@ Outputs (all written atomically):
 * ``metrics.csv``: one row per job: the jobs columns, every scalar metric of metrics.json and
   ``runtime_s, peak_rss_mb, peak_cuda_mb, iterations, best_iteration, device`` from log.json;
 * ``dice_per_label.csv``: long table, one row per job x label: job id columns, grid factors,
-  ``label, dice, hd95, hd95_l2r, structure`` (FreeSurfer name of the label);
+  ``label, dice, hd95, hd95_voxel, structure`` (FreeSurfer name of the label);
 * ``summary.csv``: one row per method x grid point (grid factors as columns, sorted as in a
   paper's table): ``n_pairs`` and, per metric, ``<metric>_mean``, ``<metric>_std`` (sample
   standard deviation, ddof=1, over the pairs with a value) and ``<metric>_text`` ("mean ± std",
@@ -46,7 +46,7 @@ ID_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving")
 LOG_COLUMNS = ("runtime_s", "peak_rss_mb", "peak_cuda_mb", "iterations", "best_iteration", "device")
 KNOWN_SCALAR_METRICS = registry.pair_metric_names()
 """metrics.json keys declared in :mod:`registration_core.evaluation.registry` (must be numbers or null)."""
-PER_LABEL_METRICS = {"dice_per_label": "dice", "hd95_per_label": "hd95", "hd95_l2r_per_label": "hd95_l2r"}
+PER_LABEL_METRICS = {"dice_per_label": "dice", "hd95_per_label": "hd95", "hd95_voxel_per_label": "hd95_voxel"}
 SUMMARY_LOG_METRICS = ("runtime_s", "peak_rss_mb")
 
 
@@ -136,7 +136,7 @@ def scalar_metrics(metrics: dict[str, Any], path: Path) -> dict[str, float]:
 
 
 def per_label_metrics(metrics: dict[str, Any], path: Path) -> pd.DataFrame:
-    """Columns ``label`` (int), ``dice``, ``hd95``, ``hd95_l2r``, ``structure`` from the per-label keys.
+    """Columns ``label`` (int), ``dice``, ``hd95``, ``hd95_voxel``, ``structure`` from the per-label keys.
 
     Labels are the union of the dictionaries' keys of :data:`PER_LABEL_METRICS` (each must be an
     integer label); a metric missing for a label is NaN. ``structure`` is the label's FreeSurfer

@@ -10,8 +10,9 @@ image, else the mask (one of them is required).
 
 * always: ``neg_jac_ratio`` (r^D), ``neg_jac_sum`` (s^D), ``sdlogj``, ``detj_min``, ``detj_max``
   over every voxel of the fixed grid (see :func:`registration_core.evaluation.metrics.jacobian_stats`);
-* fixed + warped labels: ``dice_mean``, ``dice_per_label`` ``{"<label>": float}``, ``hd95_mean``
-  (mm, over defined values), ``hd95_per_label`` ``{"<label>": float | null}``, ``hd95_undefined``
+* fixed + warped labels: ``dice_mean``, ``dice_per_label`` ``{"<label>": float}``,
+  ``hd95_voxel_mean`` (mm, MONAI's voxel-surface convention, over defined values),
+  ``hd95_voxel_per_label`` ``{"<label>": float | null}``, ``hd95_undefined``
   ``{"<label>": reason}`` for labels present in one map only (their HD95 is null), ``n_labels``
   (labels scored), ``labels_skipped`` (requested labels absent from both maps). Without label
   maps none of these keys is written (no NaN Dice);
@@ -25,7 +26,7 @@ image, else the mask (one of them is required).
   ``tre_truth_max_mm`` (mean and largest ``|u - d|`` in mm), ``tre_truth_before_mm`` (mean ``|d|``),
   ``n_truth_voxels``, over the voxels of the mask when given, else every voxel.
 * published conventions, written last so that the keys above keep their order: with labels,
-  ``hd95_l2r_mean`` and ``hd95_l2r_per_label`` (HD95 of DeepMind's surface-distance as Learn2Reg
+  ``hd95_mean`` and ``hd95_per_label`` (mm: HD95 of DeepMind's surface-distance as Learn2Reg
   computes it, :mod:`registration_core.evaluation.surface`); always ``sdlogj_l2r``,
   ``neg_jac_pct_nodeo`` and ``neg_jac_sum_nodeo``
   (:func:`registration_core.evaluation.metrics.jacobian_conventions`).
@@ -131,8 +132,8 @@ def _overlap_metrics(fixed: io.Image, warped: io.Image, labels: list[int]) -> di
     return {
         "dice_mean": dice["mean"],
         "dice_per_label": {str(label): value for label, value in dice["per_label"].items()},
-        "hd95_mean": hd95["mean"],
-        "hd95_per_label": {str(label): value for label, value in hd95["per_label"].items()},
+        "hd95_voxel_mean": hd95["mean"],
+        "hd95_voxel_per_label": {str(label): value for label, value in hd95["per_label"].items()},
         "hd95_undefined": {str(label): reason for label, reason in hd95["undefined"].items()},
         "n_labels": len(dice["per_label"]),
         "labels_skipped": dice["skipped"],
@@ -145,8 +146,8 @@ def _convention_metrics(fixed: io.Image | None, warped: io.Image | None, labels:
     result: dict[str, Any] = {}
     if fixed is not None and warped is not None and labels is not None:
         hd95 = metrics.hd95_summary(fixed.data, warped.data, labels, fixed.spacing, convention="surfel")
-        result["hd95_l2r_mean"] = hd95["mean"]
-        result["hd95_l2r_per_label"] = {str(label): value for label, value in hd95["per_label"].items()}
+        result["hd95_mean"] = hd95["mean"]
+        result["hd95_per_label"] = {str(label): value for label, value in hd95["per_label"].items()}
     result.update(metrics.jacobian_conventions(disp_vox))
     return result
 

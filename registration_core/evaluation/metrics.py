@@ -228,12 +228,12 @@ def hd95_summary(
     """Per-label HD95 in mm, their mean over defined values, skipped and undefined labels.
 
     HD95 = max(P95 of the fixed->warped surface distances, P95 of warped->fixed) in MONAI's
-    voxel-surface convention (``hd95_mean`` of metrics.json). Surface voxels are mask minus its
+    voxel-surface convention (``hd95_voxel_mean`` of metrics.json). Surface voxels are mask minus its
     (face-connected) erosion; distances are exact Euclidean distances between voxel centres in mm
     (``scipy.ndimage.distance_transform_edt`` with ``sampling=spacing_mm``); P95 is
     ``numpy.percentile`` with linear interpolation, each surface voxel weighted equally. This is
     NOT the convention of DeepMind's surface-distance package and Learn2Reg (surfels weighted by
-    area, :mod:`registration_core.evaluation.surface`, ``hd95_l2r_mean``), which gives smaller
+    area, :mod:`registration_core.evaluation.surface`, ``hd95_mean``), which gives smaller
     values on the same masks.
 
     Labels absent from both maps are skipped (listed in ``skipped``). A label present in one map

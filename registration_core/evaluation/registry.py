@@ -72,13 +72,13 @@ METRICS: tuple[Metric, ...] = (
     Metric("dice_mean_before", ("labels", "moving_labels"), True, "",
            "dice_mean of the fixed and the unwarped moving labels", response=False),
     Metric("hd95_mean", ("labels",), False, "mm",
-           "mean over labels of max(P95 fixed→warped, P95 warped→fixed) of the distances between surface voxels "
-           "(mask minus its face-connected erosion, voxel centres, exact EDT in mm, each voxel weighted equally): "
-           "MONAI's convention"),
-    Metric("hd95_l2r_mean", ("labels",), False, "mm",
            "mean over labels of DeepMind surface-distance's robust Hausdorff at 95 % "
            "(surfels on the voxel-corner grid, percentile weighted by surfel area, max of both directions), "
            f"{_L2R}, with the image spacing in mm", robust=True),
+    Metric("hd95_voxel_mean", ("labels",), False, "mm",
+           "mean over labels of max(P95 fixed→warped, P95 warped→fixed) of the distances between surface voxels "
+           "(mask minus its face-connected erosion, voxel centres, exact EDT in mm, each voxel weighted equally): "
+           "MONAI's convention"),
     Metric("neg_jac_ratio", ("displacement",), False, "fraction",
            "r^D: fraction of voxels with det J <= 0, J of x -> x + u(x) by central differences (one-sided at the "
            "border), every voxel"),

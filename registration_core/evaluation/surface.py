@@ -1,5 +1,5 @@
 """Surface distances between two masks on surfels, the convention of DeepMind's surface-distance
-package that Learn2Reg's evaluation uses for HD95 (``hd95_l2r_*`` keys of metrics.json).
+package that Learn2Reg's evaluation uses for HD95 (``hd95_mean`` / ``hd95_per_label`` of metrics.json).
 
 Why not the package itself: ``surface-distance`` is not on PyPI (it is installed from its git
 repository or vendored, as Learn2Reg does), so it cannot enter the dependency lock; this module

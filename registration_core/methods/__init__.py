@@ -63,7 +63,7 @@ class Method(ABC):
         """Register ``moving`` onto ``fixed`` (same grid) with resolved ``params``."""
 
 
-SUPPORT_MODULES = frozenset({"training"})
+SUPPORT_MODULES = frozenset({"training", "augment"})
 """Modules of this package that are shared machinery, not methods."""
 
 

@@ -405,8 +405,8 @@ def metrics_section(study: Study, sink: FigureSink) -> str:
         "robustness column": [m.robust_column or "–" for m in present],
     })
     intro = markup.paragraph(
-        "How each metric of this study is computed. The _l2r and _nodeo variants follow Learn2Reg's evaluation "
-        "and the NODEO paper, for comparison with published tables; robustness columns of summary.csv are the 30 % "
+        "How each metric of this study is computed. hd95_mean and the _l2r variants follow Learn2Reg's evaluation, "
+        "the _nodeo variants the NODEO paper, for comparison with published tables; robustness columns of summary.csv are the 30 % "
         "quantile over pairs (higher is better, Learn2Reg's DSC30) or the 70 % quantile (lower is better)."
     )
     return intro + markup.table(table)

@@ -71,16 +71,16 @@ def test_evaluate_pair_writes_the_contract_keys(pair: dict[str, Path], tmp_path:
     assert written["dice_per_label"] == {"1": pytest.approx(0.5), "2": 1.0, "3": 0.0}
     assert written["dice_mean"] == pytest.approx(0.5)
     # label 1: 2x2x2 cubes offset by one voxel of 2 mm along axis 0 -> HD95 = 2 mm
-    assert written["hd95_per_label"] == {"1": pytest.approx(2.0), "2": 0.0, "3": None}
+    assert written["hd95_voxel_per_label"] == {"1": pytest.approx(2.0), "2": 0.0, "3": None}
     assert written["hd95_undefined"] == {"3": "present in fixed labels only"}
-    assert written["hd95_mean"] == pytest.approx(1.0)
+    assert written["hd95_voxel_mean"] == pytest.approx(1.0)
     assert written["n_labels"] == 3
     assert written["labels_skipped"] == [9]
     assert written["dice_mean_before"] == pytest.approx((0.0 + 1.0 + 0.0) / 3)
     assert (written["neg_jac_ratio"], written["neg_jac_sum"], written["sdlogj"]) == (0.0, 0.0, 0.0)
     assert written["detj_min"] == written["detj_max"] == 1.0
     assert "tre_mean_mm" not in written
-    assert math.isnan(result["hd95_per_label"]["3"])
+    assert math.isnan(result["hd95_voxel_per_label"]["3"])
     assert result["dice_per_label"] == written["dice_per_label"]
 
 
@@ -132,7 +132,7 @@ def test_evaluate_pair_in_2d(tmp_path: Path) -> None:
         tmp_path / "d.nii.gz", [4], tmp_path / "m.json",
     )
     assert result["dice_per_label"] == {"4": pytest.approx(0.75)}
-    assert result["hd95_per_label"] == {"4": pytest.approx(2.0)}
+    assert result["hd95_voxel_per_label"] == {"4": pytest.approx(2.0)}
     assert result["sdlogj"] == 0.0
 
 

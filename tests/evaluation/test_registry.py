@@ -34,7 +34,7 @@ def test_registry_is_consistent() -> None:
     assert all(set(m.inputs) <= set(registry.INPUTS) and m.convention for m in registry.METRICS)
     assert set(KNOWN_SCALAR_METRICS) == set(registry.pair_metric_names())
     assert registry.metric("dice_mean").robust_column == "dice_mean_q30"
-    assert registry.metric("hd95_l2r_mean").robust_column == "hd95_l2r_mean_q70"
+    assert registry.metric("hd95_mean").robust_column == "hd95_mean_q70"
     assert all(registry.metric(r).higher_is_better is not None for r in registry.anova_responses())
 
 
