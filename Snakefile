@@ -40,3 +40,13 @@ rule all:
     default_target: True
     input:
         STUDY.path("report"),
+
+
+# The last line of a run: how many registrations failed (for a reason of their input: recorded as
+# results, see registration_core.failures) and where the report is.
+onsuccess:
+    print_outcome(STUDY, finished=True)
+
+
+onerror:
+    print_outcome(STUDY, finished=False)

@@ -200,3 +200,12 @@ def outcome_line(study: str, n_jobs: int, failures: list[dict[str, Any]], failur
         return f"study {study}: {failed}; report: {report}"
     where = f"report of an earlier run: {report}" if Path(report).is_file() else "no report yet"
     return f"study {study}: a job stopped with an error (see above); {failed}; {where}"
+
+
+def print_outcome(study: Any, finished: bool, stream: Any = None) -> str:
+    """Print (to stderr) and return :func:`outcome_line` of a planned study
+    (:class:`registration_core.study.plan.Study`): the workflow's ``onsuccess`` / ``onerror``."""
+    failures = study_failures(job.path("metrics") for job in study.jobs)
+    line = outcome_line(study.name, len(study.jobs), failures, study.path("failures_table"), study.path("report"), finished)
+    print(line, file=sys.stderr if stream is None else stream, flush=True)
+    return line

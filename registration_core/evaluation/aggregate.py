@@ -19,7 +19,11 @@ Outputs (all written atomically):
   rounded to the standard deviation's second significant digit), then the robustness quantiles
   ``<metric>_q30`` / ``<metric>_q70`` of the registry's robust metrics (:func:`robust_quantiles`);
 * ``loss_curves.csv``: long table, one row per job x logged iteration: job id columns, grid
-  factors, ``iteration`` and one column per loss term (union over methods).
+  factors, ``iteration`` and one column per loss term (union over methods);
+* ``failures.csv``: one row per job whose registration or evaluation failed for a reason of its
+  input (its result is a failure record, :mod:`registration_core.failures`): job id columns, grid
+  factors, ``stage, reason, log, time``. The other tables hold the jobs that succeeded; summary.csv
+  counts each grid point's failures (``n_failed``).
 
 A metric, log field or loss term named like a jobs column (a grid factor ``iterations`` vs the
 logged ``iterations``) gets the prefix ``metric_``, ``log_`` or ``loss_``; the factor keeps its name.
@@ -40,6 +44,8 @@ from registration_core.core.io import atomic_path, read_json_object
 from registration_core.errors import InputError
 from registration_core.evaluation import registry
 from registration_core.evaluation.labelsets import structure_name
+from registration_core.failures import failure_of
+from registration_core.layout import table_file
 
 JOB_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving", "reg_dir", "metrics", "log")
 ID_COLUMNS = ("study", "dataset", "method", "grid_id", "atlas", "moving")
@@ -48,6 +54,8 @@ KNOWN_SCALAR_METRICS = registry.pair_metric_names()
 """metrics.json keys declared in :mod:`registration_core.evaluation.registry` (must be numbers or null)."""
 PER_LABEL_METRICS = {"dice_per_label": "dice", "hd95_per_label": "hd95", "hd95_voxel_per_label": "hd95_voxel"}
 SUMMARY_LOG_METRICS = ("runtime_s", "peak_rss_mb")
+FAILURE_COLUMNS = ("stage", "reason", "log", "time")
+"""Columns of failures.csv after the job id columns and grid factors."""
 
 
 def write_table(table: pd.DataFrame, path: Path) -> None:
@@ -213,6 +221,7 @@ class StudyTables:
     summary_columns: list[str]
     dice_per_label: pd.DataFrame
     loss_curves: pd.DataFrame
+    failures: pd.DataFrame
 
 
 def _avoid(names: Iterable[str], taken: set[str], prefix: str) -> dict[str, str]:
@@ -228,10 +237,26 @@ def collect(jobs: pd.DataFrame, factors: list[str]) -> StudyTables:
     ``loss_<name>``; the jobs column keeps its name.
     """
     keep = [*ID_COLUMNS, *factors]
+    results, failure_rows = {}, []
+    for index, job in jobs.iterrows():
+        metrics = read_json_object(Path(job["metrics"]), f"metrics file of job {job_name(job)}")
+        failure = failure_of(metrics)
+        if failure is None:
+            results[index] = metrics
+        else:
+            failure_rows.append({**{c: job[c] for c in keep}, **{c: failure.get(c) for c in FAILURE_COLUMNS}})
+    failures = pd.DataFrame(failure_rows, columns=[*keep, *FAILURE_COLUMNS])
+    jobs = jobs.loc[list(results)]
+    if jobs.empty:
+        return StudyTables(
+            metrics=jobs, summary_columns=[],
+            dice_per_label=pd.DataFrame(columns=[*keep, "label", *PER_LABEL_METRICS.values(), "structure"]),
+            loss_curves=pd.DataFrame(columns=[*keep, "iteration"]), failures=failures,
+        )
     scalar_rows, log_rows, label_tables, histories = [], [], [], []
-    for _, job in jobs.iterrows():
+    for index, job in jobs.iterrows():
         metrics_path, log_path = Path(job["metrics"]), Path(job["log"])
-        metrics = read_json_object(metrics_path, f"metrics file of job {job_name(job)}")
+        metrics = results[index]
         log = read_json_object(log_path, f"log file of job {job_name(job)}")
         scalar_rows.append(scalar_metrics(metrics, metrics_path))
         log_rows.append(log_fields(log, log_path))
@@ -250,6 +275,7 @@ def collect(jobs: pd.DataFrame, factors: list[str]) -> StudyTables:
         summary_columns=[*scalars.columns, *summary_logs],
         dice_per_label=pd.concat(label_tables, ignore_index=True),
         loss_curves=pd.concat(losses, ignore_index=True),
+        failures=failures,
     )
 
 
@@ -291,16 +317,26 @@ def robust_quantiles(group: pd.DataFrame, metric_names: list[str]) -> dict[str, 
     return result
 
 
-def summarise(metrics: pd.DataFrame, factors: list[str], metric_names: list[str]) -> pd.DataFrame:
-    """Summary table: one row per method x grid_id (see the module docstring for the columns).
+def summarise(
+    metrics: pd.DataFrame, factors: list[str], metric_names: list[str], failures: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """Summary table: one row per method x grid_id with results (see the module docstring for the
+    columns); ``n_failed`` counts the grid point's rows of ``failures`` (failures.csv).
 
     Rows are ordered by method (order of first appearance), then by the grid factors' values.
     """
+    if metrics.empty:
+        return pd.DataFrame(columns=["method", "grid_id", *factors, "n_pairs", "n_failed"])
+    failed = (
+        failures.groupby(["method", "grid_id"]).size() if failures is not None and not failures.empty
+        else pd.Series(dtype=int)
+    )
     rows = []
     for (method, grid_id), group in metrics.groupby(["method", "grid_id"], sort=False):
         row: dict[str, Any] = {"method": method, "grid_id": grid_id}
         row.update({f: group[f].iloc[0] for f in factors})
         row["n_pairs"] = len(group)
+        row["n_failed"] = int(failed.get((method, grid_id), 0))
         for name in metric_names:
             values = group[name].dropna()
             mean = float(values.mean()) if len(values) else math.nan
@@ -317,7 +353,8 @@ def summarise(metrics: pd.DataFrame, factors: list[str], metric_names: list[str]
 
 
 def aggregate_study(jobs_tsv: Path, out_dir: Path) -> None:
-    """Write metrics.csv, dice_per_label.csv, summary.csv and loss_curves.csv of a study to ``out_dir``.
+    """Write metrics.csv, dice_per_label.csv, summary.csv, loss_curves.csv and failures.csv of a
+    study to ``out_dir`` (names from :data:`registration_core.layout.TABLE_FILES`).
 
     Raises:
         InputError naming the file: a bad jobs table, a missing or malformed metrics.json or
@@ -325,9 +362,10 @@ def aggregate_study(jobs_tsv: Path, out_dir: Path) -> None:
     """
     jobs, factors = read_jobs(Path(jobs_tsv))
     tables = collect(jobs, factors)
-    summary = summarise(tables.metrics, factors, tables.summary_columns)
+    summary = summarise(tables.metrics, factors, tables.summary_columns, tables.failures)
     out_dir = Path(out_dir)
-    write_table(tables.metrics, out_dir / "metrics.csv")
-    write_table(tables.dice_per_label, out_dir / "dice_per_label.csv")
-    write_table(summary, out_dir / "summary.csv")
-    write_table(tables.loss_curves, out_dir / "loss_curves.csv")
+    write_table(tables.metrics, table_file(out_dir, "metrics"))
+    write_table(tables.dice_per_label, table_file(out_dir, "dice"))
+    write_table(summary, table_file(out_dir, "summary"))
+    write_table(tables.loss_curves, table_file(out_dir, "loss"))
+    write_table(tables.failures, table_file(out_dir, "failures"))

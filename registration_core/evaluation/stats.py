@@ -493,6 +493,12 @@ def run_anova_study(
     if model not in MODELS:
         raise InputError(f"anova.model: {model!r} is not allowed; allowed: {', '.join(MODELS)}")
     metrics = _read_metrics(metrics_csv)
+    if metrics.empty:  # every job of the study failed (failures.csv): nothing to test
+        write_json({
+            "alpha": alpha, "model": model, "factors": factors, "method": method, "n_rows": 0, "seed": seed,
+            "selection": {"methods": [], "excluded_methods": [], "note": "no registration succeeded"}, "responses": {},
+        }, out_dir / ANOVA_SUMMARY)
+        return
     for kind, names in (("factor", factors), ("response", responses)):
         missing = [n for n in names if n not in metrics.columns]
         if missing:

@@ -38,9 +38,10 @@ from registration_core.core.yaml_io import load_yaml_text
 from registration_core.errors import InputError
 from registration_core.evaluation import registry
 from registration_core.evaluation.aggregate import ID_COLUMNS, JOB_COLUMNS, read_jobs
-from registration_core.layout import ANOVA_SUMMARY
+from registration_core.layout import ANOVA_SUMMARY, table_file
 from registration_core.report import markup
 from registration_core.report.examples import example_figure, load_example
+from registration_core.report.failures import failures_block, read_failures
 from registration_core.report.plots import (
     dice_per_label_boxplot,
     group_label,
@@ -83,6 +84,8 @@ class Study:
     dice: pd.DataFrame | None
     loss: pd.DataFrame | None
     primary: tuple[str, bool] | None
+    failures: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """failures.csv: the jobs that failed for a reason of their input (no rows when none did)."""
 
     @property
     def groups(self) -> list[str]:
@@ -153,8 +156,13 @@ def load_study(study_dir: Path, config_path: Path) -> Study:
         raise InputError(f"{config_path}: study config not found")
     config_text = config_path.read_text()
     _, factors = read_jobs(study_dir / "jobs.tsv")
-    metrics = _read_table(study_dir / "metrics.csv", True, (*JOB_COLUMNS, "runtime_s", "device"))
-    summary = _read_table(study_dir / "summary.csv", True, ("n_pairs",))
+    failures = read_failures(study_dir)
+    # every job may have failed: the report then shows the failures (and the config) only
+    metrics = _read_table(study_dir / "metrics.csv", failures.empty, (*JOB_COLUMNS, "runtime_s", "device"))
+    summary = _read_table(study_dir / "summary.csv", failures.empty, ("n_pairs",))
+    if metrics is None or summary is None:
+        metrics = pd.DataFrame(columns=[*JOB_COLUMNS, "runtime_s", "device", "group"])
+        summary = pd.DataFrame(columns=["method", "grid_id", "n_pairs", "group"])
     dice = _read_table(study_dir / "dice_per_label.csv", False, ("label", "dice"))
     if dice is not None and not dice["dice"].notna().any():
         dice = None
@@ -169,6 +177,7 @@ def load_study(study_dir: Path, config_path: Path) -> Study:
         dice=dice,
         loss=_read_table(study_dir / "loss_curves.csv", False, ("atlas", "moving", "iteration")),
         primary=_primary_metric(metrics),
+        failures=failures,
     )
 
 
@@ -533,6 +542,7 @@ def _header(study: Study) -> str:
         ("methods", metrics["method"].nunique()),
         ("grid points", len(study.groups)),
         ("registrations", len(metrics)),
+        ("failed", len(study.failures)),
     ]
     badges = "".join(f'<span class="count"><b>{n}</b> {escape(label)}</span>' for label, n in counts)
     date = datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -540,6 +550,7 @@ def _header(study: Study) -> str:
         f"<h1>Registration study: {escape(study.name)}</h1>"
         f'<p class="meta">Report generated {date} from {escape(str(study.directory))}</p>'
         f'<p class="counts">{badges}</p>'
+        + failures_block(study.failures, len(metrics) + len(study.failures), table_file(study.directory, "failures"))
     )
 
 
@@ -547,7 +558,8 @@ def render(study: Study, sink: FigureSink) -> str:
     """The whole HTML page."""
     package = resources.files("registration_core.report")
     template = Template(package.joinpath("template.html").read_text(encoding="utf-8"))
-    built = [(sid, title, build(study, sink)) for sid, title, build in SECTIONS]
+    applicable = SECTIONS if not study.metrics.empty else SECTIONS[:1]  # nothing succeeded: the config only
+    built = [(sid, title, build(study, sink)) for sid, title, build in applicable]
     built = [(sid, title, html) for sid, title, html in built if html]  # sections that do not apply are left out
     sections = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{html}</section>' for sid, title, html in built)
     toc = "".join(f'<li><a href="#{sid}">{escape(title)}</a></li>' for sid, title, _ in built)

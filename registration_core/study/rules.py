@@ -17,9 +17,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from registration_core.cli import file_args
-from registration_core.layout import reg_file
+from registration_core.failures import job_id
+from registration_core.layout import benchmark_path, reg_file
 from registration_core.study.grid import value_text
 from registration_core.study.plan import Study, exact_regex
+
+PAIR_JOB = "{method}/{grid_id}/{atlas}__{moving}"
+"""How the logs and benchmarks of the per-job rules name a job (Snakemake wildcards)."""
 
 
 def quoted(args: Iterable[Any]) -> str:
@@ -191,9 +195,9 @@ class PairRules:
     def __init__(self, study: Study) -> None:
         self.study = study
         self.trained = study.trained_models()
-        self.pair_labels = [tuple(k for k in study.pair_kinds(*pair) if k == "labels") for pair in study.pairs]
-        self.register_variants = study.variants(self.pair_labels)
-        self.labelled = [s for pair, kinds in zip(study.pairs, self.pair_labels, strict=True) if kinds for s in pair]
+        self.register_variants: list[tuple[str, ...]] = [()]
+        """One registration rule: its output is the registration folder, whatever files the pair
+        gives it (warped labels or not), or the failure record."""
         self.anova = study.config["anova"]
         self.run_anova = bool(self.anova["factors"])
 
@@ -213,36 +217,45 @@ class PairRules:
             files["checkpoint"] = self.study.register_params(wildcards.method, wildcards.grid_id)["checkpoint"]
         return files
 
-    def register_outputs(self, reg_dir: str, kinds: tuple[str, ...]) -> dict[str, str]:
-        """Outputs of a registration rule (warped labels only for a labelled variant)."""
-        keys = ("warped", *(["warped_labels"] if kinds else []), "displacement", "log")
-        return {key: str(reg_file(reg_dir, key)) for key in keys}
+    def job_log(self, rule: str) -> str:
+        """Log file pattern of the per-job rules (``register``, ``evaluate``; Snakemake wildcards)."""
+        return f"{self.study.path('logs')}/{rule}/{PAIR_JOB}.log"
+
+    def job_benchmark(self, rule: str) -> str:
+        """``benchmark:`` file pattern of the per-job rules (layout :func:`benchmark_path`)."""
+        return benchmark_path(self.study.path("benchmarks"), rule, PAIR_JOB)
+
+    def failure_args(self, rule: str, wildcards: Any) -> list[str]:
+        """Arguments that make an input error of a ``register`` / ``evaluate`` job its recorded
+        result (registration_core.failures): the job's id and log file."""
+        job = {name: getattr(wildcards, name) for name in ("method", "grid_id", "atlas", "moving")}
+        return ["--record-failures", "--job-id", job_id(job), "--job-log", self.job_log(rule).format(**job)]
 
     def register_args(self, wildcards: Any, input: Any) -> str:
-        """Input options and ``--param`` arguments of a registration job (grid point + checkpoint)."""
+        """Input options, ``--param`` arguments (grid point + checkpoint) and the failure record of a
+        registration job."""
         params = self.study.register_params(wildcards.method, wildcards.grid_id)
-        return quoted(file_args("register", files_of(input)) + param_args(params))
+        return quoted(file_args("register", files_of(input)) + param_args(params) + self.failure_args("register", wildcards))
 
     def evaluate_inputs(self, wildcards: Any) -> dict[str, str]:
         """The pair's files (fixed, moving, labels, landmarks, mask, true displacement) and the
-        registration's warped image, warped labels and displacement field."""
-        reg_dir = self.study.path(
+        registration folder (``registration``: its results or its failure record)."""
+        files = self.study.pair_files(wildcards.atlas, wildcards.moving)
+        files["registration"] = self.study.path(
             "reg_dir", method=wildcards.method, grid_id=wildcards.grid_id, atlas=wildcards.atlas, moving=wildcards.moving
         )
-        files = self.study.pair_files(wildcards.atlas, wildcards.moving)
-        keys = ("warped", "displacement", *(["warped_labels"] if "fixed_labels" in files else []))
-        files.update({key: str(reg_file(reg_dir, key)) for key in keys})
         return files
 
     def evaluate_args(self, wildcards: Any, input: Any) -> str:
-        """``evaluate`` options for the files the pair has, plus the label selection when it has labels."""
+        """``evaluate`` options for the files the pair has and the registration's warped image,
+        warped labels and displacement (names from the layout), the label selection when the pair
+        has labels, and the failure record."""
         inputs = files_of(input)
+        reg_dir = inputs.pop("registration")
+        keys = ("warped", "displacement", *(["warped_labels"] if "fixed_labels" in inputs else []))
+        inputs.update({key: str(reg_file(reg_dir, key)) for key in keys})
         labels = self.study.evaluate_label_args() if "fixed_labels" in inputs else []
-        return quoted(file_args("evaluate", inputs) + labels)
-
-    def job_logs(self) -> list[str]:
-        """The ``log.json`` of every registration job (aggregation reads them)."""
-        return [str(reg_file(job.path("reg_dir"), "log")) for job in self.study.jobs]
+        return quoted(file_args("evaluate", inputs) + labels + self.failure_args("evaluate", wildcards))
 
     def resources_of(self, rule_name: str) -> dict[str, int]:
         """mem_mb and runtime (minutes) of a rule from the config's `resources` section."""
@@ -259,6 +272,7 @@ class PairRules:
         inputs: dict[str, Any] = {
             "config": study.path("config"), "jobs": study.path("jobs"), "metrics": study.path("metrics_table"),
             "dice": study.path("dice_table"), "summary": study.path("summary_table"), "loss": study.path("loss_table"),
+            "failures": study.path("failures_table"),
         }
         if self.run_anova:
             inputs["anova"] = study.path("anova_dir")

@@ -45,13 +45,14 @@ def test_evaluate_reads_the_registration_outputs_named_by_the_layout(demo: Study
     job = demo.jobs[-1]
     wildcards = SimpleNamespace(method=job.method, grid_id=job.grid_id, atlas=job.atlas, moving=job.moving)
     inputs = rules.evaluate_inputs(wildcards)
-    for key in ("warped", "warped_labels", "displacement"):
-        assert inputs[key] == f"{job.path('reg_dir')}/{REG_FILES[key]}"
+    assert inputs["registration"] == job.path("reg_dir")  # the folder: its files, or its failure record
     args = shlex.split(rules.evaluate_args(wildcards, inputs))
-    assert args[args.index("--warped-image") + 1] == inputs["warped"]
+    for flag, key in (("--warped-image", "warped"), ("--warped-labels", "warped_labels"), ("--displacement", "displacement")):
+        assert args[args.index(flag) + 1] == f"{job.path('reg_dir')}/{REG_FILES[key]}"
     assert "--truth-displacement" not in args and "--mask" not in args
-    assert rules.register_outputs("D", ("labels",))["warped_labels"] == f"D/{REG_FILES['warped_labels']}"
-    assert "warped_labels" not in rules.register_outputs("D", ())
+    job_id = f"{job.method}/{job.grid_id}/{job.atlas}__{job.moving}"
+    assert args[args.index("--job-id") + 1] == job_id and "--record-failures" in args
+    assert args[args.index("--job-log") + 1] == f"{demo.path('logs')}/evaluate/{job_id}.log"
 
 
 def test_step_rules_cover_every_step_of_every_subject(demo: Study) -> None:

@@ -29,16 +29,18 @@ rule aggregate:
     input:
         jobs=STUDY.path("jobs"),
         metrics=[job.path("metrics") for job in STUDY.jobs],
-        logs=PAIRS.job_logs(),
     output:
         metrics=report(STUDY.path("metrics_table"), category="2. Results", caption="../report/metrics.rst"),
         dice=report(STUDY.path("dice_table"), category="2. Results", caption="../report/dice.rst"),
         summary=report(STUDY.path("summary_table"), category="2. Results", caption="../report/summary.rst"),
         loss=STUDY.path("loss_table"),
+        failures=report(STUDY.path("failures_table"), category="2. Results", caption="../report/failures.rst"),
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.metrics),
     log:
         f"{LOGS}/aggregate.log",
+    benchmark:
+        benchmark_path(BENCHMARKS, "aggregate", "study")
     threads: PAIRS.threads_of("aggregate")
     resources:
         **PAIRS.resources_of("aggregate"),

@@ -22,6 +22,8 @@ if PAIRS.run_anova:
             seed=PAIRS.anova["seed"],
         log:
             f"{LOGS}/anova.log",
+        benchmark:
+            benchmark_path(BENCHMARKS, "anova", "study")
         threads: PAIRS.threads_of("aggregate")
         resources:
             **PAIRS.resources_of("aggregate"),

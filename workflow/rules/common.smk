@@ -9,6 +9,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.logging import logger
 
 from registration_core.errors import InputError
+from registration_core.failures import print_outcome
+from registration_core.layout import benchmark_path
 from registration_core.study.config import ID_PATTERN, check_config_files, write_config
 from registration_core.study.grid import GRID_ID_PATTERN
 from registration_core.study.plan import Study, demo_subject_index, exact_regex
@@ -38,6 +40,7 @@ except InputError as error:
 SUBJECTS = SubjectRules(STUDY)
 PAIRS = PairRules(STUDY)
 LOGS = STUDY.path("logs")
+BENCHMARKS = STUDY.path("benchmarks")
 REG_DIR = STUDY.path("reg_dir")
 ENV = "../../envs/registration.yaml"
 

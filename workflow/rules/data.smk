@@ -18,6 +18,8 @@ rule demo_subject:
         subject=SUBJECTS.where(lambda subject, dataset: dataset.adapter == "demo"),
     log:
         f"{LOGS}/demo_subject/{{subject}}.log",
+    benchmark:
+        benchmark_path(BENCHMARKS, "demo_subject", "{subject}")
     group:
         SUBJECTS.group
     threads: PAIRS.threads_of("prepare")
@@ -42,6 +44,8 @@ rule import_raw:
         subject=SUBJECTS.where(lambda subject, dataset: subject in dataset.raw_imports),
     log:
         f"{LOGS}/import_raw/{{subject}}.log",
+    benchmark:
+        benchmark_path(BENCHMARKS, "import_raw", "{subject}")
     group:
         SUBJECTS.group
     threads: PAIRS.threads_of("prepare")
@@ -65,6 +69,8 @@ rule import_landmarks:
         subject=SUBJECTS.where(lambda subject, dataset: subject in dataset.landmark_imports),
     log:
         f"{LOGS}/import_landmarks/{{subject}}.log",
+    benchmark:
+        benchmark_path(BENCHMARKS, "import_landmarks", "{subject}")
     group:
         SUBJECTS.group
     threads: PAIRS.threads_of("prepare")
@@ -88,6 +94,8 @@ rule lung_mask:
         subject=SUBJECTS.where(lambda subject, dataset: dataset.mask is not None),
     log:
         f"{LOGS}/lung_mask/{{subject}}.log",
+    benchmark:
+        benchmark_path(BENCHMARKS, "lung_mask", "{subject}")
     group:
         SUBJECTS.group
     threads: PAIRS.threads_of("prepare")
@@ -114,6 +122,8 @@ if STUDY.truth is not None:
             moving=exact_regex(STUDY.truth.movers),
         log:
             f"{LOGS}/synth_pair/{{moving}}.log",
+        benchmark:
+            benchmark_path(BENCHMARKS, "synth_pair", "{moving}")
         threads: PAIRS.threads_of("prepare")
         resources:
             **PAIRS.resources_of("prepare"),

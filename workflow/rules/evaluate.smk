@@ -1,6 +1,7 @@
 # Evaluation per job: image similarity before / after (always); Dice / HD95 of the warped labels,
 # landmark error, error against a known displacement (inside the atlas's mask) when the pair has
-# them; Jacobian statistics of the map.
+# them; Jacobian statistics of the map. The result of a registration (or evaluation) that failed for a
+# reason of its input is its failure record (registration_core.failures).
 
 
 rule evaluate:
@@ -12,7 +13,9 @@ rule evaluate:
         args=PAIRS.evaluate_args,
         settings=lambda wildcards: tracked(STUDY.evaluate_label_args()),
     log:
-        f"{LOGS}/evaluate/{{method}}/{{grid_id}}/{{atlas}}__{{moving}}.log",
+        PAIRS.job_log("evaluate"),
+    benchmark:
+        PAIRS.job_benchmark("evaluate")
     threads: PAIRS.threads_of("evaluate")
     resources:
         **PAIRS.resources_of("evaluate"),

@@ -30,6 +30,8 @@ for (step, step_kinds, last), step_subjects in SUBJECTS.step_rules().items():
             position=r"[0-9]+",
         log:
             f"{LOGS}/preprocess/{{subject}}/final-{step}.log" if last else f"{LOGS}/preprocess/{{subject}}/{{position}}-{step}.log",
+        benchmark:
+            benchmark_path(BENCHMARKS, "preprocess", f"{{subject}}/final-{step}" if last else f"{{subject}}/{{position}}-{step}")
         group:
             SUBJECTS.group
         threads: PAIRS.threads_of("prepare")
@@ -56,6 +58,8 @@ for prepare_kinds in SUBJECTS.prepare_variants:
             subject=exact_regex(SUBJECTS.prepare_subjects(prepare_kinds)),
         log:
             f"{LOGS}/prepare/{{subject}}.log",
+        benchmark:
+            benchmark_path(BENCHMARKS, "prepare", "{subject}")
         group:
             SUBJECTS.group
         threads: PAIRS.threads_of("prepare")
@@ -78,6 +82,8 @@ rule qc:
         subject=exact_regex(SUBJECTS.prepared),
     log:
         f"{LOGS}/qc/{{subject}}.log",
+    benchmark:
+        benchmark_path(BENCHMARKS, "qc", "{subject}")
     group:
         SUBJECTS.group
     threads: PAIRS.threads_of("prepare")
@@ -106,6 +112,8 @@ for align_kinds in SUBJECTS.align_variants:
             moving=exact_regex(SUBJECTS.align_subjects(align_kinds)),
         log:
             f"{LOGS}/align/{{atlas}}__{{moving}}.log",
+        benchmark:
+            benchmark_path(BENCHMARKS, "align", "{atlas}__{moving}")
         threads: PAIRS.threads_of("prepare")
         resources:
             **PAIRS.resources_of("prepare"),

@@ -1,8 +1,8 @@
 # Training of learned methods (one model per grid point, leaving aside the grid keys used only
 # at registration: io_steps, io_lr) and one registration job per method x grid point x
 # (atlas, moving) pair. Fixed = atlas; the displacement field (mm, ITK convention) lives on the
-# atlas grid. Pairs with labels write warped labels too: a second variant of the rule when the
-# study has pairs with and without labels.
+# atlas grid. Pairs with labels write warped labels too. A registration that fails for a reason of
+# its input records the failure in its folder and the study goes on (registration_core.failures).
 
 if PAIRS.trained:
 
@@ -21,6 +21,8 @@ if PAIRS.trained:
             grid_id=exact_regex(sorted({train_id for _, train_id in PAIRS.trained})),
         log:
             f"{LOGS}/train/{{method}}/{{grid_id}}.log",
+        benchmark:
+            benchmark_path(BENCHMARKS, "train", "{method}/{grid_id}")
         threads: lambda wildcards: STUDY.train_resources(wildcards.method)["threads"]
         resources:
             mem_mb=train_resource("mem_mb"),
@@ -33,38 +35,30 @@ if PAIRS.trained:
             " --out {params.out_dir} > {log} 2>&1"
 
 
-for register_kinds in PAIRS.register_variants:
-
-    rule:
-        name:
-            variant_name("register", register_kinds, PAIRS.register_variants)
-        input:
-            unpack(PAIRS.register_inputs),
-        output:
-            **PAIRS.register_outputs(REG_DIR, register_kinds),
-        params:
-            args=PAIRS.register_args,
-            out_dir=lambda wildcards, output: os.path.dirname(output.log),
-            settings=lambda wildcards: tracked(STUDY.register_params(wildcards.method, wildcards.grid_id)),
-        wildcard_constraints:
-            atlas=exact_regex(PAIRS.labelled) if register_kinds else ID_PATTERN,
-            moving=exact_regex(PAIRS.labelled) if register_kinds else ID_PATTERN,
-        log:
-            f"{LOGS}/register/{{method}}/{{grid_id}}/{{atlas}}__{{moving}}.log",
-        threads: lambda wildcards: STUDY.register_resources(wildcards.method)["threads"]
-        resources:
-            mem_mb=register_resource("mem_mb"),
-            runtime=register_resource("runtime"),
-            gpu=register_resource("gpu"),
-            cpus_per_gpu=register_resource("cpus_per_gpu"),
-        conda:
-            ENV
-        shell:
-            # torch uses as many threads as the job has cores (its default, all cores, oversubscribes
-            # the machine when several jobs run at once)
-            "OMP_NUM_THREADS={threads} python -m registration_core register --method {wildcards.method} {params.args}"
-            " --out {params.out_dir} > {log} 2>&1"
-
-
-if len(PAIRS.register_variants) > 1:
-    workflow.ruleorder(*(variant_name("register", kinds, PAIRS.register_variants) for kinds in PAIRS.register_variants))
+rule register:
+    input:
+        unpack(PAIRS.register_inputs),
+    output:
+        # the whole folder: the method's files (warped labels when the pair has labels), or the
+        # failure record of an input error (registration_core.failures)
+        folder=directory(REG_DIR),
+    params:
+        args=PAIRS.register_args,
+        settings=lambda wildcards: tracked(STUDY.register_params(wildcards.method, wildcards.grid_id)),
+    log:
+        PAIRS.job_log("register"),
+    benchmark:
+        PAIRS.job_benchmark("register")
+    threads: lambda wildcards: STUDY.register_resources(wildcards.method)["threads"]
+    resources:
+        mem_mb=register_resource("mem_mb"),
+        runtime=register_resource("runtime"),
+        gpu=register_resource("gpu"),
+        cpus_per_gpu=register_resource("cpus_per_gpu"),
+    conda:
+        ENV
+    shell:
+        # torch uses as many threads as the job has cores (its default, all cores, oversubscribes
+        # the machine when several jobs run at once)
+        "OMP_NUM_THREADS={threads} python -m registration_core register --method {wildcards.method} {params.args}"
+        " --out {output.folder} > {log} 2>&1"

@@ -17,6 +17,8 @@ rule report:
         study_dir=lambda wildcards, input: os.path.dirname(input.metrics),
     log:
         f"{LOGS}/report.log",
+    benchmark:
+        benchmark_path(BENCHMARKS, "report", "study")
     threads: PAIRS.threads_of("aggregate")
     resources:
         **PAIRS.resources_of("aggregate"),
