@@ -14,13 +14,13 @@ import pkgutil
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image
 from registration_core.core.params import Param, parse_params
+from registration_core.errors import InputError
 
 
 @dataclass
@@ -53,6 +53,15 @@ class Method(ABC):
     uses_torch: ClassVar[bool] = False
     trainable: ClassVar[bool] = False
     """True for methods trained over a dataset first (see :mod:`registration_core.methods.training`)."""
+    min_size: ClassVar[int] = 1
+    """Smallest image axis, voxels, the method registers. The study checks every prepared image's
+    grid (predicted from its header) against :meth:`check_shape` before any job runs."""
+
+    def check_shape(self, shape: Sequence[int], params: Mapping[str, Any]) -> None:
+        """InputError when the method cannot register images of ``shape`` (voxels) with the resolved
+        ``params``: an axis below :attr:`min_size`; methods add limits that depend on parameters."""
+        if min(int(n) for n in shape) < self.min_size:
+            raise InputError(f"{self.name} needs every image axis >= {self.min_size} voxels, got shape {tuple(shape)}")
 
     def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Defaults + preset + ``raw`` overrides, validated (InputError names the parameter)."""

@@ -242,13 +242,19 @@ class Nodeo(Method):
     params = PARAMS
     presets = PRESETS
     uses_torch = True
+    min_size = MIN_AXIS
+
+    def check_shape(self, shape: Sequence[int], params: Mapping[str, Any]) -> None:
+        """Every axis >= :data:`MIN_AXIS` voxels, and windows no larger than the image allows (:func:`check_windows`)."""
+        super().check_shape(shape, params)
+        check_windows(params, shape)
 
     def register(self, fixed: Image, moving: Image, params: Mapping[str, Any]) -> RegistrationResult:
         device = resolve_device(params["device"])
         torch.manual_seed(params["seed"])
         shape = fixed.shape
+        self.check_shape(shape, params)
         n_convs = encoder_depth(shape)
-        check_windows(params, shape)
         fixed_t = torch.from_numpy(np.ascontiguousarray(fixed.data, dtype=np.float32))[None, None].to(device)
         moving_t = torch.from_numpy(np.ascontiguousarray(moving.data, dtype=np.float32))[None, None].to(device)
         net = VelocityNet(

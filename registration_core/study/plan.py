@@ -37,6 +37,7 @@ from registration_core.layout import PATHS
 from registration_core.methods import available_methods, get_method
 from registration_core.preprocessing.align import check_align_settings
 from registration_core.preprocessing.steps import validate_steps
+from registration_core.study.checks import missing_inputs, pair_inputs, plan_problems
 from registration_core.study.config import ID_PATTERN, load_config, validate_config
 from registration_core.study.files import StudyFiles
 from registration_core.study.grid import format_value, method_grid, value_text
@@ -285,6 +286,7 @@ class Study(StudyFiles, StudyJobs):
     def __init__(self, config: Mapping[str, Any], base_dir: str | Path = ".") -> None:
         """``config``: a mapping as read from YAML (validated again here); ``base_dir``: where
         relative dataset paths start. Raises InputError naming the offending key."""
+        responses_given = isinstance(config.get("anova"), Mapping) and "responses" in config["anova"]
         self.config = validate_config(config)
         self.name: str = self.config["study"]
         self.base_dir = Path(base_dir)
@@ -301,6 +303,10 @@ class Study(StudyFiles, StudyJobs):
         self._points = {(p.method, p.grid_id): p for points in self.grid.values() for p in points}
         self.factors = list(dict.fromkeys(key for spec in self.config["methods"].values() for key in spec["grid"]))
         self.config["anova"]["factors"] = self._anova_factors()
+        if not responses_given:  # the default responses: those the pairs can give (no Dice without labels)
+            kinds = pair_inputs(self)
+            responses = [r for r in self.config["anova"]["responses"] if not missing_inputs(r, kinds)]
+            self.config["anova"]["responses"] = responses or self.config["anova"]["responses"]
         self.jobs = [
             Job(self.name, self.dataset.name, point.method, point.grid_id, atlas, moving)
             for points in self.grid.values()
@@ -308,6 +314,9 @@ class Study(StudyFiles, StudyJobs):
             for atlas, moving in self.pairs
         ]
         self._check_size()
+        problems = plan_problems(self)
+        if problems:
+            raise InputError("\n".join(problems))
 
     # -- construction helpers
     def _use_dataset(self, name: str) -> Dataset:
