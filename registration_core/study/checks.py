@@ -226,11 +226,11 @@ def response_problems(study: Study) -> list[str]:
     ]
 
 
-def plan_problems(study: Study) -> list[str]:
-    """Every problem the config and the headers show, one line each (empty: none)."""
+def plan_problems(study: Study, check_files: bool = True) -> list[str]:
+    """Every problem the config (and, with ``check_files``, the headers and label maps) show, one
+    line each (empty: none)."""
     grids = PlanGrids(study)
-    checks: Iterable[list[str]] = (
-        duplicate_grid_values(study), response_problems(study), size_problems(study, grids),
-        grid_problems(study, grids), label_problems(study, grids),
-    )
+    checks: Iterable[list[str]] = (duplicate_grid_values(study), response_problems(study))
+    if check_files:
+        checks = (*checks, size_problems(study, grids), grid_problems(study, grids), label_problems(study, grids))
     return [line for lines in checks for line in lines]

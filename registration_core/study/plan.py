@@ -283,9 +283,12 @@ class Study(StudyFiles, StudyJobs):
     both of its subjects have them.
     """
 
-    def __init__(self, config: Mapping[str, Any], base_dir: str | Path = ".") -> None:
+    def __init__(self, config: Mapping[str, Any], base_dir: str | Path = ".", check_files: bool = True) -> None:
         """``config``: a mapping as read from YAML (validated again here); ``base_dir``: where
-        relative dataset paths start. Raises InputError naming the offending key."""
+        relative dataset paths start; ``check_files``: run the plan-time checks that read image
+        headers and label maps (:func:`registration_core.study.checks.plan_problems`; a job's own
+        Snakemake process, which plans the study again, skips them). Raises InputError naming the
+        offending key, one line per problem."""
         responses_given = isinstance(config.get("anova"), Mapping) and "responses" in config["anova"]
         self.config = validate_config(config)
         self.name: str = self.config["study"]
@@ -314,7 +317,7 @@ class Study(StudyFiles, StudyJobs):
             for atlas, moving in self.pairs
         ]
         self._check_size()
-        problems = plan_problems(self)
+        problems = plan_problems(self, check_files)
         if problems:
             raise InputError("\n".join(problems))
 

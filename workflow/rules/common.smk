@@ -32,7 +32,8 @@ guard_scheduler()
 
 try:
     check_config_files(workflow.overwrite_configfiles or workflow.configfiles)
-    STUDY = Study(config)
+    # a job's own Snakemake process (cluster jobs, group jobs) plans again, without reading the images
+    STUDY = Study(config, check_files=workflow.is_main_process)
 except InputError as error:
     config_files = ", ".join(map(str, workflow.overwrite_configfiles or workflow.configfiles)) or "--config"
     raise WorkflowError(f"invalid study config ({config_files}): {error}") from None
