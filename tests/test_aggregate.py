@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from registration_core.evaluation.aggregate import aggregate_study, format_mean_std, read_jobs
 from registration_core.errors import InputError
+from registration_core.evaluation.aggregate import aggregate_study, format_mean_std, read_jobs
 
 STUDY = "tiny"
 NODEO_GRID = [(lr, kernel) for lr in (0.001, 0.01) for kernel in ("AK", "GK")]

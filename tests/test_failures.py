@@ -25,7 +25,7 @@ from registration_core.failures import (
 )
 from registration_core.layout import REG_FILES, reg_file
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from support.paths import REPO_ROOT
 
 
 def cli(*args: object) -> subprocess.CompletedProcess[str]:

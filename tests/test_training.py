@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, save_image
 from registration_core.core.spatial import warp
+from registration_core.errors import InputError
 from registration_core.methods.training import (
     LearnedMethod,
     common_params,

@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from test_workflow import SNAKEFILE, demo_study, run_snakemake, snakemake_command
 
 GRID = {"smoothing_kernel": ["AK", "GK"], "lr": [0.005, 0.01]}

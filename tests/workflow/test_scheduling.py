@@ -23,7 +23,7 @@ import yaml
 from registration_core.layout import PATHS
 from registration_core.study.scheduling import missing_subtraction
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from support.paths import REPO_ROOT
 
 
 def snakemake_command() -> list[str]:

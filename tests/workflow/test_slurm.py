@@ -30,7 +30,8 @@ import pandas as pd
 import pytest
 from test_workflow import snakemake_command
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from support.paths import REPO_ROOT
+
 SNAKEFILE = REPO_ROOT / "Snakefile"
 CLUSTER_SCRIPT = REPO_ROOT / "tests" / "slurm" / "cluster.sh"
 STUDY_CONFIG = REPO_ROOT / "config" / "studies" / "slurm-smoke.yaml"

@@ -23,7 +23,8 @@ import yaml
 
 from registration_core.core.io import Image, load_image, save_image, save_landmarks
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from support.paths import REPO_ROOT
+
 SNAKEFILE = REPO_ROOT / "Snakefile"
 REPORT_SECTIONS = ("config", "summary", "dice", "runtime", "loss", "anova", "examples", "provenance")
 

@@ -17,7 +17,7 @@ import yaml
 
 from registration_core.core.io import Image, save_image
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from support.paths import REPO_ROOT
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
