@@ -27,14 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from registration_core.preprocessing.align import align_to_fixed
 from registration_core.core.io import load_displacement, load_image, save_image
-from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.core.params import parse_assignments
+from registration_core.core.spatial import warp_array
+from registration_core.evaluation.metrics import dice_summary, jacobian_stats
+from registration_core.methods.training import train_method
+from registration_core.preprocessing.align import align_to_fixed
 from registration_core.preprocessing.steps import extract_slice, run_steps
 from registration_core.registration import run_registration
-from registration_core.core.spatial import warp_array
-from registration_core.methods.training import train_method
 
 STEPS_3D = [
     {"step": "reorient", "orientation": "RAS"},

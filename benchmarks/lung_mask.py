@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from registration_core.core import io
-from registration_core.preprocessing import lung
 from registration_core.evaluation import metrics
+from registration_core.preprocessing import lung
 from registration_core.preprocessing import steps as preprocess
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

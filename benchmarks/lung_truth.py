@@ -28,11 +28,11 @@ from typing import Any
 import numpy as np
 
 from registration_core.core import io
-from registration_core.preprocessing import lung
-from registration_core.evaluation import metrics
-from registration_core.preprocessing import steps as preprocess
-from registration_core.methods import get_method
 from registration_core.data.truth import TruthPair, make_truth_pair
+from registration_core.evaluation import metrics
+from registration_core.methods import get_method
+from registration_core.preprocessing import lung
+from registration_core.preprocessing import steps as preprocess
 
 CT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "thorax-ct" / "ct.nii.gz"
 

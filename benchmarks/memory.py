@@ -69,8 +69,8 @@ def _learned_case(
     """``steps`` training or instance-optimisation steps of a learned method (then its dense fields for io)."""
     import torch
 
-    from registration_core.methods import get_method
     from registration_core.core.provenance import resolve_device
+    from registration_core.methods import get_method
 
     method = get_method(name)
     params = method.resolve_params({"device": device_name})

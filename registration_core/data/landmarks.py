@@ -25,8 +25,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image
+from registration_core.errors import InputError
 
 
 def _gaussian_gradient(data: np.ndarray, spacing_mm: Sequence[float], sigma_mm: float) -> list[np.ndarray]:

@@ -29,8 +29,8 @@ import torch
 from scipy import ndimage
 
 from registration_core.core import spatial
-from registration_core.errors import InputError
 from registration_core.core.io import Image
+from registration_core.errors import InputError
 
 # Scaling and squaring starts from ``v / 2**n`` with its largest step at most this many voxels.
 _MAX_INITIAL_STEP_VOX = 0.25

@@ -32,9 +32,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, itk_geometry
 from registration_core.core.params import Param
+from registration_core.errors import InputError
 from registration_core.methods import Method, RegistrationResult
 
 METRICS = ("AdvancedMattesMutualInformation", "AdvancedNormalizedCorrelation", "AdvancedMeanSquares")

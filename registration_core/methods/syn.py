@@ -40,9 +40,9 @@ from typing import Any, Mapping
 import numpy as np
 import SimpleITK as sitk
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, itk_geometry
 from registration_core.core.params import Param
+from registration_core.errors import InputError
 from registration_core.methods import Method, RegistrationResult
 from registration_core.methods._sitk import field_to_disp_vox, parse_list
 

@@ -32,8 +32,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 from scipy.spatial import ConvexHull
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, image_to_sitk
+from registration_core.errors import InputError
 
 RIGHT_LUNG, LEFT_LUNG = 1, 2
 

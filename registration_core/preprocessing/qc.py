@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from registration_core.errors import InputError
 from registration_core.core.io import Image, atomic_path
+from registration_core.errors import InputError
 
 PANEL_PX = 300
 DPI = 100
