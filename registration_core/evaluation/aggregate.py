@@ -249,7 +249,7 @@ def collect(jobs: pd.DataFrame, factors: list[str]) -> StudyTables:
     jobs = jobs.loc[list(results)]
     if jobs.empty:
         return StudyTables(
-            metrics=jobs, summary_columns=[],
+            metrics=jobs.reindex(columns=[*jobs.columns, *LOG_COLUMNS]), summary_columns=[],
             dice_per_label=pd.DataFrame(columns=[*keep, "label", *PER_LABEL_METRICS.values(), "structure"]),
             loss_curves=pd.DataFrame(columns=[*keep, "iteration"]), failures=failures,
         )
