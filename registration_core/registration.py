@@ -119,40 +119,41 @@ def run_registration(
     """
     reg_method = get_method(method)
     resolved = reg_method.resolve_params(params or {})
-    pair = load_pair(fixed, moving, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
-    start = time.perf_counter()
+    # progress lines from reading the pair to the last file written (a heartbeat covers the I/O)
     with progress(f"register {method}"):
+        pair = load_pair(fixed, moving, fixed_labels, moving_labels, fixed_landmarks, moving_landmarks)
+        start = time.perf_counter()
         result = reg_method.register(pair.fixed, pair.moving, resolved)
-    runtime = time.perf_counter() - start
-    peak_rss, peak_cuda = peak_memory_mb()
-    log = {
-        "method": method,
-        "params": resolved,
-        "seed": resolved.get("seed"),
-        "device": result.device,
-        "runtime_s": runtime,
-        "peak_rss_mb": peak_rss,
-        "peak_cuda_mb": peak_cuda,
-        "iterations": max(len(result.loss_history) - 1, 0),
-        "best_iteration": result.best_iteration,
-        "best_criterion": result.best_criterion,
-        "loss_history": result.loss_history,
-        "versions": software_versions(),
-        "inputs": {
-            "fixed": str(fixed),
-            "moving": str(moving),
-            "fixed_labels": None if fixed_labels is None else str(fixed_labels),
-            "moving_labels": None if moving_labels is None else str(moving_labels),
-            "fixed_landmarks": None if fixed_landmarks is None else str(fixed_landmarks),
-            "moving_landmarks": None if moving_landmarks is None else str(moving_landmarks),
-        },
-        "shape": list(pair.fixed.shape),
-        "spacing_mm": [float(s) for s in pair.fixed.spacing],
-        "conventions": {
-            "fixed": "atlas",
-            "displacement": "mm, LPS components, on the fixed grid; fixed point p maps to moving point p + d(p)",
-        },
-        **result.extra,
-    }
-    write_outputs(Path(out_dir), pair, result, log)
+        runtime = time.perf_counter() - start
+        peak_rss, peak_cuda = peak_memory_mb()
+        log = {
+            "method": method,
+            "params": resolved,
+            "seed": resolved.get("seed"),
+            "device": result.device,
+            "runtime_s": runtime,
+            "peak_rss_mb": peak_rss,
+            "peak_cuda_mb": peak_cuda,
+            "iterations": max(len(result.loss_history) - 1, 0),
+            "best_iteration": result.best_iteration,
+            "best_criterion": result.best_criterion,
+            "loss_history": result.loss_history,
+            "versions": software_versions(),
+            "inputs": {
+                "fixed": str(fixed),
+                "moving": str(moving),
+                "fixed_labels": None if fixed_labels is None else str(fixed_labels),
+                "moving_labels": None if moving_labels is None else str(moving_labels),
+                "fixed_landmarks": None if fixed_landmarks is None else str(fixed_landmarks),
+                "moving_landmarks": None if moving_landmarks is None else str(moving_landmarks),
+            },
+            "shape": list(pair.fixed.shape),
+            "spacing_mm": [float(s) for s in pair.fixed.spacing],
+            "conventions": {
+                "fixed": "atlas",
+                "displacement": "mm, LPS components, on the fixed grid; fixed point p maps to moving point p + d(p)",
+            },
+            **result.extra,
+        }
+        write_outputs(Path(out_dir), pair, result, log)
     return log
