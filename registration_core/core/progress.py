@@ -155,20 +155,25 @@ class Progress:
                 self._write(self.line(now), now)
 
     def say(self, status: str) -> None:
-        """Write one line with ``status`` in place of the count (``started``, ``done``)."""
+        """Write one line with ``status`` in place of the count (``done``)."""
         now = time.monotonic()
         with self._lock:
-            if self._bar is not None and status.startswith(("done", "failed")):
-                self._bar.close()
-                self._bar = None
+            self.close()
             self._write(self.line(now, status), now)
+
+    def close(self) -> None:
+        """Close the tqdm bar, if any (plain lines follow)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 @contextmanager
 def progress(label: str, total: int | None = None, unit: str = "iteration", stream: TextIO | None = None,
              interval_s: float = INTERVAL_S) -> Iterator[Progress]:
-    """Report the progress of the block: a ``started`` line, lines from :func:`report` and the
-    heartbeat at least every ``interval_s``, and a ``done`` (or ``failed``) line at the end."""
+    """Report the progress of the block: lines from :func:`report` and the heartbeat at least every
+    ``interval_s``, and a ``done`` line when it ends normally. An exception ends it without a line
+    of its own: the command's one ``error:`` line (or the traceback of a crash) says what happened."""
     state = Progress(label, total, unit, stream, interval_s)
     stop = threading.Event()
 
@@ -179,14 +184,13 @@ def progress(label: str, total: int | None = None, unit: str = "iteration", stre
     thread = threading.Thread(target=beat, name=f"progress {label}", daemon=True)
     with _ACTIVE_LOCK:
         _ACTIVE.append(state)
-    state.say("started" + (f", {total} {unit}s" if total else ""))
     thread.start()
     try:
         yield state
     except BaseException:
         stop.set()
         thread.join()
-        state.say("failed")
+        state.close()
         raise
     else:
         stop.set()
