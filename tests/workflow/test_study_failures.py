@@ -1,7 +1,8 @@
-"""Failures are results, in real Snakemake runs: one subject on another grid fails its
-registrations (recorded, not retried), the study still writes its tables, statistics and report
-(failures on the first screen) and says so on its last line; after the subject's file is fixed, a
-rerun redoes exactly the failed jobs."""
+"""Failures are results, in real Snakemake runs: one subject whose landmarks do not correspond to the
+atlas's (3 points against 4: an input error only the registration meets, the plan reads no
+landmarks) fails its registrations (recorded, not retried), the study still writes its tables,
+statistics and report (failures on the first screen) and says so on its last line; after the
+subject's file is fixed, a rerun redoes exactly the failed jobs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from registration_core.core.io import Image, save_image
+from registration_core.core.io import Image, save_image, save_landmarks
 
 from support.paths import REPO_ROOT
 
@@ -30,12 +31,19 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def blob(shape: tuple[int, int], shift: float) -> Image:
-    """A 2D image of two Gaussian blobs (2 mm voxels), moved by ``shift`` voxels along i."""
-    grid = np.stack(np.meshgrid(*(np.arange(float(n)) for n in shape), indexing="ij"))
-    centres = np.array([[22.0 + shift, 24.0], [40.0 + shift, 38.0]])
-    data = sum(np.exp(-((grid - c[:, None, None]) ** 2).sum(axis=0) / (2 * 5.0**2)) for c in centres)
-    return Image(data.astype(np.float32), np.diag([2.0, 2.0, 1.0, 1.0]))
+CENTRES = np.array([[20.0, 22.0], [40.0, 24.0], [24.0, 42.0], [42.0, 40.0]])
+
+
+def blob_subject(folder: Path, shift: float, n_points: int = 4) -> None:
+    """A 2D image (64 x 64, 2 mm) of four Gaussian blobs moved by ``shift`` voxels along i, and the
+    first ``n_points`` blob centres as its landmarks."""
+    grid = np.stack(np.meshgrid(np.arange(64.0), np.arange(64.0), indexing="ij"))
+    centres = CENTRES + np.array([shift, 0.0])
+    data = sum(np.exp(-((grid - c[:, None, None]) ** 2).sum(axis=0) / (2 * 4.0**2)) for c in centres)
+    image = Image(data.astype(np.float32), np.diag([2.0, 2.0, 1.0, 1.0]))
+    folder.mkdir(parents=True, exist_ok=True)
+    save_image(image, folder / "image.nii.gz")
+    save_landmarks(centres[:n_points], image, folder / "points.csv")
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -46,12 +54,12 @@ def job_counts(output: str) -> dict[str, int]:
 @pytest.mark.slow
 def test_a_failing_subject_is_reported_and_redone_once_fixed(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    for subject, shape, shift in (("a", (64, 64), 0.0), ("b", (64, 64), 2.0), ("c", (64, 70), 1.0), ("d", (64, 64), -2.0)):
-        (data / subject).mkdir(parents=True)
-        save_image(blob(shape, shift), data / subject / "image.nii.gz")
+    for subject, shift, n_points in (("a", 0.0, 4), ("b", 2.0, 4), ("c", 1.0, 3), ("d", -2.0, 4)):
+        blob_subject(data / subject, shift, n_points)
     config = {
         "study": "fail",
-        "datasets": {"blobs": {"adapter": "folder", "path": "data", "image": "{subject}/image.nii.gz"}},
+        "datasets": {"blobs": {"adapter": "folder", "path": "data", "image": "{subject}/image.nii.gz",
+                               "landmarks": "{subject}/points.csv"}},
         "pairs": {"atlases": ["a"], "moving": "rest"},
         "methods": {"demons": {"params": {"iterations": [10], "shrink_factors": [1], "smoothing_sigmas": [0.0]},
                                "grid": {"field_sigma": [1.0, 2.0]}}},
@@ -70,7 +78,7 @@ def test_a_failing_subject_is_reported_and_redone_once_fixed(tmp_path: Path) -> 
     results = tmp_path / "results" / "fail"
     failures = pd.read_csv(results / "failures.csv")
     assert list(failures["moving"]) == ["c", "c"] and set(failures["stage"]) == {"register"}
-    assert failures["reason"].str.contains("grid differs").all()
+    assert failures["reason"].str.contains("has 3 landmarks but").all()
     for log in failures["log"]:
         assert "error: " in (tmp_path / log).read_text()
     failed_files = [p.name for p in (results / "reg" / "demons").glob("*/a__c/*") if not p.name.startswith(".")]
@@ -90,7 +98,7 @@ def test_a_failing_subject_is_reported_and_redone_once_fixed(tmp_path: Path) -> 
     assert dry.returncode == 0 and "Nothing to be done" in dry.stdout, dry.stdout[-3000:]
 
     # the subject's file fixed: exactly its jobs run again, then the study tables
-    save_image(blob((64, 64), 1.0), data / "c" / "image.nii.gz")
+    blob_subject(data / "c", 1.0, 4)
     dry = snakemake(tmp_path, "--dry-run")
     assert dry.returncode == 0, dry.stdout[-3000:]
     counts = job_counts(dry.stdout)
