@@ -144,7 +144,7 @@ def test_training_over_shifted_disks_predicts_a_held_out_shift_via_the_cli(tmp_p
     save_image(Image(disk(shape, (13.5, 15.5), 6.0), np.eye(4)), moving)
     small = [f"{key}={value}" for key, value in SMALL.items()]
     train = _run_cli("train", "--method", "nephi", "--images", *images, "--out", tmp_path / "model",
-                     *[arg for p in [*small, "steps=100", "lr=0.001", "val_every=50"] for arg in ("--param", p)])
+                     *[arg for p in [*small, "steps=300", "lr=0.001", "val_every=150"] for arg in ("--param", p)])
     assert train.returncode == 0, train.stderr
     log = json.loads((tmp_path / "model" / "log.json").read_text())
     assert log["validation"][-1]["total"] < 0.3 * log["validation"][0]["total"]
@@ -155,7 +155,7 @@ def test_training_over_shifted_disks_predicts_a_held_out_shift_via_the_cli(tmp_p
     disp = load_displacement(tmp_path / "reg" / "displacement.nii.gz", reference)
     inverse = load_displacement(tmp_path / "reg" / "inverse_displacement.nii.gz", reference)
     on_fixed = reference.data > 0.5
-    assert disp[0][on_fixed].mean() == pytest.approx(-3.0, abs=0.75)  # seen in runs: -3.26, -3.52
+    assert disp[0][on_fixed].mean() == pytest.approx(-3.0, abs=0.75)  # 300 steps (the released GradICON and prior scales)
     assert inverse[0][load_image(moving).data > 0.5].mean() == pytest.approx(3.0, abs=0.75)
     warped = load_image(tmp_path / "reg" / "warped.nii.gz").data
     moving_data = load_image(moving).data
