@@ -266,7 +266,7 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not found"):
         load_config(tmp_path / "missing.yaml")
     (tmp_path / "bad.yaml").write_text("study: [unclosed\n")
-    with pytest.raises(InputError, match="bad.yaml is not valid YAML"):
+    with pytest.raises(InputError, match=r"bad.yaml: not valid YAML on line 2"):
         load_config(tmp_path / "bad.yaml")
     (tmp_path / "empty.yaml").write_text("")
     with pytest.raises(InputError, match="empty.yaml is empty"):
