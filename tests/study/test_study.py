@@ -269,7 +269,7 @@ def test_load_config_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match=r"bad.yaml: not valid YAML on line 2"):
         load_config(tmp_path / "bad.yaml")
     (tmp_path / "empty.yaml").write_text("")
-    with pytest.raises(InputError, match="empty.yaml is empty"):
+    with pytest.raises(InputError, match="empty.yaml: config file is empty"):
         load_config(tmp_path / "empty.yaml")
     (tmp_path / "unknown.yaml").write_text(yaml.safe_dump(config(extra=1)))
     with pytest.raises(InputError, match=r"unknown.yaml: config: unknown key extra"):
