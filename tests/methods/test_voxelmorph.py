@@ -301,9 +301,11 @@ def learned_2d_benchmark() -> ModuleType:
 @pytest.mark.slow
 def test_real_brain_slices_dice_rises_on_held_out_pairs(shared_data: Path, tmp_path: Path) -> None:
     """Affinely aligned axial slices (80x128, 2 mm) of OASIS-TRT: train on sub-03..sub-10 (400 steps),
-    register sub-01 <-> sub-02. Measured: mean Dice 0.309 -> 0.386 and 0.217 -> 0.278."""
+    register sub-01 <-> sub-02. Measured: mean Dice 0.338 -> 0.419 and 0.244 -> 0.307. The benchmark's
+    own alignment settings: a coarse-only pyramid (shrink 4, 50 iterations) left four of nine
+    subjects misaligned (slice Dice 0.02-0.13) under some sampling seeds."""
     bench = learned_2d_benchmark()
-    files = bench.prepare(shared_data / "oasis-trt", tmp_path / "data", {"shrink_factors": (4,), "iterations": 50})
+    files = bench.prepare(shared_data / "oasis-trt", tmp_path / "data")
     training = [files[name][0] for name in bench.TRAIN]
     train_method("voxelmorph", training, tmp_path / "model", {"steps": "400", "lr": "2e-3", "device": "cpu"})
     params = VXM.resolve_params({"checkpoint": str(tmp_path / "model" / "model.pt")})
