@@ -439,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit status: 0, 2 on bad input, 1 on a failed write, 128 + the
     signal's number when SIGTERM / SIGINT / SIGHUP stopped it (after the command's cleanup ran:
     all-or-nothing writers remove what they wrote)."""
-    from registration_core.core.outputs import Interrupted, signals_as_exceptions
+    from registration_core.core.outputs import Interrupted, interruption_of, signals_as_exceptions
 
     args = None
     with signals_as_exceptions():
@@ -453,11 +453,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
                 return record_input_error(args, exc)
             return 2
-        except OSError as exc:
+        except (OSError, Interrupted) as exc:
+            interrupted = interruption_of(exc)
+            if interrupted is not None:
+                print(f"error: {interrupted}; nothing of this run was kept", file=sys.stderr)
+                return 128 + interrupted.signum
+            assert isinstance(exc, OSError)
             where = f"{exc.filename}: " if exc.filename else ""
             print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
             return 1
-        except Interrupted as exc:
-            print(f"error: {exc}; nothing of this run was kept", file=sys.stderr)
-            return 128 + exc.signum
     return 0

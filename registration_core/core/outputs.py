@@ -43,6 +43,21 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+def interruption_of(exc: BaseException) -> Interrupted | None:
+    """The :class:`Interrupted` behind ``exc``, if any: ``exc`` itself or one in its chain of causes
+    and contexts. A signal landing inside a library's write can surface as an ``OSError`` raised
+    while that library cleans up (a file closed under its feet: "Bad file descriptor"); the run was
+    still interrupted, not failed."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, Interrupted):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -150,8 +151,10 @@ def _odd(name: str, default: int, help: str) -> Param:
 PARAMS: dict[str, Param] = {
     p.name: p
     for p in [
-        Param("preset", str, "default", "parameter set applied before explicit values", choices=("reference", "default")),
-        Param("iterations", int, 300, "optimizer steps", minimum=1, maximum=100_000),
+        Param("preset", str, "default", "parameter set applied before explicit values", choices=("reference", "plateau", "default")),
+        Param("iterations", int, 300, "optimizer steps (at most, per pyramid level)", minimum=1, maximum=100_000),
+        Param("shrink_factors", list, (1,), "image pyramid, coarse to fine (e.g. 4x2x1); each level starts from the "
+              "coarser one's field; 1: one level at full resolution", item=int, minimum=1, maximum=32),
         Param("lr", float, 5e-3, "Adam (amsgrad) learning rate", minimum=0.0, exclusive_minimum=True),
         Param("smoothing_kernel", str, "AK", "velocity smoothing: AK box average, GK Gaussian", choices=("AK", "GK")),
         _odd("smoothing_window", 15, "smoothing window in voxels"),
@@ -192,15 +195,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "iterations": 300, "lr": 5e-3, "smoothing_kernel": "AK", "smoothing_window": 15,
         "smoothing_passes": 1, "gaussian_nsig": 0.1, "ncc_window": 21, "lambda_J": 2.5,
         "lambda_df": 0.05, "lambda_v": REFERENCE_LAMBDA_V * REFERENCE_STEP**2, "ode_method": "euler",
-        "step_size": None, "time_steps": 2, "time_span": REFERENCE_STEP, "stop_patience": 0,
+        "step_size": None, "time_steps": 2, "time_span": REFERENCE_STEP, "shrink_factors": (1,), "stop_patience": 0,
     },
-    # The reference's model and losses, stopped when the loss has plateaued: the best total loss
-    # improving by less than 0.5% over 25 iterations (see docs/studies.md for the measured effect).
+    # The reference's model and losses at full resolution, stopped when the loss has plateaued:
+    # the best total loss improving by less than 0.5% over 25 iterations (the default until the
+    # pyramid; see docs/studies.md for the measured effect of the stop).
+    "plateau": {
+        "iterations": 300, "lr": 5e-3, "smoothing_kernel": "AK", "smoothing_window": 15,
+        "smoothing_passes": 1, "gaussian_nsig": 2.0, "ncc_window": 21, "lambda_J": 2.5,
+        "lambda_df": 0.05, "lambda_v": 5e-5, "ode_method": "euler", "step_size": None,
+        "time_steps": 2, "time_span": 1.0, "shrink_factors": (1,), "stop_patience": 25, "stop_rel_tol": 5e-3,
+    },
     "default": {
         "iterations": 300, "lr": 5e-3, "smoothing_kernel": "AK", "smoothing_window": 15,
         "smoothing_passes": 1, "gaussian_nsig": 2.0, "ncc_window": 21, "lambda_J": 2.5,
         "lambda_df": 0.05, "lambda_v": 5e-5, "ode_method": "euler", "step_size": None,
-        "time_steps": 2, "time_span": 1.0, "stop_patience": 25, "stop_rel_tol": 5e-3,
+        "time_steps": 2, "time_span": 1.0, "shrink_factors": (1,), "stop_patience": 25, "stop_rel_tol": 5e-3,
     },
 }
 
@@ -245,80 +255,181 @@ class Nodeo(Method):
     min_size = MIN_AXIS
 
     def check_shape(self, shape: Sequence[int], params: Mapping[str, Any]) -> None:
-        """Every axis >= :data:`MIN_AXIS` voxels, and windows no larger than the image allows (:func:`check_windows`)."""
+        """Every axis >= :data:`MIN_AXIS` voxels at every pyramid level, and windows no larger than
+        each level's image allows (:func:`check_windows`); InputError names ``shrink_factors``
+        when a level would be too small."""
         super().check_shape(shape, params)
-        check_windows(params, shape)
+        for factor in params["shrink_factors"]:
+            level_shape = shrunk_shape(shape, factor)
+            if min(level_shape) < MIN_AXIS:
+                raise InputError(
+                    f"method 'nodeo': parameter 'shrink_factors' = {'x'.join(map(str, params['shrink_factors']))}: "
+                    f"factor {factor} shrinks the image of shape {tuple(shape)} to {level_shape}, below "
+                    f"{MIN_AXIS} voxels on an axis"
+                )
+            check_windows(level_params(params, factor), level_shape)
 
     def register(self, fixed: Image, moving: Image, params: Mapping[str, Any]) -> RegistrationResult:
         device = resolve_device(params["device"])
         torch.manual_seed(params["seed"])
         shape = fixed.shape
         self.check_shape(shape, params)
-        n_convs = encoder_depth(shape)
         fixed_t = torch.from_numpy(np.ascontiguousarray(fixed.data, dtype=np.float32))[None, None].to(device)
         moving_t = torch.from_numpy(np.ascontiguousarray(moving.data, dtype=np.float32))[None, None].to(device)
-        net = VelocityNet(
-            shape, params["channels"], params["bottleneck"], n_convs, _UPSAMPLE_LEVELS,
-            params["smoothing_kernel"], params["smoothing_window"], params["smoothing_passes"],
-            params["gaussian_nsig"],
-        ).to(device)
-        dynamics = _Dynamics(net)
-        grid0 = identity_grid_norm(shape, device=device)
-        times = torch.linspace(0.0, params["time_span"], params["time_steps"], device=device)
-        solve = odeint_adjoint if params["adjoint"] else odeint
-        solver_kwargs: dict[str, Any] = {"method": params["ode_method"]}
-        if params["ode_method"] == "dopri5":
-            solver_kwargs.update(rtol=params["tolerance"], atol=params["tolerance"])
-        elif params["step_size"] is not None:
-            solver_kwargs["options"] = {"step_size": params["step_size"]}
-        similarity = LocalNCC(fixed_t, params["ncc_window"])
-        weights = {"v": params["lambda_v"], "J": params["lambda_J"], "df": params["lambda_df"]}
-        optimizer = torch.optim.Adam(net.parameters(), lr=params["lr"], amsgrad=True)
-
+        factors = params["shrink_factors"]
+        clock = _Clock(params["iterations"] * len(factors))
+        coarse: torch.Tensor | None = None  # the coarser levels' normalised displacement
         history: list[dict[str, float]] = []
-        start = time.perf_counter()
-        best_total, best_disp, best_iteration = math.inf, None, -1
-        best_so_far: list[float] = []  # running best total loss, one entry per evaluated iterate
-        patience = params["stop_patience"]
-        for iteration in range(params["iterations"] + 1):
-            last = iteration == params["iterations"]
-            with torch.set_grad_enabled(not last):
-                phis = solve(dynamics, grid0, times, **solver_kwargs)  # (T, 1, ndim, *shape)
-                dt = (times[1:] - times[:-1]).view(-1, *([1] * (phis.dim() - 1)))
-                velocities = (phis[1:] - phis[:-1]) / dt
-                disp_vox = disp_norm_to_vox(phis[-1] - grid0, shape)
-                warped = sample(moving_t, phis[-1])
-                terms = {
-                    "sim": similarity(warped),
-                    "v": velocity_magnitude_loss(velocities, channel_dim=2),
-                    "J": neg_jacobian_loss(disp_vox, params["jacobian_threshold"]),
-                    "df": diffusion_loss(disp_vox),
-                }
-                total = terms["sim"] + sum(weights[k] * terms[k] for k in weights)
-            record = {"iteration": iteration, "elapsed_s": time.perf_counter() - start, "total": float(total.detach())}
-            record.update({k: float(v.detach()) for k, v in terms.items()})
-            history.append(record)
-            report(iteration, params["iterations"], **{k: v for k, v in record.items() if k not in ("iteration", "elapsed_s")})
-            if not math.isfinite(record["total"]):
-                raise RuntimeError(f"nodeo: loss became {record['total']} at iteration {iteration}; lower 'lr'")
-            if record["total"] < best_total:
-                best_total, best_disp, best_iteration = record["total"], disp_vox.detach(), iteration
-            best_so_far.append(best_total)
-            if patience and iteration >= patience:
-                if best_so_far[-1 - patience] - best_total < params["stop_rel_tol"] * abs(best_total):
-                    break
-            if not last:
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-        assert best_disp is not None
+        for level, factor in enumerate(factors):
+            level_shape = shrunk_shape(shape, factor)
+            start = None if coarse is None else upsample_norm_field(coarse, level_shape)
+            fit = _fit_level(
+                shrink(fixed_t, level_shape), shrink(moving_t, level_shape), level_params(params, factor), start, clock
+            )
+            history.extend({"level": level, "shrink": factor, **record} for record in fit.history)
+            coarse = fit.disp_norm
+        assert coarse is not None
         return RegistrationResult(
-            disp_vox=best_disp[0].cpu().numpy().astype(np.float32),
+            disp_vox=disp_norm_to_vox(coarse, shape)[0].cpu().numpy().astype(np.float32),
             loss_history=history,
-            best_iteration=best_iteration,
-            best_criterion="lowest total loss over all evaluated iterates (0 = identity-initialised network)",
+            best_iteration=fit.best_iteration,
+            best_criterion="lowest total loss over all evaluated iterates of the finest level "
+            "(0 = identity-initialised network on top of the coarser levels' field)",
             device=str(device),
         )
+
+
+def shrunk_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:
+    """Grid of a pyramid level: ``(n - 1) // factor + 1`` voxels per axis, spanning the same
+    first-to-last voxel centres as ``shape`` (normalised coordinates are shared by all levels)."""
+    return tuple((int(n) - 1) // factor + 1 for n in shape)
+
+
+def level_params(params: Mapping[str, Any], factor: int) -> dict[str, Any]:
+    """``params`` of a level shrunk by ``factor``: ``ncc_window`` and ``smoothing_window`` divided
+    by ``factor`` (the same physical extent; rounded to the nearest odd size, at least 3 and 1)."""
+    if factor == 1:
+        return dict(params)
+
+    def odd(window: int, smallest: int) -> int:
+        return max(smallest, 2 * int(round((window / factor - 1) / 2)) + 1)
+
+    return {**params, "ncc_window": odd(params["ncc_window"], 3), "smoothing_window": odd(params["smoothing_window"], 1)}
+
+
+def shrink(image: torch.Tensor, level_shape: Sequence[int]) -> torch.Tensor:
+    """``image`` (1, C, *shape) -> (1, C, *level_shape): per axis a Gaussian of sigma ``factor / 2``
+    voxels (weights renormalised at the borders) then linear interpolation at the level's voxel
+    centres (align_corners, the same span); one separable linear map. Unchanged when the shapes agree."""
+    shape = image.shape[2:]
+    if tuple(shape) == tuple(level_shape):
+        return image
+    mats = []
+    for n, m in zip(shape, level_shape):
+        factor = (n - 1) / max(m - 1, 1)
+        half = max(1, int(math.ceil(factor)))
+        smooth = gaussian_matrix(n, 2 * half + 1, 2.0 * half / factor)  # sigma = factor / 2 voxels
+        smooth = smooth / smooth.sum(dim=1, keepdim=True)
+        positions = torch.linspace(0.0, n - 1, m, dtype=torch.float64)
+        weights = (1.0 - (positions[:, None] - torch.arange(n, dtype=torch.float64)[None, :]).abs()).clamp(min=0.0)
+        mats.append((weights @ smooth).float().to(image.device))
+    return apply_separable(image, mats)
+
+
+def upsample_norm_field(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Normalised displacement (1, ndim, *coarse) -> (1, ndim, *shape) by linear interpolation
+    (align_corners: normalised units do not change with the grid)."""
+    return F.interpolate(field, size=tuple(shape), mode=_LINEAR_MODE[field.dim() - 2], align_corners=True)
+
+
+class _Clock:
+    """Wall time since the registration started and the iteration count over all levels (for progress lines)."""
+
+    def __init__(self, planned: int) -> None:
+        self.start = time.perf_counter()
+        self.done = 0
+        self.planned = planned
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+@dataclass
+class _LevelFit:
+    disp_norm: torch.Tensor  # best iterate's normalised displacement, coarser levels included, (1, ndim, *shape)
+    history: list[dict[str, float]]
+    best_iteration: int
+
+
+def _fit_level(
+    fixed_t: torch.Tensor, moving_t: torch.Tensor, params: Mapping[str, Any], start: torch.Tensor | None, clock: _Clock
+) -> _LevelFit:
+    """Optimise one network on one pyramid level (images (1, 1, *shape)); ``start`` is the coarser
+    levels' normalised displacement on this grid (None at the first level).
+
+    The level's flow ``phi`` is composed with the start: the map is ``x -> phi(x) + start(phi(x))``
+    (border padding), so similarity, Jacobian and diffusion terms score the whole deformation and
+    iterate 0 (zero velocity) is the coarser levels' result; the velocity term is the level's own.
+    """
+    shape = tuple(fixed_t.shape[2:])
+    device = fixed_t.device
+    net = VelocityNet(
+        shape, params["channels"], params["bottleneck"], encoder_depth(shape), _UPSAMPLE_LEVELS,
+        params["smoothing_kernel"], params["smoothing_window"], params["smoothing_passes"],
+        params["gaussian_nsig"],
+    ).to(device)
+    dynamics = _Dynamics(net)
+    grid0 = identity_grid_norm(shape, device=device)
+    times = torch.linspace(0.0, params["time_span"], params["time_steps"], device=device)
+    solve = odeint_adjoint if params["adjoint"] else odeint
+    solver_kwargs: dict[str, Any] = {"method": params["ode_method"]}
+    if params["ode_method"] == "dopri5":
+        solver_kwargs.update(rtol=params["tolerance"], atol=params["tolerance"])
+    elif params["step_size"] is not None:
+        solver_kwargs["options"] = {"step_size": params["step_size"]}
+    similarity = LocalNCC(fixed_t, params["ncc_window"])
+    weights = {"v": params["lambda_v"], "J": params["lambda_J"], "df": params["lambda_df"]}
+    optimizer = torch.optim.Adam(net.parameters(), lr=params["lr"], amsgrad=True)
+
+    history: list[dict[str, float]] = []
+    best_total, best_disp, best_iteration = math.inf, None, -1
+    best_so_far: list[float] = []  # running best total loss, one entry per evaluated iterate
+    patience = params["stop_patience"]
+    for iteration in range(params["iterations"] + 1):
+        last = iteration == params["iterations"]
+        with torch.set_grad_enabled(not last):
+            phis = solve(dynamics, grid0, times, **solver_kwargs)  # (T, 1, ndim, *shape)
+            dt = (times[1:] - times[:-1]).view(-1, *([1] * (phis.dim() - 1)))
+            velocities = (phis[1:] - phis[:-1]) / dt
+            points = phis[-1] if start is None else phis[-1] + sample(start, phis[-1])
+            disp_norm = points - grid0
+            disp_vox = disp_norm_to_vox(disp_norm, shape)
+            terms = {
+                "sim": similarity(sample(moving_t, points)),
+                "v": velocity_magnitude_loss(velocities, channel_dim=2),
+                "J": neg_jacobian_loss(disp_vox, params["jacobian_threshold"]),
+                "df": diffusion_loss(disp_vox),
+            }
+            total = terms["sim"] + sum(weights[k] * terms[k] for k in weights)
+        record = {"iteration": iteration, "elapsed_s": clock.elapsed(), "total": float(total.detach())}
+        record.update({k: float(v.detach()) for k, v in terms.items()})
+        history.append(record)
+        report(clock.done, clock.planned, **{k: v for k, v in record.items() if k not in ("iteration", "elapsed_s")})
+        if not math.isfinite(record["total"]):
+            raise RuntimeError(f"nodeo: loss became {record['total']} at iteration {iteration}; lower 'lr'")
+        if record["total"] < best_total:
+            best_total, best_disp, best_iteration = record["total"], disp_norm.detach(), iteration
+        best_so_far.append(best_total)
+        if patience and iteration >= patience:
+            if best_so_far[-1 - patience] - best_total < params["stop_rel_tol"] * abs(best_total):
+                break
+        if not last:
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            clock.done += 1
+    assert best_disp is not None
+    return _LevelFit(best_disp, history, best_iteration)
 
 
 METHOD = Nodeo()
