@@ -7,12 +7,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from scipy import ndimage
 
 from registration_core.core.io import Image
 from registration_core.core.spatial import warp_array
+from registration_core.errors import InputError
 from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
+from registration_core.methods.nodeo import level_params, shrink, shrunk_shape
 
 NODEO = get_method("nodeo")
 
@@ -88,6 +91,40 @@ def test_too_small_image_is_a_clear_error() -> None:
     img = Image(blobs((15, 80)), np.eye(4))
     with pytest.raises(ValueError, match="every image axis >= 16"):
         NODEO.register(img, img, NODEO.resolve_params({"iterations": 1}))
+
+
+def test_pyramid_levels_share_the_span_and_scale_the_windows() -> None:
+    assert shrunk_shape((160, 192), 4) == (40, 48) and shrunk_shape((161, 97), 2) == (81, 49)
+    params = NODEO.resolve_params({"ncc_window": 21, "smoothing_window": 15})
+    assert (level_params(params, 1)["ncc_window"], level_params(params, 1)["smoothing_window"]) == (21, 15)
+    assert (level_params(params, 2)["ncc_window"], level_params(params, 2)["smoothing_window"]) == (11, 7)
+    assert (level_params(params, 4)["ncc_window"], level_params(params, 4)["smoothing_window"]) == (5, 3)
+    assert (level_params(params, 32)["ncc_window"], level_params(params, 32)["smoothing_window"]) == (3, 1)
+
+
+def test_shrink_keeps_constants_and_samples_a_ramp_at_the_level_centres() -> None:
+    ramp = torch.arange(97, dtype=torch.float32).view(1, 1, 97, 1).expand(1, 1, 97, 65).contiguous()
+    level = shrink(ramp, (25, 17))  # factor 4 on both axes: centres 0, 4, ..., 96
+    assert level.shape == (1, 1, 25, 17)
+    np.testing.assert_allclose(level[0, 0, 2:-2, 5].numpy(), np.arange(8, 89, 4), atol=1e-4)
+    np.testing.assert_allclose(shrink(torch.full((1, 1, 40, 50), 3.0), (20, 25)).numpy(), 3.0, atol=1e-5)
+
+
+def test_pyramid_recovers_a_large_translation_and_logs_every_level() -> None:
+    fixed = blobs((96, 96), seed=1)
+    shift = (7.0, -6.0)
+    moving = ndimage.shift(fixed, shift, order=3, mode="nearest")
+    params = NODEO.resolve_params({"iterations": 100, "lr": 0.01, "ncc_window": 9, "shrink_factors": "4x2x1"})
+    result = NODEO.register(Image(fixed, np.eye(4)), Image(moving, np.eye(4)), params)
+    recovered = np.median(result.disp_vox[:, 24:-24, 24:-24].reshape(2, -1), axis=1)
+    np.testing.assert_allclose(recovered, shift, atol=0.5)
+    assert sorted({(h["level"], h["shrink"]) for h in result.loss_history}) == [(0, 4), (1, 2), (2, 1)]
+
+
+def test_a_pyramid_level_below_the_smallest_axis_names_shrink_factors() -> None:
+    img = Image(blobs((64, 80)), np.eye(4))
+    with pytest.raises(InputError, match=r"'shrink_factors' = 8x1: factor 8 shrinks .* to \(8, 10\)"):
+        NODEO.register(img, img, NODEO.resolve_params({"iterations": 1, "shrink_factors": "8x1"}))
 
 
 def _axial_slice(path: Path, index: int, dtype: type) -> np.ndarray:

@@ -11,6 +11,13 @@ torchdiffeq. ``theta`` is optimised with Adam (amsgrad) on
 (normalised units per unit time), ``L_J = mean(relu(jacobian_threshold - detJ)^2)`` and ``L_df``
 the diffusion regulariser of the voxel displacement.
 
+Image pyramid (``shrink_factors``, coarse to fine; one level at full resolution by default): level
+``l`` registers the images shrunk by ``f_l`` (:func:`shrink`: Gaussian of sigma ``f_l / 2`` voxels,
+:func:`shrunk_shape` voxels spanning the same extent) with its own network, NCC and smoothing windows
+divided by ``f_l`` (:func:`level_params`) and at most ``iterations`` steps under the same stop
+rule; it starts from the coarser levels' field, which its own flow is composed with (see
+:func:`_fit_level`), so each level's iterate 0 is the coarser result.
+
 Differences from the public reference code (github.com/yifannnwu/NODEO-DIR): the network's first linear layer is
 sized from the image shape (the reference hard-codes 864, so only volumes with every axis in
 (128, 192] run); lambdas are floats; the returned field is the best iterate by total loss
