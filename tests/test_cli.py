@@ -137,7 +137,7 @@ def test_bad_inputs_fail_cleanly(pair: dict[str, Path], tmp_path: Path) -> None:
 def test_methods_lists_every_method_with_its_parameters() -> None:
     proc = run_cli("methods")
     assert proc.returncode == 0, proc.stderr
-    for name in ("nodeo (presets: reference, default)", "demons", "bspline", "affine"):
+    for name in ("nodeo (presets: reference, default, pyramid)", "demons", "bspline", "affine"):
         assert name in proc.stdout
     assert "  lr = 0.005  [a number > 0]" in proc.stdout
     assert run_cli("methods", "nope").returncode == 2
