@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from registration_core.core.filters import _box_sum_all, box_sum
-from registration_core.core.spatial import forward_differences, jacobian_determinant
+from registration_core.core.spatial import forward_difference_adjoint, forward_differences, jacobian_determinant
 
 
 class LocalNCC:
@@ -132,6 +132,66 @@ def neg_jacobian_loss(disp_vox: torch.Tensor, threshold: float = 0.5) -> torch.T
     """``mean(relu(threshold - detJ)^2)`` of the map ``x + u(x)``, forward differences (NODEO's L_J)."""
     det = jacobian_determinant(disp_vox, scheme="forward")
     return F.relu(threshold - det).pow(2).mean()
+
+
+def _cofactors(jac: list[list[torch.Tensor]], rows: int | None = None) -> list[list[torch.Tensor]]:
+    """Signed cofactors ``C[r][c] = d det / d J[r][c]`` of a 2x2 or 3x3 matrix of fields, for the
+    first ``rows`` rows (all by default; 3x3: the cyclic formula
+    ``J[r+1][c+1] J[r+2][c+2] - J[r+1][c+2] J[r+2][c+1]``, indices mod 3)."""
+    if len(jac) == 2:
+        return [[jac[1][1], -jac[1][0]], [-jac[0][1], jac[0][0]]][:rows]
+    return [
+        [jac[(r + 1) % 3][(c + 1) % 3] * jac[(r + 2) % 3][(c + 2) % 3]
+         - jac[(r + 1) % 3][(c + 2) % 3] * jac[(r + 2) % 3][(c + 1) % 3] for c in range(3)]
+        for r in range(3 if rows is None else rows)
+    ]
+
+
+class _JacobianDiffusion(torch.autograd.Function):
+    """:func:`neg_jacobian_loss` and :func:`diffusion_loss` of one ``disp_vox`` from one set of
+    forward differences, with the gradient written out: ``dL_J / dJ[r][c] = -2 relu(t - det) C[r][c] / N``
+    (cofactors ``C``, ``N`` voxels with all forward neighbours), ``dL_df / d diff_c = 2 diff_c / M_c``,
+    then the forward differences' adjoint. Saves the differences and ``relu(t - det)`` only (the
+    autograd graph of the determinant holds a dozen full-size products). Differentiable once.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, disp_vox: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+        diffs = forward_differences(disp_vox)  # diffs[c]: (B, ndim, *spatial), d u_r / d x_c in channel r
+        valid = (slice(None),) + tuple(slice(0, n - 1) for n in disp_vox.shape[2:])
+        jac = [[diffs[c][:, r][valid] + (1.0 if r == c else 0.0) for c in range(len(diffs))] for r in range(len(diffs))]
+        first_row = _cofactors(jac, rows=1)[0]
+        det = sum(jac[0][c] * first_row[c] for c in range(len(diffs)))
+        short = (threshold - det).clamp_min_(0.0)
+        denoms = [d.numel() * (n - 1) / n for d, n in zip(diffs, disp_vox.shape[2:])]
+        diffusion = sum(d.pow(2).sum() / m for d, m in zip(diffs, denoms))
+        ctx.denoms = denoms
+        ctx.save_for_backward(*diffs, short)
+        return short.pow(2).mean(), diffusion
+
+    @staticmethod
+    def backward(ctx: Any, grad_j: torch.Tensor, grad_df: torch.Tensor) -> tuple[torch.Tensor, None]:
+        *diffs, short = ctx.saved_tensors
+        ndim = len(diffs)
+        valid = (slice(None),) + tuple(slice(0, n - 1) for n in diffs[0].shape[2:])
+        jac = [[diffs[c][:, r][valid] + (1.0 if r == c else 0.0) for c in range(ndim)] for r in range(ndim)]
+        cof = _cofactors(jac)
+        weight = short.mul(-2.0 * grad_j / short.numel())
+        grad_u = None
+        for c, (diff, denom) in enumerate(zip(diffs, ctx.denoms)):
+            g = diff.mul(2.0 * grad_df / denom)
+            for r in range(ndim):
+                g[:, r][valid] += weight * cof[r][c]
+            term = forward_difference_adjoint(g, c + 2)
+            grad_u = term if grad_u is None else grad_u.add_(term)
+        return grad_u, None
+
+
+def jacobian_diffusion_losses(disp_vox: torch.Tensor, threshold: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(neg_jacobian_loss(disp_vox, threshold), diffusion_loss(disp_vox))`` (``disp_vox``
+    (B, ndim, *spatial), voxels; every axis >= 3) in one pass with a written-out gradient (NODEO's
+    two regularisers; equal to the separate functions to float rounding)."""
+    return _JacobianDiffusion.apply(disp_vox, threshold)
 
 
 def velocity_magnitude_loss(velocities: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:

@@ -129,14 +129,19 @@ class _ForwardDifference(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        axis = ctx.axis
-        n = grad.shape[axis]
-        # adjoint: out[0] = -g[0], out[x] = g[x - 1] - g[x], out[n - 1] = g[n - 2]
-        out = torch.empty_like(grad)
-        torch.sub(grad.narrow(axis, 0, n - 2), grad.narrow(axis, 1, n - 2), out=out.narrow(axis, 1, n - 2))
-        torch.neg(grad.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
-        out.narrow(axis, n - 1, 1).copy_(grad.narrow(axis, n - 2, 1))
-        return out, None
+        return forward_difference_adjoint(grad, ctx.axis), None
+
+
+def forward_difference_adjoint(grad: torch.Tensor, axis: int) -> torch.Tensor:
+    """The gradient w.r.t. ``f`` of ``sum(grad * out)`` for ``out`` the forward difference of ``f``
+    along ``axis`` (:func:`forward_differences`; ``grad`` on its last slice is ignored, that slice
+    being the constant 0): ``-g[0]``, ``g[x - 1] - g[x]``, ``g[n - 2]``. Axis length >= 3."""
+    n = grad.shape[axis]
+    out = torch.empty_like(grad)
+    torch.sub(grad.narrow(axis, 0, n - 2), grad.narrow(axis, 1, n - 2), out=out.narrow(axis, 1, n - 2))
+    torch.neg(grad.narrow(axis, 0, 1), out=out.narrow(axis, 0, 1))
+    out.narrow(axis, n - 1, 1).copy_(grad.narrow(axis, n - 2, 1))
+    return out
 
 
 def forward_differences(field: torch.Tensor) -> list[torch.Tensor]:

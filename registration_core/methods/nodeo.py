@@ -22,9 +22,10 @@ Differences from the public reference code (github.com/yifannnwu/NODEO-DIR): the
 sized from the image shape (the reference hard-codes 864, so only volumes with every axis in
 (128, 192] run); lambdas are floats; the returned field is the best iterate by total loss
 (the reference's selection never updates); upsampling and smoothing of the velocity are one
-separable linear map applied as one matrix product per axis, and the NCC's gradient is written out
-(docs/nodeo-speed.md). The `reference` preset reproduces the reference's update rule (one Euler
-step of 0.001, its velocity term; tests/methods/test_nodeo_reference.py); what remains different
+separable linear map applied as one matrix product per axis, and the gradients of the NCC and of
+the Jacobian and diffusion terms are written out (docs/nodeo-speed.md). The `reference` preset
+reproduces the reference's update rule (one Euler step of 0.001, its velocity term;
+tests/methods/test_nodeo_reference.py); what remains different
 there: the zero last layer, float32 NCC (the reference's is float64), the exact gradient at the
 identity (the reference's hand-written adjoint evaluates F at phi_1), voxel units (n - 1) / 2 per
 normalised unit (the reference scales by n / 2 and stacks its grid's channels in reverse order).
@@ -45,7 +46,7 @@ from torchdiffeq import odeint, odeint_adjoint
 
 from registration_core.core.filters import apply_separable, box_mean_matrix, gaussian_matrix, linear_upsample_matrix
 from registration_core.core.io import Image
-from registration_core.core.losses import LocalNCC, diffusion_loss, neg_jacobian_loss, velocity_magnitude_loss
+from registration_core.core.losses import LocalNCC, jacobian_diffusion_losses, velocity_magnitude_loss
 from registration_core.core.params import Param
 from registration_core.core.progress import report
 from registration_core.core.provenance import resolve_device
@@ -412,11 +413,12 @@ def _fit_level(
             points = phis[-1] if start is None else phis[-1] + sample(start, phis[-1])
             disp_norm = points - grid0
             disp_vox = disp_norm_to_vox(disp_norm, shape)
+            neg_jacobian, diffusion = jacobian_diffusion_losses(disp_vox, params["jacobian_threshold"])
             terms = {
                 "sim": similarity(sample(moving_t, points)),
                 "v": velocity_magnitude_loss(velocities, channel_dim=2),
-                "J": neg_jacobian_loss(disp_vox, params["jacobian_threshold"]),
-                "df": diffusion_loss(disp_vox),
+                "J": neg_jacobian,
+                "df": diffusion,
             }
             total = terms["sim"] + sum(weights[k] * terms[k] for k in weights)
         record = {"iteration": iteration, "elapsed_s": clock.elapsed(), "total": float(total.detach())}

@@ -112,6 +112,22 @@ def test_local_ncc_written_out_gradient_matches_autograd(shape: tuple[int, ...])
     torch.testing.assert_close(fused, plain, rtol=1e-9, atol=1e-15)
 
 
+@pytest.mark.parametrize("shape", [(2, 2, 9, 11), (1, 3, 7, 6, 5)])
+def test_jacobian_and_diffusion_in_one_pass_equal_the_separate_losses(shape: tuple[int, ...]) -> None:
+    """Values and gradients of the fused pair against :func:`neg_jacobian_loss` and :func:`diffusion_loss`
+    through autograd, on a field large enough to fold (some detJ < 0.5), and gradcheck in float64."""
+    gen = torch.Generator().manual_seed(1)
+    disp = (0.8 * torch.randn(shape, dtype=torch.float64, generator=gen)).requires_grad_()
+    neg_jacobian, diffusion = losses.jacobian_diffusion_losses(disp, 0.5)
+    assert float(neg_jacobian.detach()) > 0.0
+    torch.testing.assert_close(neg_jacobian, losses.neg_jacobian_loss(disp, 0.5), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(diffusion, losses.diffusion_loss(disp), rtol=1e-12, atol=0.0)
+    fused, = torch.autograd.grad(2.5 * neg_jacobian + 0.05 * diffusion, disp)
+    plain, = torch.autograd.grad(2.5 * losses.neg_jacobian_loss(disp, 0.5) + 0.05 * losses.diffusion_loss(disp), disp)
+    torch.testing.assert_close(fused, plain, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda d: losses.jacobian_diffusion_losses(d, 0.5), (disp,))
+
+
 def test_separable_field_map_equals_upsampling_then_filtering() -> None:
     gen = torch.Generator().manual_seed(1)
     coarse, fine = (5, 7, 4), (19, 27, 13)
