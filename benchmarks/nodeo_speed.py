@@ -43,9 +43,11 @@ def run_case(ndim: int, preset: str, iterations: int, device: str) -> dict:
     """One case in this process; returns its figures."""
     import torch
 
+    from registration_core.core.allocator import retain_freed_memory
     from registration_core.core.io import Image
     from registration_core.methods import get_method
 
+    retain_freed_memory()  # as the command line does
     fixed, moving, source = load_case(ndim)
     nodeo = get_method("nodeo")
     params = nodeo.resolve_params({"preset": preset, "iterations": iterations, "device": device})

@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from baselines import DATA, pairs  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
+from registration_core.core.allocator import retain_freed_memory  # noqa: E402
 from registration_core.core.io import Image, load_image  # noqa: E402
 from registration_core.core.params import parse_assignments  # noqa: E402
 from registration_core.core.spatial import warp_array  # noqa: E402
@@ -109,6 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--3d", dest="three_d", action="store_true", help="also the 3D pair (2 mm)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    retain_freed_memory()  # as the command line does
     if not DATA.is_dir():
         sys.exit(f"{DATA} is absent")
     rows: dict[str, list[tuple[float, float, float, int]]] = {}

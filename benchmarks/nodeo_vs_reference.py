@@ -8,7 +8,8 @@ benchmarks/nodeo_speed.py (aligned-brains subject-b -> subject-a) with the refer
 rounds of ``--block`` steps each), so machine load hits both alike. Printed: median and spread
 (min-max) of seconds per iteration, their ratio per round, and the similarity loss
 ``1 - mean(local NCC^2)`` (window 21) of each after the same number of iterations.
-``--profile`` also prints torch.profiler's op table for our iterate 0 and one step.
+Both run under the command line's allocator setting (:mod:`registration_core.core.allocator`)
+unless ``--system-allocator``. ``--profile`` also prints torch.profiler's op table for our iterate 0 and one step.
 
     NODEO_REFERENCE_DIR=/tmp/nodeo-ref python benchmarks/nodeo_vs_reference.py --rounds 3 --block 2
 """
@@ -28,6 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from nodeo_speed import load_case  # noqa: E402
+
+from registration_core.core.allocator import retain_freed_memory  # noqa: E402
 
 Step = Callable[[], float]
 
@@ -93,8 +96,12 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="leave glibc's allocator as it is (by default both run under the CLI's setting)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if not args.system_allocator:
+        retain_freed_memory()
     fixed, moving, source = load_case(3)
     print(f"pair {'x'.join(map(str, fixed.shape))}: {source}; {torch.get_num_threads()} threads", flush=True)
     ref_dir = Path(args.reference) if args.reference else None

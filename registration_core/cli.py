@@ -439,8 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; returns the exit status: 0, 2 on bad input, 1 on a failed write, 128 + the
     signal's number when SIGTERM / SIGINT / SIGHUP stopped it (after the command's cleanup ran:
     all-or-nothing writers remove what they wrote)."""
+    from registration_core.core.allocator import retain_freed_memory
     from registration_core.core.outputs import Interrupted, interruption_of, signals_as_exceptions
 
+    retain_freed_memory()  # torch's large temporaries reuse freed pages (core/allocator.py)
     args = None
     with signals_as_exceptions():
         try:

@@ -43,8 +43,10 @@ _PEAK_RSS_SCRIPT = """
 import resource, sys
 import numpy as np, torch
 from scipy import ndimage
+from registration_core.core.allocator import retain_freed_memory
 from registration_core.core.io import Image
 from registration_core.methods import get_method
+retain_freed_memory()  # as the command line does
 torch.set_num_threads(1)
 shape = tuple(int(n) for n in sys.argv[1:])
 fixed = ndimage.gaussian_filter(np.random.default_rng(0).random(shape, dtype=np.float32), 4)
