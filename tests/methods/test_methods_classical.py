@@ -18,11 +18,10 @@ from registration_core.core.spatial import warp_array
 from registration_core.errors import InputError
 from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
-from registration_core.preprocessing.steps import extract_slice
 from registration_core.registration import run_registration
 from registration_core.study.grid import method_grid
 
-from support.baselines import blobs, shifted_pair
+from support.baselines import blobs, brain_subject_pair, shifted_pair
 from support.cli import run_cli
 from support.paths import REPO_ROOT
 
@@ -169,21 +168,9 @@ def test_written_displacement_applied_by_simpleitk_equals_our_warp(tmp_path: Pat
 # ------------------------------------------------------------------ real brain slice pair
 
 
-def brain_slices(data: Path) -> tuple[Image, Image, Image, Image, list[int]]:
-    """Axial slice 112 (array axis 2) of subject-a (fixed) and subject-b (moving), images and aseg labels."""
-    root = data / "aligned-brains"
-
-    def load(subject: str, name: str, kind: str) -> Image:
-        return extract_slice(load_image(root / subject / name, kind), axis=2, index=112)
-
-    labels = [int(v) for v in (root / "eval-labels.txt").read_text().split()]
-    return (load("subject-a", "t1w.nii.gz", "image"), load("subject-b", "t1w.nii.gz", "image"),
-            load("subject-a", "aseg.nii.gz", "labels"), load("subject-b", "aseg.nii.gz", "labels"), labels)
-
-
 @pytest.mark.realdata
 def test_demons_through_the_cli_raises_dice_on_a_real_brain_slice(shared_data: Path, tmp_path: Path) -> None:
-    fixed, moving, fixed_labels, moving_labels, labels = brain_slices(shared_data)
+    fixed, moving, fixed_labels, moving_labels, labels = brain_subject_pair(shared_data)
     for image, name in [(fixed, "f"), (moving, "m"), (fixed_labels, "fl"), (moving_labels, "ml")]:
         save_image(image, tmp_path / f"{name}.nii.gz")
     out = tmp_path / "out"
@@ -206,7 +193,7 @@ def test_demons_through_the_cli_raises_dice_on_a_real_brain_slice(shared_data: P
 
 @pytest.mark.realdata
 def test_bspline_raises_dice_on_a_real_brain_slice(shared_data: Path) -> None:
-    fixed, moving, fixed_labels, moving_labels, labels = brain_slices(shared_data)
+    fixed, moving, fixed_labels, moving_labels, labels = brain_subject_pair(shared_data)
     method = get_method("bspline")
     result = method.register(fixed, moving, method.resolve_params({}))
     after = dice_summary(fixed_labels.data, warp_array(moving_labels.data, result.disp_vox, "nearest"), labels)["mean"]
