@@ -139,7 +139,7 @@ class StudyJobs:
             "demo_subject": sum(d.adapter == "demo" for d in owners),
             "import_raw": sum(s in d.raw_imports for s, d in zip(prepared, owners)),
             "import_landmarks": sum(s in d.landmark_imports for s, d in zip(prepared, owners)),
-            "lung_mask": sum(d.mask is not None for d in owners),
+            "make_mask": sum(d.mask is not None for d in owners),
             "prepare": sum(not d.preprocess for d in owners),
             "preprocess": sum(self._step_jobs(s, s in prepared) for s in self.staged_subjects()),
             "qc": len(prepared),

@@ -290,7 +290,7 @@ FIXED_RULES = {
     "demo_subject": "one subject of the embedded demo dataset",
     "import_raw": "a raw volume or picture converted to NIfTI",
     "import_landmarks": "a dataset's point file converted to the landmark CSV",
-    "lung_mask": "the lung mask of a subject's raw CT (`make_mask`)",
+    "make_mask": "the lung mask of a subject's raw CT (a dataset's `make_mask`)",
     "synth_pair": "a known-truth pair deformed from the base subject",
     "qc": "the before/after preprocessing figure of a subject",
     "train": "one model of a learned method (one per grid point without the registration-only keys)",
@@ -314,19 +314,25 @@ def rule_names(steps: Sequence[str]) -> dict[str, str]:
     the variants of the rules whose optional outputs differ between subjects or pairs (a
     preprocessing step ``<step>`` for intermediate stages and ``<step>_final`` for the last step,
     ``prepare``, ``align``, ``register``; see :func:`variant_name`). ``steps``: the names of the
-    preprocessing steps (their registry)."""
-    names = dict(FIXED_RULES)
+    preprocessing steps (their registry). ValueError when two rules would share a name (Snakemake
+    refuses a workflow that defines a name twice)."""
+    families = list(FIXED_RULES.items())
     for step in steps:
-        for name in _kind_variants(step, SUBJECT_KINDS):
-            names.setdefault(name, f"preprocessing step {step} of a subject, an intermediate stage")
-        for name in _kind_variants(f"{step}_final", SUBJECT_KINDS):
-            names[name] = f"preprocessing step {step} of a subject, the last step (writes prep/<subject>/)"
-    for name in _kind_variants("prepare", SUBJECT_KINDS):
-        names[name] = "checks and copies a subject without preprocessing steps"
-    for name in _kind_variants("align", PAIR_KINDS):
-        names[name] = "pre-aligns a moving image (labels, landmarks) onto its atlas (`align`)"
-    for name in _kind_variants("register", ("labels",)):
-        names[name] = "one registration: method x grid point x (atlas, moving) pair"
+        families += [(name, f"preprocessing step {step} of a subject, an intermediate stage")
+                     for name in _kind_variants(step, SUBJECT_KINDS)]
+        families += [(name, f"preprocessing step {step} of a subject, the last step (writes prep/<subject>/)")
+                     for name in _kind_variants(f"{step}_final", SUBJECT_KINDS)]
+    families += [(name, "checks and copies a subject without preprocessing steps")
+                 for name in _kind_variants("prepare", SUBJECT_KINDS)]
+    families += [(name, "pre-aligns a moving image (labels, landmarks) onto its atlas (`align`)")
+                 for name in _kind_variants("align", PAIR_KINDS)]
+    families += [(name, "one registration: method x grid point x (atlas, moving) pair")
+                 for name in _kind_variants("register", ("labels",))]
+    names: dict[str, str] = {}
+    for name, text in families:
+        if name in names:
+            raise ValueError(f"rule name {name!r} would name two rules: {names[name]!r} and {text!r}")
+        names[name] = text
     return names
 
 

@@ -384,7 +384,7 @@ def test_lung_mask_is_made_per_subject_and_goes_to_evaluation(tmp_path: Path) ->
     assert study.owner("s01").files["s01"]["mask"] == "results/unit/data/s01/mask.nii.gz"
     assert study.prepared_files("s01")["mask"] == "results/unit/prep/s01/mask.nii.gz"
     assert study.pair_files("s01", "s02")["mask"] == "results/unit/prep/s01/mask.nii.gz"
-    assert study.jobs_by_rule()["lung_mask"] == 2
+    assert study.jobs_by_rule()["make_mask"] == 2
     assert "config key datasets.points.make_mask: preprocessing steps[0] (lung_mask): unknown setting 'lung'" in error_of(
         landmark_config(root, make_mask={"step": "lung_mask", "lung": 1})
     )
@@ -418,7 +418,7 @@ def test_truth_pairs_deform_a_prepared_subject(tmp_path: Path) -> None:
     }
     assert set(study.truth_files()) == {"fixed", "moving", "mask", "truth_displacement", "fixed_landmarks", "moving_landmarks"}
     assert study.jobs_by_rule() == {
-        "lung_mask": 1, "preprocess": 1, "qc": 1, "synth_pair": 2, "register": 8, "evaluate": 8,
+        "make_mask": 1, "preprocess": 1, "qc": 1, "synth_pair": 2, "register": 8, "evaluate": 8,
     }
 
 

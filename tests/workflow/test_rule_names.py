@@ -56,3 +56,12 @@ def test_a_real_dry_run_names_only_listed_rules(tmp_path: Path) -> None:
     table = result.stdout[result.stdout.index("Job stats:"):]
     ran = set(re.findall(r"^(\w+)\s+\d+$", table, re.M)) - {"total"}
     assert ran and not ran - set(rule_names(list(STEPS))), ran
+
+
+def test_no_two_rules_share_a_name() -> None:
+    """Snakemake refuses a workflow that defines a name twice: the registry's steps, the fixed rules
+    and the variants are all distinct, and a step named like a fixed rule is refused by name."""
+    names = rule_names(list(STEPS))
+    assert "make_mask" in names and "lung_mask" in names
+    with pytest.raises(ValueError, match="'all' would name two rules"):
+        rule_names(["all"])

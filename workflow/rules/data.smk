@@ -83,7 +83,7 @@ rule import_landmarks:
         " --out {output.landmarks} > {log} 2>&1"
 
 
-rule lung_mask:
+rule make_mask:
     input:
         image=lambda wildcards: STUDY.owner(wildcards.subject).files[wildcards.subject]["image"],
     output:
@@ -93,9 +93,9 @@ rule lung_mask:
     wildcard_constraints:
         subject=SUBJECTS.where(lambda subject, dataset: dataset.mask is not None),
     log:
-        f"{LOGS}/lung_mask/{{subject}}.log",
+        f"{LOGS}/make_mask/{{subject}}.log",
     benchmark:
-        benchmark_path(BENCHMARKS, "lung_mask", "{subject}")
+        benchmark_path(BENCHMARKS, "make_mask", "{subject}")
     group:
         SUBJECTS.group
     threads: PAIRS.threads_of("prepare")
