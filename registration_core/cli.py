@@ -45,6 +45,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from registration_core.evaluation.evaluate import evaluate_pair, parse_label_spec
+    from registration_core.evaluation.labelsets import groups
     from registration_core.failures import check_registration
 
     check_registration(args.displacement)
@@ -56,6 +57,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         moving_labels=args.moving_labels, fixed_landmarks=args.fixed_landmarks,
         moving_landmarks=args.moving_landmarks, fixed_image=args.fixed_image, moving_image=args.moving_image,
         warped_image=args.warped_image, truth_displacement=args.truth_displacement, mask=args.mask,
+        label_groups=groups(args.labels),
     )
 
 

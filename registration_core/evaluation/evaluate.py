@@ -38,8 +38,9 @@ Undefined numbers are written as JSON ``null`` (never ``NaN``).
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,9 @@ def parse_label_spec(text: str | None, labels_file: Path | None) -> list[int] | 
 
     Args:
         text: e.g. ``"2,3,4"`` (commas and/or spaces), or a preset name of
-            :data:`registration_core.evaluation.labelsets.LABEL_SETS` (``oasis-28``, ``voxelmorph-30``).
+            :data:`registration_core.evaluation.labelsets.LABEL_SETS` (``oasis-28``, ``voxelmorph-30``,
+            ``mindboggle-oasis-28``: its scored labels; the groups they merge come from
+            :func:`registration_core.evaluation.labelsets.groups`).
         labels_file: a text file with one label per line or whitespace/comma separated labels.
 
     Raises:
@@ -120,6 +123,13 @@ def _default_labels(fixed: io.Image, path: Path) -> list[int]:
 
 
 # --------------------------------------------------------------------------- metric groups
+
+
+def _merged(labels: io.Image, label_groups: Mapping[int, Sequence[int]] | None) -> io.Image:
+    """``labels`` relabelled by ``label_groups`` (unchanged without groups)."""
+    if label_groups is None:
+        return labels
+    return dataclasses.replace(labels, data=labelsets.merge_labels(labels.data, label_groups))
 
 
 def _overlap_metrics(fixed: io.Image, warped: io.Image, labels: list[int]) -> dict[str, Any]:
@@ -266,6 +276,7 @@ def evaluate_pair(
     warped_image: Path | None = None,
     truth_displacement: Path | None = None,
     mask: Path | None = None,
+    label_groups: Mapping[int, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
     """Compute the metrics of one registered pair, write them to ``out`` (JSON) and return them.
 
@@ -281,6 +292,10 @@ def evaluate_pair(
         fixed_image, moving_image, warped_image: intensity images for ``ncc_*`` / ``mse_*``.
         truth_displacement: the true displacement of a known-truth pair (ITK vector image, mm).
         mask: label map on the fixed grid bounding ``tre_truth_*`` (nonzero inside).
+        label_groups: scored label -> the label-map values merged into it (a merging preset,
+            :data:`registration_core.evaluation.labelsets.LABEL_GROUPS`); the fixed, warped and
+            moving maps are relabelled by :func:`~registration_core.evaluation.labelsets.merge_labels`
+            before every label metric, and ``labels`` defaults to the groups' labels.
 
     Returns:
         The metrics dict (keys in the module docstring); NaN where a value is undefined (written
@@ -303,9 +318,14 @@ def evaluate_pair(
     result: dict[str, Any] = {}
     moving = warped = requested = None
     if fixed is not None and warped_labels is not None:
-        warped = _load_on_grid(Path(warped_labels), fixed, grid_path, "labels")
-        moving = None if moving_labels is None else _load_on_grid(Path(moving_labels), fixed, grid_path, "labels")
-        requested = _default_labels(fixed, grid_path) if labels is None else list(labels)
+        warped = _merged(_load_on_grid(Path(warped_labels), fixed, grid_path, "labels"), label_groups)
+        moving = None if moving_labels is None else _merged(
+            _load_on_grid(Path(moving_labels), fixed, grid_path, "labels"), label_groups)
+        fixed = _merged(fixed, label_groups)
+        if labels is not None:
+            requested = list(labels)
+        else:
+            requested = list(label_groups) if label_groups is not None else _default_labels(fixed, grid_path)
         result.update(_overlap_metrics(fixed, warped, requested))
         if moving is not None:
             result["dice_mean_before"] = metrics.dice_summary(fixed.data, moving.data, requested)["mean"]

@@ -156,15 +156,20 @@ def grid_problems(study: Study, grids: PlanGrids) -> list[str]:
     ]
 
 
-def _wanted_labels(study: Study) -> list[int] | None:
-    """The label values ``metrics.labels`` asks for (None: ``all``)."""
+def _wanted_labels(study: Study) -> dict[int, set[int]] | None:
+    """The labels ``metrics.labels`` scores, each with the label-map values it covers (itself, or
+    a merging preset's group); None: ``all``."""
     from registration_core.evaluation.evaluate import parse_label_spec
+    from registration_core.evaluation.labelsets import groups
 
     args = study.evaluate_label_args()
     if not args:
         return None
     flag, value = args
-    return parse_label_spec(value, None) if flag == "--labels" else parse_label_spec(None, Path(value))
+    if flag == "--labels" and (merged := groups(value)) is not None:
+        return {label: set(values) for label, values in merged.items()}
+    labels = parse_label_spec(value, None) if flag == "--labels" else parse_label_spec(None, Path(value))
+    return {label: {label} for label in labels}
 
 
 def _label_values(path: Path) -> set[int]:
@@ -174,7 +179,8 @@ def _label_values(path: Path) -> set[int]:
 
 
 def label_problems(study: Study, grids: PlanGrids) -> list[str]:
-    """``metrics.labels`` values that no label map of the pairs' subjects holds."""
+    """``metrics.labels`` labels that no label map of the pairs' subjects holds (for a merged label:
+    none of its values)."""
     labelled = [pair for pair in study.pairs if "labels" in study.pair_kinds(*pair)]
     wanted = _wanted_labels(study) if labelled else None
     if not wanted:
@@ -184,9 +190,10 @@ def label_problems(study: Study, grids: PlanGrids) -> list[str]:
     paths = [p for p in (grids.raw_path(s, "labels") for s in [*atlases, *others]) if p is not None]
     if not paths:
         return []
-    missing = set(wanted) - {0}
+    missing = {label: values for label, values in wanted.items() if label != 0}
     for path in paths:
-        missing -= _label_values(path)
+        present = _label_values(path)
+        missing = {label: values for label, values in missing.items() if not values & present}
         if not missing:
             return []
     shown = ", ".join(str(v) for v in sorted(missing))

@@ -12,6 +12,7 @@ import pytest
 from registration_core.core import io
 from registration_core.errors import InputError
 from registration_core.evaluation.evaluate import evaluate_pair, parse_label_spec
+from registration_core.evaluation.labelsets import merge_labels
 
 SHAPE = (10, 8, 6)
 AFFINE = np.diag([2.0, 1.0, 3.0, 1.0])  # spacing (2, 1, 3) mm in array axis order
@@ -91,6 +92,26 @@ def test_evaluate_pair_defaults_to_the_fixed_labels(pair: dict[str, Path], tmp_p
     assert sorted(result["dice_per_label"]) == ["1", "2", "3"]
     assert result["labels_skipped"] == []
     assert "dice_mean_before" not in result
+
+
+def test_evaluate_pair_scores_merged_label_groups(pair: dict[str, Path], tmp_path: Path) -> None:
+    """Group 10 = labels 1 and 3 (16 fixed voxels, 8 warped, 4 shared): Dice 2*4/24 = 1/3, not the
+    0.25 mean of its parts; group 2 = label 2 (identical cubes)."""
+    result = evaluate_pair(
+        pair["fixed_labels"], pair["warped_labels"], pair["displacement"], None, tmp_path / "m.json",
+        moving_labels=pair["moving_labels"], label_groups={2: (2,), 10: (1, 3)},
+    )
+    assert result["dice_per_label"] == {"2": 1.0, "10": pytest.approx(1 / 3)}
+    assert result["dice_mean_before"] == pytest.approx(0.5)  # group 10 of the moving map misses by 2 voxels
+    assert result["hd95_undefined"] == {}
+
+
+def test_merge_labels_keeps_only_the_groups() -> None:
+    data = np.array([[0, 1, 2], [3, 1002, 2035]], dtype=np.int32)
+    merged = merge_labels(data, {3: range(1000, 1036), 42: range(2000, 2036), 5: (1,)})
+    assert merged.tolist() == [[0, 5, 0], [0, 3, 42]] and merged.dtype == data.dtype
+    with pytest.raises(ValueError, match="two groups"):
+        merge_labels(data, {1: (1, 2), 2: (2,)})
 
 
 def test_evaluate_pair_folding_field_and_landmarks(pair: dict[str, Path], tmp_path: Path) -> None:

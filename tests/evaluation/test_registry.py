@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import nibabel as nib
 import numpy as np
 import pytest
 import yaml
@@ -12,7 +13,7 @@ from scipy import ndimage
 from registration_core.evaluation import registry
 from registration_core.evaluation.aggregate import KNOWN_SCALAR_METRICS
 from registration_core.evaluation.evaluate import parse_label_spec
-from registration_core.evaluation.labelsets import LABEL_SETS, structure_name
+from registration_core.evaluation.labelsets import LABEL_GROUPS, LABEL_SETS, merge_labels, structure_name
 from registration_core.evaluation.metrics import jacobian_conventions, jacobian_stats
 
 from support.paths import REPO_ROOT, SHARED_DATA
@@ -86,6 +87,22 @@ def test_label_presets() -> None:
     assert parse_label_spec("2,3", None) == [2, 3]
     assert structure_name(17) == "Left-Hippocampus" and structure_name(2035) == "ctx-rh-insula"
     assert structure_name(9999) == "label 9999"
+
+
+def test_mindboggle_preset_maps_the_paper_structures() -> None:
+    """26 of the paper's 28 (no cerebral white matter in Mindboggle), cortex from the DKT parcels."""
+    groups = LABEL_GROUPS["mindboggle-oasis-28"]
+    assert set(groups) == set(LABEL_SETS["oasis-28"]) - {2, 41} and LABEL_SETS["mindboggle-oasis-28"] == tuple(groups)
+    assert groups[3] == tuple(range(1000, 1036)) and groups[47] == (45,) and groups[17] == (17,)
+
+
+@pytest.mark.realdata
+def test_mindboggle_preset_finds_every_structure_in_oasis_trt() -> None:
+    path = SHARED_DATA / "oasis-trt" / "sub-01" / "labels.nii.gz"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    merged = merge_labels(np.asarray(nib.load(path).dataobj).astype(np.int32), LABEL_GROUPS["mindboggle-oasis-28"])
+    assert set(np.unique(merged).tolist()) - {0} == set(LABEL_GROUPS["mindboggle-oasis-28"])
 
 
 @pytest.mark.realdata

@@ -138,6 +138,12 @@ def test_labels_absent_from_every_label_map(tmp_path: Path) -> None:
     assert line.startswith("config key metrics.labels: label value(s) 7, 9 are in none of the 2 label maps")
     config["metrics"] = {"labels": [1, 3]}
     Study(config)
+    # a merging preset: a scored label is present when any value it merges is (cortex 3 <- 1000s)
+    config = folder(tmp_path / "data3", {"a": (32, 32), "b": (32, 32)}, labels={"a": [1002, 4], "b": [2035, 4]})
+    config["metrics"] = {"labels": "mindboggle-oasis-28"}
+    [line] = problems(config)
+    assert line.startswith("config key metrics.labels: label value(s) 7, 8, 10, ")
+    assert " 3," not in line and " 4," not in line and " 42," not in line
 
 
 def test_grid_values_equal_once_read_and_one_line_per_problem(tmp_path: Path) -> None:
