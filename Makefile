@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[workflow,cluster,test,ants,elastix]'
 	touch $@
 
-.PHONY: setup demo test test-fast lint docs benchmark clean-demo
+.PHONY: setup demo test test-fast lint docs benchmark benchmark-brain clean-demo
 
 setup: $(STAMP)
 
@@ -40,6 +40,11 @@ test-fast: setup
 benchmark: setup
 	$(BIN)/python benchmarks/nodeo_speed.py
 	$(BIN)/python benchmarks/workflow_dryrun.py
+
+# The headline 3D brain table (docs/brain-3d.md): the study, then the table beside the paper's.
+benchmark-brain: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile config/studies/brain-3d-benchmark.yaml
+	$(BIN)/python benchmarks/brain_3d_table.py --config config/studies/brain-3d-benchmark.yaml
 
 clean-demo:
 	rm -rf results/demo reports/demo logs/demo
