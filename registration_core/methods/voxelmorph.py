@@ -35,6 +35,10 @@ any shape with every axis >= ``2**len(enc)`` works; integration samples with bor
 published script also multiplies ``L_grad`` by ``int_downsize`` when nothing is resized (an implicit
 doubling of the weight), which is not repeated here.
 
+Presets: ``default`` (the published model and loss; 1,000 steps for a CPU budget) and ``published``
+(also the published training: Adam 1e-4, batch 1, 150,000 steps = 1,500 epochs x 100 steps,
+inter-image pairs only).
+
 Conventions: images (B, 1, *spatial) float32, label maps (B, 1, *spatial) int64, fields
 (B, ndim, *spatial) in voxels, channel ``d`` along array axis ``d`` (:mod:`registration_core.core.spatial`).
 """
@@ -225,8 +229,18 @@ def parse_features(text: str, key: str) -> tuple[int, ...]:
     return values
 
 
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "published": {
+        "steps": 150_000, "lr": 1e-4, "batch_size": 1, "enc_features": "16,32,32,32",
+        "dec_features": "32,32,32,32,32,16,16", "output": "diffeomorphic", "int_steps": 7, "int_downsize": 2,
+        "similarity": "ncc", "ncc_window": 9, "smooth_weight": 1.0, "synth_fraction": 0.0,
+    },
+}
+
 PARAMS = param_schema(
     *common_params(steps=1000, lr=1e-4, io_lr=1e-4, batch_size=1),
+    Param("preset", str, "default", "parameter set applied before explicit values", choices=tuple(PRESETS)),
     Param("enc_features", str, "16,32,32,32", "encoder features per level (comma-separated; one max-pooling each)"),
     Param("dec_features", str, "32,32,32,32,32,16,16",
           "decoder features: one per encoder level, then full-resolution convolutions (comma-separated)"),
@@ -248,6 +262,7 @@ class VoxelMorph(LearnedMethod):
 
     name = "voxelmorph"
     params = PARAMS
+    presets = PRESETS
 
     def resolve_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Parse and check the feature lists and the NCC window; fill in the similarity's smoothness weight."""

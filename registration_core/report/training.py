@@ -18,23 +18,33 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from registration_core.core.io import read_json_object
+from registration_core.errors import InputError
 from registration_core.layout import study_relative
+from registration_core.methods import get_method
 from registration_core.report.plots import PALETTE, group_label, spans_decades
 from registration_core.study.grid import grid_id_without
 from registration_core.study.jobs import REGISTER_ONLY_PARAMS
 
 SMOOTHING_STEPS = 25  # training loss drawn as a running mean over this many steps (raw values are noisy)
 COMPARED_METRICS = ("dice_mean", "tre_mean_mm", "tre_truth_mm", "neg_jac_ratio", "runtime_s")
-PUBLISHED_STEPS: dict[str, int] = {"voxelmorph": 150_000}
-"""Optimiser steps of a method's published training (VoxelMorph: 1500 epochs x 100 steps, its
-train script). A learned result is a reproduction only when its run used ``preset=published`` and at
-least these steps; for a method without a known count it is never one."""
+
+
+def published_steps(method: str) -> int | None:
+    """Optimiser steps of ``method``'s published training: the ``steps`` of its ``published``
+    preset (VoxelMorph: 1500 epochs x 100 steps); None when the method states none (a count in
+    epochs of an unknown dataset, or early stopping)."""
+    try:
+        presets = get_method(method).presets
+    except InputError:
+        return None
+    return presets.get("published", {}).get("steps")
 
 
 def is_reproduction(method: str, log: dict) -> bool:
-    """True only for a run of the ``published`` preset with at least the published step count."""
+    """True only for a run of the ``published`` preset with at least the published step count; a
+    method without a known count is never a reproduction."""
     params = log.get("params") or {}
-    needed = PUBLISHED_STEPS.get(method)
+    needed = published_steps(method)
     return params.get("preset") == "published" and needed is not None and (log.get("steps") or 0) >= needed
 
 

@@ -19,7 +19,7 @@ from registration_core.core.spatial import compose, identity_grid_norm, warp_arr
 from registration_core.errors import InputError
 from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
-from registration_core.methods.nephi import grid_points_norm, sample_at_points
+from registration_core.methods.nephi import grid_points_norm, point_count, sample_at_points
 
 NEPHI = get_method("nephi")
 SMALL = {"hidden": 32, "sim_points": 512, "reg_points": 32}
@@ -190,3 +190,17 @@ def test_latent_prior_is_the_mean_l2_norm_of_the_codes() -> None:
 
     codes = LatentCodes(torch.tensor([[3.0, 4.0], [0.0, 0.0]]), torch.ones(2, 4, 3, 3))
     assert float(codes.prior()) == pytest.approx(4.5)
+
+
+def test_point_counts_fixed_or_proportional_to_the_image() -> None:
+    """Default: 4,096 / 256 points; published: 2 % of the voxels and 0.01 %, bounded to 10-500."""
+    method = get_method("nephi")
+    default = method.resolve_params({})
+    assert point_count(default, "sim", 10**6) == 4096 and point_count(default, "reg", 10**6) == 256
+    published = method.resolve_params({"preset": "published"})
+    assert published["hidden"] == 512 and published["io_steps"] == 800
+    assert point_count(published, "sim", 160 * 192 * 144) == round(0.02 * 160 * 192 * 144)
+    assert point_count(published, "reg", 160 * 192 * 144) == 442
+    assert point_count(published, "reg", 64 * 64) == 10 and point_count(published, "reg", 10**8) == 500
+    with pytest.raises(InputError, match="sim_ratio"):
+        method.resolve_params({"sim_ratio": 1.5})

@@ -320,3 +320,13 @@ def test_real_brain_slices_dice_rises_on_held_out_pairs(shared_data: Path, tmp_p
         before = dice_summary(fixed_labels, moving_labels, labels)["mean"]
         after = dice_summary(fixed_labels, warp_array(moving_labels, result.disp_vox, "nearest"), labels)["mean"]
         assert after > before + 0.03, (fixed_name, moving_name, before, after)
+
+
+def test_published_preset_is_the_published_training() -> None:
+    """The published model and loss are the defaults; the published preset adds the training."""
+    method = get_method("voxelmorph")
+    default, published = method.resolve_params({}), method.resolve_params({"preset": "published"})
+    assert (published["steps"], published["lr"], published["batch_size"]) == (150_000, 1e-4, 1)
+    same = ("enc_features", "dec_features", "output", "int_steps", "int_downsize", "similarity", "ncc_window", "smooth_weight")
+    assert {key: default[key] for key in same} == {key: published[key] for key in same}
+    assert method.resolve_params({"preset": "published", "steps": 50})["steps"] == 50  # explicit values win
