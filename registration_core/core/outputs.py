@@ -10,6 +10,9 @@ What each kind of interruption leaves:
 
 * an exception, SIGTERM or SIGINT (:func:`signals_as_exceptions`): nothing of this run, and the
   previous run's files are gone;
+* SIGTERM or SIGINT inside a long native call (ANTs, elastix: :func:`signals_end_the_process`):
+  the process ends at once, as under SIGKILL (a Python handler would only run once the tool
+  returns, minutes later);
 * SIGKILL: at worst a hidden ``.staging-*.tmp`` folder (removed by the next run into ``DIR``)
   or, inside the final moves (a few renames), some outputs without the marker file: without
   ``log.json`` a folder is not finished (Snakemake also deletes the outputs of a job it did not
@@ -69,6 +72,29 @@ def signals_as_exceptions(signums: Iterable[int] = (signal.SIGTERM, signal.SIGIN
     this does nothing."""
     try:
         previous = {signum: signal.signal(signum, _raise_interrupted) for signum in signums}
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@contextmanager
+def signals_end_the_process(signums: Iterable[int] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) -> Iterator[None]:
+    """Within the block, the given signals take their default action: the process ends at once.
+
+    For a long call into native code that does not return to Python until it is done (an ANTs or
+    elastix registration): Python runs its handlers between bytecodes, so under
+    :func:`signals_as_exceptions` a SIGTERM from Snakemake or the scheduler would wait for the tool
+    to finish. What the process leaves is what SIGKILL leaves (module docstring); the tool's own
+    temporary folder may stay in the system's temporary directory. The previous handlers are
+    restored afterwards; outside the main thread this does nothing.
+    """
+    try:
+        previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in signums}
     except ValueError:  # not the main thread
         yield
         return

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from registration_core.core.io import Image, itk_geometry
+from registration_core.core.outputs import signals_end_the_process
 from registration_core.core.params import Param
 from registration_core.errors import InputError
 from registration_core.methods import Method, RegistrationResult
@@ -158,9 +159,10 @@ class Elastix(Method):
         parameter_object = parameter_maps(itk, params, fixed.ndim)
         threads = {"number_of_threads": params["threads"]} if params["threads"] > 0 else {}
         start = time.perf_counter()
-        _, result_parameters = itk.elastix_registration_method(
-            fixed_itk, moving_itk, parameter_object=parameter_object, log_to_console=False, **threads,
-        )
+        with signals_end_the_process():  # elastix does not return to Python until it is done
+            _, result_parameters = itk.elastix_registration_method(
+                fixed_itk, moving_itk, parameter_object=parameter_object, log_to_console=False, **threads,
+            )
         registered_s = time.perf_counter() - start
         with tempfile.TemporaryDirectory(prefix="transformix-") as tmp:  # transformix writes its field there
             field = itk.transformix_deformation_field(moving_itk, result_parameters, output_directory=tmp)

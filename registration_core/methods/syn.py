@@ -41,6 +41,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from registration_core.core.io import Image, itk_geometry
+from registration_core.core.outputs import signals_end_the_process
 from registration_core.core.params import Param
 from registration_core.errors import InputError
 from registration_core.methods import Method, RegistrationResult
@@ -245,7 +246,8 @@ class SyN(Method):
             ants.image_write(moving_ants, moving_path)
             prefix = f"{tmp}/reg"
             args = registration_args(params, fixed.ndim, fixed_path, moving_path, prefix)
-            ants.registration(args, None)
+            with signals_end_the_process():  # ANTs does not return to Python until it is done
+                ants.registration(args, None)
             transforms = forward_transforms(prefix)
             registered_s = time.perf_counter() - start
             disp_vox = composed_disp_vox(ants, fixed_ants, moving_ants, transforms, f"{tmp}/composed")

@@ -5,6 +5,11 @@ and real pairs (a brain slice with a known deformation, the small lung CT)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +198,31 @@ def test_small_lung_ct_with_known_deformation(shared_data: Path) -> None:
     after = np.linalg.norm((result.disp_vox[:, mask] - pair.disp_vox[:, mask]) * spacing, axis=0).mean()
     # measured: 1.97 mm -> 1.45 mm mean error inside the body (5 mm slices, 57x78x64 voxels)
     assert after < 0.85 * before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_the_ants_call_ends_the_command(tmp_path: Path, signum: int) -> None:
+    """ANTs does not return to Python for minutes: the signal, sent once ANTs has its inputs (an
+    ordering), must end the process at once (killed by it, or 128 + signal when it lands just
+    before the call) and leave no finished output. Without the default action during the call,
+    the command would run the whole registration first (timeout)."""
+    rng = np.random.default_rng(0)
+    for name in ("f", "m"):
+        save_image(Image(rng.random((48, 48, 48)).astype(np.float32), np.eye(4)), tmp_path / f"{name}.nii.gz")
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "registration_core", "register", "--method", "syn", "--fixed", tmp_path / "f.nii.gz",
+         "--moving", tmp_path / "m.nii.gz", "--out", out, "--param", "linear_stages=none", "--param", "metric=cc",
+         "--param", "cc_radius=2", "--param", "iterations=100000", "--param", "shrink_factors=1",
+         "--param", "smoothing_sigmas=0"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"},
+    )
+    while process.poll() is None and not any(scratch.glob("syn-*/moving.nrrd")):
+        time.sleep(0.05)  # polling for an ordering, leaving the core to the command
+    assert process.poll() is None, process.communicate()[1]
+    process.send_signal(signum)
+    process.communicate(timeout=60)
+    assert process.returncode in (-signum, 128 + signum)
+    assert not (out / "log.json").exists()
