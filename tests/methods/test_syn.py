@@ -219,10 +219,13 @@ def test_a_signal_during_the_ants_call_ends_the_command(tmp_path: Path, signum: 
          "--param", "smoothing_sigmas=0"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"},
     )
-    while process.poll() is None and not any(scratch.glob("syn-*/moving.nrrd")):
-        time.sleep(0.05)  # polling for an ordering, leaving the core to the command
-    assert process.poll() is None, process.communicate()[1]
-    process.send_signal(signum)
-    process.communicate(timeout=60)
+    try:
+        while process.poll() is None and not any(scratch.glob("syn-*/moving.nrrd")):
+            time.sleep(0.05)  # polling for an ordering, leaving the core to the command
+        assert process.poll() is None, process.communicate()[1]
+        process.send_signal(signum)
+        process.communicate(timeout=60)
+    finally:
+        process.kill()  # no-op once it has ended; a command still registering must not outlive the test
     assert process.returncode in (-signum, 128 + signum)
     assert not (out / "log.json").exists()
