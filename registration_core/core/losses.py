@@ -128,6 +128,24 @@ def diffusion_loss(disp_vox: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def bending_energy(field: torch.Tensor) -> torch.Tensor:
+    """Bending energy of ``field`` (B, C, *spatial): ``sum_{i,j} (d_i d_j f)^2`` per component, i.e.
+    ``sum_i (d_ii f)^2 + 2 sum_{i<j} (d_ij f)^2``, from second forward differences per voxel.
+
+    Normalised as RegNet's code does: the differences that do not exist at the far borders count as
+    0 and the sum is divided by ``B * C * voxels`` (the mean over the zero-padded full grid and the
+    components). Units: those of ``field`` squared per voxel^4 (mm^2 for a field in mm on a 1 mm grid).
+    An affine field has energy 0.
+    """
+    ndim = field.dim() - 2
+    total = field.new_zeros(())
+    for i in range(ndim):
+        first = torch.diff(field, dim=2 + i)
+        for j in range(i, ndim):
+            total = total + (1.0 if i == j else 2.0) * torch.diff(first, dim=2 + j).pow(2).sum()
+    return total / field.numel()
+
+
 def neg_jacobian_loss(disp_vox: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
     """``mean(relu(threshold - detJ)^2)`` of the map ``x + u(x)``, forward differences (NODEO's L_J)."""
     det = jacobian_determinant(disp_vox, scheme="forward")

@@ -1,6 +1,7 @@
 """Registration methods and their registry: one module per method, named after the method,
-exposing ``METHOD``; :mod:`.training` holds the training loop shared by the learned methods and
-``_sitk`` the SimpleITK plumbing of the classical ones.
+exposing ``METHOD``; :mod:`.training` holds the training loop shared by the learned methods,
+:mod:`.augment` and :mod:`.regnet_sampling` support modules of some of them, and ``_sitk`` the
+SimpleITK plumbing of the classical ones.
 
 Adding a method is adding ``registration_core/methods/<name>.py`` with a :class:`Method` subclass
 instance called ``METHOD``; the CLI, the config validation and the workflow find it by name. Modules
@@ -72,7 +73,7 @@ class Method(ABC):
         """Register ``moving`` onto ``fixed`` (same grid) with resolved ``params``."""
 
 
-SUPPORT_MODULES = frozenset({"training", "augment"})
+SUPPORT_MODULES = frozenset({"training", "augment", "regnet_sampling"})
 """Modules of this package that are shared machinery, not methods."""
 
 
