@@ -25,10 +25,12 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 STAGING_PREFIX = ".staging-"
 STAGING_SUFFIX = ".tmp"
@@ -65,25 +67,46 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
-@contextmanager
-def signals_as_exceptions(signums: Iterable[int] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) -> Iterator[None]:
-    """Within the block, the given signals raise :class:`Interrupted` in the main thread; the
-    previous handlers are restored afterwards. Only the main thread can install handlers: elsewhere
-    this does nothing."""
+TERMINATING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""The signals a scheduler, Snakemake or a user sends to stop a command."""
+
+Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def _install(handlers: Mapping[int, Handler]) -> dict[int, Handler]:
+    """Install ``handlers`` (signal -> handler) with those signals blocked, and return the ones they
+    replace. While blocked, a signal is neither lost (CPython drops one that lands between its
+    pending-signal check and the swap) nor met by a half-installed set; it is delivered, to the new
+    handler, once they are unblocked."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, handlers)
     try:
-        previous = {signum: signal.signal(signum, _raise_interrupted) for signum in signums}
-    except ValueError:  # not the main thread
+        return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+@contextmanager
+def _handling(signums: Iterable[int], handler: Handler) -> Iterator[None]:
+    """``handler`` for ``signums`` within the block, the previous handlers restored afterwards (both
+    swaps with the signals blocked, :func:`_install`). Only the main thread can install handlers:
+    elsewhere nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    previous = _install({signum: handler for signum in signums})
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _install(previous)
 
 
-@contextmanager
-def signals_end_the_process(signums: Iterable[int] = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)) -> Iterator[None]:
+def signals_as_exceptions(signums: Iterable[int] = TERMINATING) -> AbstractContextManager[None]:
+    """Within the block, the given signals raise :class:`Interrupted` in the main thread (cleanup and
+    ``finally`` clauses run); the previous handlers are restored afterwards."""
+    return _handling(signums, _raise_interrupted)
+
+
+def signals_end_the_process(signums: Iterable[int] = TERMINATING) -> AbstractContextManager[None]:
     """Within the block, the given signals take their default action: the process ends at once.
 
     For a long call into native code that does not return to Python until it is done (an ANTs or
@@ -91,18 +114,9 @@ def signals_end_the_process(signums: Iterable[int] = (signal.SIGTERM, signal.SIG
     :func:`signals_as_exceptions` a SIGTERM from Snakemake or the scheduler would wait for the tool
     to finish. What the process leaves is what SIGKILL leaves (module docstring); the tool's own
     temporary folder may stay in the system's temporary directory. The previous handlers are
-    restored afterwards; outside the main thread this does nothing.
+    restored afterwards.
     """
-    try:
-        previous = {signum: signal.signal(signum, signal.SIG_DFL) for signum in signums}
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    return _handling(signums, signal.SIG_DFL)
 
 
 def remove_stale_outputs(out_dir: Path, names: Iterable[str], marker: str) -> None:

@@ -220,12 +220,14 @@ def test_a_signal_during_the_ants_call_ends_the_command(tmp_path: Path, signum: 
         stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(scratch), "OMP_NUM_THREADS": "1"},
     )
     try:
-        while process.poll() is None and not any(scratch.glob("syn-*/moving.nrrd")):
+        deadline = time.monotonic() + 300  # a guard against a hang, not a measurement
+        while process.poll() is None and not any(scratch.glob("syn-*/moving.nrrd")) and time.monotonic() < deadline:
             time.sleep(0.05)  # polling for an ordering, leaving the core to the command
-        assert process.poll() is None, process.communicate()[1]
+        assert process.poll() is None and any(scratch.glob("syn-*/moving.nrrd")), process.communicate()[1]
         process.send_signal(signum)
         process.communicate(timeout=60)
     finally:
         process.kill()  # no-op once it has ended; a command still registering must not outlive the test
+        process.wait()
     assert process.returncode in (-signum, 128 + signum)
     assert not (out / "log.json").exists()
