@@ -288,12 +288,14 @@ def test_checkerboard_interleaves_the_images() -> None:
 
 
 def test_only_a_full_published_run_is_a_reproduction() -> None:
+    from registration_core.methods import get_method
     from registration_core.report.training import is_reproduction, training_budget
 
-    full = {"params": {"preset": "published"}, "steps": 150_000}
+    full = {"params": get_method("voxelmorph").resolve_params({"preset": "published"}), "steps": 150_000}
     assert is_reproduction("voxelmorph", full)
+    assert not is_reproduction("voxelmorph", {**full, "params": {**full["params"], "lr": 2e-3}})  # an override
     assert not is_reproduction("voxelmorph", {**full, "steps": 2000})
-    assert not is_reproduction("voxelmorph", {"params": {"preset": "default"}, "steps": 150_000})
+    assert not is_reproduction("voxelmorph", {"params": {**full["params"], "preset": "default"}, "steps": 150_000})
     for method in ("nephi", "linear_deformable", "nodeo"):  # no published step count: never a reproduction
         assert not is_reproduction(method, {**full, "steps": 10**7})
     assert training_budget({"steps": 300, "n_train": 14, "train_time_s": 83.3}) == "300 steps · 14 images · 83 s"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,23 +30,31 @@ SMOOTHING_STEPS = 25  # training loss drawn as a running mean over this many ste
 COMPARED_METRICS = ("dice_mean", "tre_mean_mm", "tre_truth_mm", "neg_jac_ratio", "runtime_s")
 
 
-def published_steps(method: str) -> int | None:
-    """Optimiser steps of ``method``'s published training: the ``steps`` of its ``published``
-    preset (VoxelMorph: 1500 epochs x 100 steps); None when the method states none (a count in
-    epochs of an unknown dataset, or early stopping)."""
+def published_preset(method: str) -> dict[str, Any]:
+    """The ``published`` preset of ``method`` (empty when it has none or is unknown)."""
     try:
-        presets = get_method(method).presets
+        return dict(get_method(method).presets.get("published", {}))
     except InputError:
-        return None
-    return presets.get("published", {}).get("steps")
+        return {}
 
 
 def is_reproduction(method: str, log: dict) -> bool:
-    """True only for a run of the ``published`` preset with at least the published step count; a
-    method without a known count is never a reproduction."""
+    """True only for a run of ``method``'s ``published`` preset, none of its values overridden, at
+    least at the published step count (VoxelMorph: 1500 epochs x 100 steps); a method whose preset
+    states no step count (epochs of an unknown dataset, early stopping) is never a reproduction."""
     params = log.get("params") or {}
-    needed = published_steps(method)
-    return params.get("preset") == "published" and needed is not None and (log.get("steps") or 0) >= needed
+    published = published_preset(method)
+    needed = published.pop("steps", None)
+    return (
+        params.get("preset") == "published" and needed is not None and (log.get("steps") or 0) >= needed
+        and all(_same(params.get(key), value) for key, value in published.items())
+    )
+
+
+def _same(logged: Any, preset: Any) -> bool:
+    """A logged parameter equals the preset's value (lists in the log, tuples in presets)."""
+    as_list = [list(v) if isinstance(v, (list, tuple)) else v for v in (logged, preset)]
+    return as_list[0] == as_list[1]
 
 
 def training_budget(log: dict) -> str:
