@@ -344,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("evaluate", _evaluate, "metrics of one registered pair")
     add_file_options(p, "evaluate")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--labels", help="comma-separated label values (default: all labels of the fixed map)")
+    group.add_argument("--labels", help="comma-separated label values or a preset (oasis-28, voxelmorph-30, "
+                       "mindboggle-oasis-28: scored on merged maps); default: all labels of the fixed map")
     group.add_argument("--labels-file", type=Path, help="file with label values")
     p.add_argument("--out", type=Path, required=True, help="metrics.json")
     add_failure_options(p)

@@ -310,6 +310,9 @@ def evaluate_pair(
         fixed_labels, warped_labels, labels, moving_labels, fixed_landmarks, moving_landmarks,
         fixed_image, moving_image, warped_image, truth_displacement, mask,
     )
+    if label_groups is not None and (fixed_labels is None or (labels is not None and not set(labels) <= set(label_groups))):
+        raise InputError("label groups: give fixed and warped labels, and score only the groups' labels "
+                         f"({', '.join(str(label) for label in label_groups)})")
     grid, grid_path, fixed, fixed_img = _reference_grid(fixed_labels, fixed_image, mask)
     if fixed_img is not None and fixed is not None and not fixed_img.same_grid(fixed):
         raise InputError(f"{fixed_image}: not on the grid of {fixed_labels} (shapes and affines must match)")

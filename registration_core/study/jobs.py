@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registration_core.errors import InputError
-from registration_core.evaluation.labelsets import LABEL_SETS
+from registration_core.evaluation.labelsets import LABEL_SETS, groups
 from registration_core.layout import PATHS, reg_file
 from registration_core.study.grid import GridPoint, grid_id, value_text
 from registration_core.study.resources import register_resources as estimate_register_resources
@@ -124,6 +124,14 @@ class StudyJobs:
         if not path.is_file():
             raise InputError(f"config key metrics.labels: label file {path} not found (or use 'all', a list or a preset: {', '.join(LABEL_SETS)})")
         return ["--labels-file", str(path)]
+
+    def evaluate_label_settings(self) -> dict[str, Any]:
+        """What the scored labels depend on, for Snakemake's rerun check: the ``evaluate`` arguments
+        and, for a preset, its labels and groups (a preset edited in the library reruns the
+        evaluations that used it)."""
+        args = self.evaluate_label_args()
+        name = args[1] if args[:1] == ["--labels"] else None
+        return {"args": args, "preset": LABEL_SETS.get(name or ""), "groups": groups(name)}
 
     def _step_jobs(self, subject: str, prepared: bool) -> int:
         """Preprocessing step jobs of a subject: all its steps when it is prepared, else (a reference

@@ -104,6 +104,9 @@ def test_evaluate_pair_scores_merged_label_groups(pair: dict[str, Path], tmp_pat
     assert result["dice_per_label"] == {"2": 1.0, "10": pytest.approx(1 / 3)}
     assert result["dice_mean_before"] == pytest.approx(0.5)  # group 10 of the moving map misses by 2 voxels
     assert result["hd95_undefined"] == {}
+    with pytest.raises(InputError, match="score only the groups' labels"):
+        evaluate_pair(pair["fixed_labels"], pair["warped_labels"], pair["displacement"], [1, 2], tmp_path / "n.json",
+                      label_groups={2: (2,), 10: (1, 3)})
 
 
 def test_merge_labels_keeps_only_the_groups() -> None:

@@ -107,3 +107,12 @@ def test_label_selection_reaches_evaluate(labels, args) -> None:
     config = load_config(DEMO)
     config["metrics"]["labels"] = labels
     assert Study(config).evaluate_label_args() == args
+
+
+def test_a_preset_edited_in_the_library_changes_the_tracked_label_settings() -> None:
+    config = load_config(DEMO)
+    config["metrics"]["labels"] = "mindboggle-oasis-28"
+    settings = Study(config).evaluate_label_settings()
+    assert settings["groups"][3] == tuple(range(1000, 1036)) and settings["preset"] == tuple(settings["groups"])
+    config["metrics"]["labels"] = [2, 3]
+    assert Study(config).evaluate_label_settings() == {"args": ["--labels", "2,3"], "preset": None, "groups": None}

@@ -11,7 +11,7 @@ rule evaluate:
         metrics=STUDY.path("metrics"),
     params:
         args=PAIRS.evaluate_args,
-        settings=lambda wildcards: tracked(STUDY.evaluate_label_args()),
+        settings=lambda wildcards: tracked(STUDY.evaluate_label_settings()),
     log:
         PAIRS.job_log("evaluate"),
     benchmark:
