@@ -4,10 +4,11 @@ NODEO paper's OASIS figures.
 Reads the study's own outputs (run it first: ``make benchmark-brain`` does both):
 ``results/<study>/metrics.csv`` (Dice on the study's label set, HD95, the Jacobian figures in the
 paper's and in Learn2Reg's conventions, runtime, peak memory) and the registration folders, whose
-warped labels it re-scores on every label of the atlas (for OASIS-TRT the full DKT set, about 100 labels) with
-:func:`registration_core.evaluation.evaluate.evaluate_pair`. Paired comparisons of every method
-against NODEO (``default``) are within pairs (:func:`registration_core.evaluation.paired.compare_conditions`,
-Holm over all pairwise comparisons of the conditions).
+warped labels it re-scores on every label of the atlas (for OASIS-TRT the full DKT set, about 100 labels;
+:func:`registration_core.evaluation.metrics.dice_summary`). Paired comparisons of every method
+against NODEO (``default``) are within pairs (:func:`registration_core.evaluation.paired.compare_conditions`),
+Holm-corrected over those comparisons. Jobs that failed (``failures.csv``) are counted per method;
+means are over the pairs a method registered.
 
     .venv/bin/python benchmarks/brain_3d_table.py [--config config/studies/brain-3d-benchmark.yaml]
 
@@ -23,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from registration_core.evaluation.evaluate import evaluate_pair
+from registration_core.core.io import load_image
+from registration_core.errors import InputError
+from registration_core.evaluation.metrics import dice_summary
 from registration_core.evaluation.paired import compare_conditions
 from registration_core.evaluation.registry import LOWER_QUANTILE
 from registration_core.layout import REG_FILES, table_file
@@ -39,7 +42,7 @@ PAPER = {
 }
 REFERENCE = "nodeo · preset~default"
 COLUMNS = {
-    "dice_mean": "Dice (paper's 28)", "dice_all": "Dice (all labels)", "hd95_mean": "HD95 mm",
+    "dice_mean": "Dice (study labels)", "dice_all": "Dice (all labels)", "hd95_mean": "HD95 mm",
     "neg_jac_pct_nodeo": "r^D %", "neg_jac_sum_nodeo": "s^D", "sdlogj_l2r": "SDlogJ (L2R)",
     "runtime_s": "s / pair", "peak_rss_mb": "peak MB",
 }
@@ -47,32 +50,33 @@ COLUMNS = {
 
 def condition(row: pd.Series) -> str:
     """``method`` or ``method · grid_id`` when the method has grid points."""
-    return row["method"] if row["grid_id"] in ("", "default", None) or pd.isna(row["grid_id"]) else f"{row['method']} · {row['grid_id']}"
+    return row["method"] if row["grid_id"] == "default" else f"{row['method']} · {row['grid_id']}"
 
 
-def dice_all_labels(study: Study, jobs: pd.DataFrame, out_dir: Path) -> pd.Series:
-    """Mean Dice over every label of the atlas, per job (index of ``jobs``); NaN for a failed job."""
+def dice_all_labels(study: Study, jobs: pd.DataFrame) -> pd.Series:
+    """Mean Dice over every label of the atlas, per job (index of ``jobs``); NaN where a registration
+    folder has no warped labels or they cannot be scored (the reason is printed)."""
     values = []
     for _, job in jobs.iterrows():
-        reg_dir = study.base_dir / job["reg_dir"]
-        warped = reg_dir / REG_FILES["warped_labels"]
-        if not warped.is_file():
+        warped = study.base_dir / job["reg_dir"] / REG_FILES["warped_labels"]
+        try:
+            fixed = load_image(study.base_dir / study.pair_files(job["atlas"], job["moving"])["fixed_labels"], "labels")
+            moving = load_image(warped, "labels")
+            labels = [int(label) for label in np.unique(fixed.data) if label != 0]
+            values.append(dice_summary(fixed.data, moving.data, labels)["mean"])
+        except (InputError, OSError) as exc:
+            print(f"{job['reg_dir']}: not scored on all labels ({exc})")
             values.append(np.nan)
-            continue
-        files = study.pair_files(job["atlas"], job["moving"])
-        out = out_dir / "all-labels" / job["method"] / str(job["grid_id"]) / f"{job['atlas']}__{job['moving']}.json"
-        result = evaluate_pair(
-            study.base_dir / files["fixed_labels"], warped, reg_dir / REG_FILES["displacement"], None, out,
-        )
-        values.append(result["dice_mean"])
     return pd.Series(values, index=jobs.index)
 
 
-def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """One row per condition: mean ± sd of each column of :data:`COLUMNS`, DSC30, pairs."""
+def summary_table(metrics: pd.DataFrame, failed: pd.Series | None = None) -> pd.DataFrame:
+    """One row per condition: mean ± sd of each column of :data:`COLUMNS` over the pairs it
+    registered, DSC30, pairs, and ``failed`` (jobs per condition in failures.csv)."""
     rows = []
     for name, group in metrics.groupby("condition", sort=False):
-        row: dict[str, object] = {"condition": name, "pairs": int(group["dice_mean"].notna().sum())}
+        row: dict[str, object] = {"condition": name, "pairs": int(group["dice_mean"].notna().sum()),
+                                  "failed": 0 if failed is None else int(failed.get(name, 0))}
         for column in COLUMNS:
             values = group[column].dropna()
             row[column] = values.mean() if len(values) else np.nan
@@ -84,15 +88,12 @@ def summary_table(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_table(metrics: pd.DataFrame, response: str) -> pd.DataFrame:
-    """Every condition against :data:`REFERENCE` on ``response``, within pairs."""
+    """Every condition against :data:`REFERENCE` on ``response``, within pairs (b - a, a = the
+    reference), and on how many pairs each is ahead of it."""
     wide = metrics.pivot_table(index=["atlas", "moving"], columns="condition", values=response)
-    table = compare_conditions(wide, alpha=0.05, seed=0)
-    table = table[(table["a"] == REFERENCE) | (table["b"] == REFERENCE)].copy()
-    flip = table["b"] == REFERENCE
-    table.loc[flip, ["a", "b", "mean_a", "mean_b"]] = table.loc[flip, ["b", "a", "mean_b", "mean_a"]].to_numpy()
-    table.loc[flip, ["mean_diff", "ci_low", "ci_high"]] = -table.loc[flip, ["mean_diff", "ci_high", "ci_low"]].to_numpy()
+    table = compare_conditions(wide, alpha=0.05, seed=0, reference=REFERENCE)
     wins = {other: int((wide[other] > wide[REFERENCE]).sum()) for other in table["b"]}
-    return table.assign(response=response, b_ahead_on=table["b"].map(wins)).reset_index(drop=True)
+    return table.assign(response=response, b_ahead_on=table["b"].map(wins))
 
 
 def markdown(summary: pd.DataFrame, paired: pd.DataFrame) -> str:
@@ -100,7 +101,8 @@ def markdown(summary: pd.DataFrame, paired: pd.DataFrame) -> str:
     head = ["method", "pairs", "Dice before", *COLUMNS.values(), "DSC30", "paper Dice", "paper r^D %", "paper s^D"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, row in summary.iterrows():
-        cells = [f"`{row['condition']}`", str(row["pairs"]), f"{row['dice_before']:.3f}"]
+        pairs = str(row["pairs"]) + (f" ({row['failed']} failed)" if row["failed"] else "")
+        cells = [f"`{row['condition']}`", pairs, f"{row['dice_before']:.3f}"]
         for column in COLUMNS:
             digits = 1 if column in ("runtime_s", "peak_rss_mb") else 3
             sd = row[f"{column}_sd"]
@@ -117,19 +119,29 @@ def markdown(summary: pd.DataFrame, paired: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def failed_jobs(study_dir: Path) -> pd.Series:
+    """Failed jobs per condition, from the study's failures.csv (empty when none failed)."""
+    path = table_file(study_dir, "failures")
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.Series(dtype=int)
+    failures = pd.read_csv(path, dtype={"grid_id": str})
+    if failures.empty:
+        return pd.Series(dtype=int)
+    return failures.apply(condition, axis=1).value_counts()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=Path("config/studies/brain-3d-benchmark.yaml"))
     args = parser.parse_args()
-    study = Study(load_config(args.config), Path.cwd())
-    study_dir = Path.cwd() / "results" / study.name
-    out_dir = study_dir / "headline"
-    metrics = pd.read_csv(table_file(study_dir, "metrics"), keep_default_na=True)
-    metrics["grid_id"] = metrics["grid_id"].astype(str)
+    study = Study(load_config(args.config), Path.cwd(), check_files=False)
+    study_dir = study.base_dir / study.path("metrics_table").rsplit("/", 1)[0]
+    metrics = pd.read_csv(table_file(study_dir, "metrics"), dtype={"grid_id": str})
     metrics["condition"] = metrics.apply(condition, axis=1)
-    metrics["dice_all"] = dice_all_labels(study, metrics, out_dir)
-    summary = summary_table(metrics)
+    metrics["dice_all"] = dice_all_labels(study, metrics)
+    summary = summary_table(metrics, failed_jobs(study_dir))
     paired = pd.concat([paired_table(metrics, response) for response in ("dice_mean", "dice_all")], ignore_index=True)
+    out_dir = study_dir / "headline"
     out_dir.mkdir(parents=True, exist_ok=True)
     summary.to_csv(out_dir / "table.csv", index=False)
     paired.to_csv(out_dir / "paired.csv", index=False)

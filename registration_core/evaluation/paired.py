@@ -63,15 +63,21 @@ def _holm(p: pd.Series) -> np.ndarray:
     return adjusted
 
 
-def compare_conditions(wide: pd.DataFrame, alpha: float, seed: int) -> pd.DataFrame:
-    """Every pair of columns of ``wide`` (index: pairs, columns: conditions) compared within pairs.
+def compare_conditions(wide: pd.DataFrame, alpha: float, seed: int, reference: object | None = None) -> pd.DataFrame:
+    """Every pair of columns of ``wide`` (index: pairs, columns: conditions) compared within pairs,
+    or, with ``reference`` (a column), every other column against it.
 
     Returns:
-        One row per (a, b) in column order with :data:`PAIRED_COLUMNS`; ``mean_diff`` is b - a,
+        One row per (a, b) in column order (a = ``reference`` when given) with
+        :data:`PAIRED_COLUMNS`; ``mean_diff`` is b - a, p-values Holm-corrected over the rows,
         ``significant`` is Holm-corrected paired t p < alpha.
     """
+    if reference is None:
+        comparisons = list(itertools.combinations(wide.columns, 2))
+    else:
+        comparisons = [(reference, column) for column in wide.columns if column != reference]
     rows = []
-    for index, (a, b) in enumerate(itertools.combinations(wide.columns, 2)):
+    for index, (a, b) in enumerate(comparisons):
         both = wide[[a, b]].dropna()
         diffs = (both[b] - both[a]).to_numpy(dtype=float)
         p_t, p_w = _tests(diffs)

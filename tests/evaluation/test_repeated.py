@@ -98,6 +98,15 @@ def test_paired_comparison_numbers() -> None:
     assert text.startswith("kernel: GK beats AK by 0.017 dice_mean [0.01, 0.025], paired p = 0.035, 4 pairs")
 
 
+def test_comparisons_against_a_reference_only_are_corrected_among_themselves() -> None:
+    wide = pd.DataFrame({"A": [0.70, 0.80, 0.75, 0.90], "B": [0.71, 0.82, 0.76, 0.93], "C": [0.60, 0.81, 0.70, 0.85]})
+    table = paired.compare_conditions(wide, 0.05, seed=0, reference="C")
+    assert list(zip(table["a"], table["b"])) == [("C", "A"), ("C", "B")]
+    assert table["mean_diff"].tolist() == pytest.approx([(wide["A"] - wide["C"]).mean(), (wide["B"] - wide["C"]).mean()])
+    low, high = sorted(table["p_t"])  # Holm over these two comparisons only: 2 p_low, then max(that, p_high)
+    assert sorted(table["p_t_holm"]) == pytest.approx([min(1.0, 2 * low), max(min(1.0, 2 * low), high)])
+
+
 def test_anova_command_on_the_issue_table(tmp_path: Path) -> None:
     """Strong pair effect, +0.004 on every pair, null lr: repeated measures finds the kernel (the
     independent model does not), not lr; the best grid point is not distinguishable from the runner-up."""
