@@ -98,8 +98,9 @@ def merge_labels(data: np.ndarray, label_groups: Mapping[int, Sequence[int]]) ->
     value is among a group's sources takes the group's label, every other voxel 0. ValueError when
     a value is the source of two groups."""
     sources = [value for values in label_groups.values() for value in values]
-    if len(set(sources)) != len(sources):
-        raise ValueError("label groups: a label value belongs to two groups")
+    shared = sorted({value for value in sources if sources.count(value) > 1})
+    if shared:
+        raise ValueError(f"label groups: label value(s) {shared} belong to two groups")
     lookup = {int(value): int(label) for label, values in label_groups.items() for value in values}
     present, inverse = np.unique(data, return_inverse=True)
     return np.array([lookup.get(int(v), 0) for v in present], dtype=data.dtype)[inverse].reshape(data.shape)

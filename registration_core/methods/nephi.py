@@ -295,6 +295,10 @@ def _similarity(
     return point_ncc_loss(sample_at_points(reference, points), sample_at_points(source, point_map(points)))
 
 
+REG_POINT_BOUNDS = (10, 500)
+"""Published bounds of the GradICON point count when it is a ratio of the voxels."""
+
+
 def point_count(params: Mapping[str, Any], kind: Literal["sim", "reg"], n_voxels: int) -> int:
     """Random points per pair of loss term ``kind``: ``<kind>_points``, or ``<kind>_ratio`` x
     ``n_voxels`` when that ratio is set (GradICON's count bounded to :data:`REG_POINT_BOUNDS`, as
@@ -305,9 +309,6 @@ def point_count(params: Mapping[str, Any], kind: Literal["sim", "reg"], n_voxels
     count = round(ratio * n_voxels)
     return max(2, count) if kind == "sim" else min(max(count, REG_POINT_BOUNDS[0]), REG_POINT_BOUNDS[1])
 
-
-REG_POINT_BOUNDS = (10, 500)
-"""Published bounds of the GradICON point count when it is a ratio of the voxels."""
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
