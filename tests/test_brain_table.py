@@ -3,22 +3,17 @@ metrics table (orientation b - a against NODEO default, wins, DSC30)."""
 
 from __future__ import annotations
 
-import importlib.util
 from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from support.paths import REPO_ROOT
+from support.benchmarks import benchmark
 
 
 def brain_table() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("brain_3d_table", REPO_ROOT / "benchmarks" / "brain_3d_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return benchmark("brain_3d_table")
 
 
 def metrics_table() -> pd.DataFrame:

@@ -3,14 +3,12 @@ blobs, the checkpoint round trip through the CLI, instance optimisation and real
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
@@ -29,7 +27,7 @@ from registration_core.methods.voxelmorph import (
     soft_dice_loss,
 )
 
-from support.paths import REPO_ROOT
+from support.benchmarks import benchmark
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -287,16 +285,6 @@ def test_checkpoint_of_another_shape_is_refused(trained: dict[str, Path]) -> Non
 
 # -- real brain slices ------------------------------------------------------------------------------
 
-def learned_2d_benchmark() -> ModuleType:
-    """benchmarks/learned_2d.py (not a package): its OASIS-TRT slice preparation and pairs."""
-    path = REPO_ROOT / "benchmarks" / "learned_2d.py"
-    spec = importlib.util.spec_from_file_location("learned_2d", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_real_brain_slices_dice_rises_on_held_out_pairs(shared_data: Path, tmp_path: Path) -> None:
@@ -304,7 +292,7 @@ def test_real_brain_slices_dice_rises_on_held_out_pairs(shared_data: Path, tmp_p
     register sub-01 <-> sub-02. Measured: mean Dice 0.338 -> 0.419 and 0.244 -> 0.307. The benchmark's
     own alignment settings: a coarse-only pyramid (shrink 4, 50 iterations) left four of nine
     subjects misaligned (slice Dice 0.02-0.13) under some sampling seeds."""
-    bench = learned_2d_benchmark()
+    bench = benchmark("learned_2d")
     files = bench.prepare(shared_data / "oasis-trt", tmp_path / "data")
     training = [files[name][0] for name in bench.TRAIN]
     train_method("voxelmorph", training, tmp_path / "model", {"steps": "400", "lr": "2e-3", "device": "cpu"})
