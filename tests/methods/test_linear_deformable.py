@@ -27,7 +27,7 @@ from registration_core.methods.linear_deformable import (
 )
 from registration_core.methods.training import train_method
 
-from support.benchmarks import benchmark
+from support.benchmarks import benchmark, held_out_pairs
 from support.paths import REPO_ROOT
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -291,12 +291,7 @@ def test_real_2d_brain_slices_dice_rises(shared_data: Path, tmp_path: Path) -> N
     train_method("linear_deformable", [files[name][0] for name in bench.TRAIN], tmp_path / "model",
                  {"steps": 300, "device": "cpu", "val_every": 100})
     params = METHOD.resolve_params({"checkpoint": str(tmp_path / "model" / "model.pt")})
-    for fixed_name, moving_name, kind in bench.PAIRS:
-        if kind != "held-out":
-            continue
-        fixed, moving = load_image(files[fixed_name][0]), load_image(files[moving_name][0])
-        fixed_labels = load_image(files[fixed_name][1], "labels").data
-        moving_labels = load_image(files[moving_name][1], "labels").data
+    for fixed_name, moving_name, fixed, moving, fixed_labels, moving_labels in held_out_pairs(bench, files):
         labels = sorted(set(np.unique(fixed_labels)) & set(np.unique(moving_labels)) - {0})
         result = METHOD.register(fixed, moving, params)
         before = dice_summary(fixed_labels, moving_labels, labels)["mean"]

@@ -27,7 +27,7 @@ from registration_core.methods.voxelmorph import (
     soft_dice_loss,
 )
 
-from support.benchmarks import benchmark
+from support.benchmarks import benchmark, held_out_pairs
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -297,12 +297,7 @@ def test_real_brain_slices_dice_rises_on_held_out_pairs(shared_data: Path, tmp_p
     training = [files[name][0] for name in bench.TRAIN]
     train_method("voxelmorph", training, tmp_path / "model", {"steps": "400", "lr": "2e-3", "device": "cpu"})
     params = VXM.resolve_params({"checkpoint": str(tmp_path / "model" / "model.pt")})
-    for fixed_name, moving_name, kind in bench.PAIRS:
-        if kind != "held-out":
-            continue
-        fixed, moving = load_image(files[fixed_name][0]), load_image(files[moving_name][0])
-        fixed_labels = load_image(files[fixed_name][1], "labels").data
-        moving_labels = load_image(files[moving_name][1], "labels").data
+    for fixed_name, moving_name, fixed, moving, fixed_labels, moving_labels in held_out_pairs(bench, files):
         result = VXM.register(fixed, moving, params)
         labels = sorted(set(np.unique(fixed_labels).tolist()) - {0})
         before = dice_summary(fixed_labels, moving_labels, labels)["mean"]
