@@ -15,7 +15,7 @@ from registration_core.core.spatial import warp_array
 from registration_core.errors import InputError
 from registration_core.evaluation.metrics import dice_summary, jacobian_stats
 from registration_core.methods import get_method
-from registration_core.methods.nodeo import level_params, shrink, shrunk_shape
+from registration_core.methods.nodeo import level_windows, shrink, shrunk_shape
 
 NODEO = get_method("nodeo")
 
@@ -96,10 +96,41 @@ def test_too_small_image_is_a_clear_error() -> None:
 def test_pyramid_levels_share_the_span_and_scale_the_windows() -> None:
     assert shrunk_shape((160, 192), 4) == (40, 48) and shrunk_shape((161, 97), 2) == (81, 49)
     params = NODEO.resolve_params({"ncc_window": 21, "smoothing_window": 15})
-    assert (level_params(params, 1)["ncc_window"], level_params(params, 1)["smoothing_window"]) == (21, 15)
-    assert (level_params(params, 2)["ncc_window"], level_params(params, 2)["smoothing_window"]) == (11, 7)
-    assert (level_params(params, 4)["ncc_window"], level_params(params, 4)["smoothing_window"]) == (5, 3)
-    assert (level_params(params, 32)["ncc_window"], level_params(params, 32)["smoothing_window"]) == (3, 1)
+    for factor, ncc, smoothing in ((1, 21, 15), (2, 11, 7), (4, 5, 3), (32, 3, 1)):
+        windows = level_windows(params, factor, (2.0, 0.5))  # voxels of the image: spacing plays no part
+        assert windows == {"ncc_window": (ncc, ncc), "smoothing_window": (smoothing, smoothing)}
+
+
+def test_windows_given_at_a_spacing_keep_their_extent_in_mm() -> None:
+    params = NODEO.resolve_params({"ncc_window": 21, "smoothing_window": 15, "window_spacing": 1.0})
+    # 21 mm and 15 mm: 11 and 7 voxels at 2 mm, 7 and 5 at 3 mm, and 21 / 15 at 1 mm
+    assert level_windows(params, 1, (2.0, 1.0, 3.0)) == {"ncc_window": (11, 21, 7), "smoothing_window": (7, 15, 5)}
+    # a pyramid level shrinks the voxels once more: factor 2 at 2 mm is 4 mm voxels
+    assert level_windows(params, 2, (2.0, 2.0, 2.0)) == {"ncc_window": (5, 5, 5), "smoothing_window": (3, 3, 3)}
+    at_2mm = NODEO.resolve_params({"window_spacing": 2.0})
+    assert level_windows(at_2mm, 1, (1.0, 1.0)) == {"ncc_window": (41, 41), "smoothing_window": (29, 29)}
+
+
+def test_windows_at_a_spacing_are_checked_against_the_image_in_voxels() -> None:
+    shape = (40, 40, 40)
+    params = NODEO.resolve_params({"ncc_window": 101, "window_spacing": 1.0})
+    NODEO.check_shape(shape, params, (4.0, 4.0, 4.0))  # 101 mm = 25 voxels of 4 mm: fits 79
+    with pytest.raises(InputError, match="parameter 'ncc_window' = 101 exceeds 79 voxels"):
+        NODEO.check_shape(shape, params, (1.0, 1.0, 1.0))
+
+
+def test_anisotropic_windows_register_a_known_translation() -> None:
+    """Per-axis windows through the whole method: 2 x 1 mm voxels, windows given at 1 mm (NCC 5 x 9,
+    smoothing 3 x 7 voxels); the shift is recovered as with cubic windows."""
+    fixed = blobs((64, 96), seed=1)
+    shift = (1.5, -2.0)
+    moving = ndimage.shift(fixed, shift, order=3, mode="nearest")
+    affine = np.diag([2.0, 1.0, 1.0, 1.0])
+    params = NODEO.resolve_params({"iterations": 150, "lr": 0.01, "ncc_window": 9, "smoothing_window": 7,
+                                   "window_spacing": 1.0})
+    result = NODEO.register(Image(fixed, affine), Image(moving, affine), params)
+    inner = result.disp_vox[:, 16:-16, 24:-24].reshape(2, -1)
+    np.testing.assert_allclose(np.median(inner, axis=1), shift, atol=0.5)
 
 
 def test_shrink_keeps_constants_and_samples_a_ramp_at_the_level_centres() -> None:

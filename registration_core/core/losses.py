@@ -7,7 +7,8 @@ inverse map).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -19,26 +20,25 @@ from registration_core.core.spatial import forward_difference_adjoint, forward_d
 class LocalNCC:
     """Windowed (local) normalised cross-correlation against a fixed image.
 
-    ``loss(warped) = 1 - mean(cc)`` with ``cc = cross^2 / (var_f * var_w + eps)`` over a cubic
-    window of ``window`` voxels per side (zero padded at the borders), the squared local NCC of
-    VoxelMorph and NODEO. The window sums of the fixed image are computed once; each call costs
-    three running-sum box filters whatever the window size.
+    ``loss(warped) = 1 - mean(cc)`` with ``cc = cross^2 / (var_f * var_w + eps)`` over a box of
+    ``window`` voxels per side (one odd count for every axis, or one per spatial axis; zero padded
+    at the borders), the squared local NCC of VoxelMorph and NODEO. The window sums of the fixed
+    image are computed once; each call costs three running-sum box filters whatever the window size.
     """
 
-    def __init__(self, fixed: torch.Tensor, window: int, eps: float = 1e-5) -> None:
-        if window < 1 or window % 2 == 0:
-            raise ValueError(f"ncc window must be a positive odd integer, got {window}")
-        self.window = window
+    def __init__(self, fixed: torch.Tensor, window: int | Sequence[int], eps: float = 1e-5) -> None:
+        ndim = fixed.dim() - 2
+        sizes = (window,) * ndim if isinstance(window, int) else tuple(int(w) for w in window)
+        if len(sizes) != ndim or any(w < 1 or w % 2 == 0 for w in sizes):
+            raise ValueError(f"ncc window must be a positive odd integer or {ndim} of them, got {window}")
+        self.window = sizes
+        """The window per spatial axis (voxels)."""
         self.eps = eps
-        self.n = float(window ** (fixed.dim() - 2))
+        self.n = float(math.prod(sizes))
         self.fixed = fixed
-        sums = box_sum(torch.cat([fixed, fixed * fixed], dim=1), window)
+        sums = box_sum(torch.cat([fixed, fixed * fixed], dim=1), sizes)
         self.sum_f, sum_f2 = sums.chunk(2, dim=1)
         self.var_f = (sum_f2 - self.sum_f * self.sum_f / self.n).clamp_min(0.0)
-
-    def windows(self, image: torch.Tensor) -> tuple[int, ...]:
-        """The window per spatial axis of ``image`` (B, C, *spatial)."""
-        return (self.window,) * (image.dim() - 2)
 
     def cc_map(self, warped: torch.Tensor) -> torch.Tensor:
         """Squared local correlation in [0, 1], shape (B, C, *spatial)."""
@@ -65,7 +65,7 @@ class _FusedNCC(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, warped: torch.Tensor, ncc: LocalNCC) -> torch.Tensor:
-        sums = _box_sum_all(torch.cat([warped, warped * warped, warped * ncc.fixed], dim=1), ncc.windows(warped))
+        sums = _box_sum_all(torch.cat([warped, warped * warped, warped * ncc.fixed], dim=1), ncc.window)
         sum_w, sum_w2, sum_fw = sums.chunk(3, dim=1)
         cross = sum_fw - ncc.sum_f * sum_w / ncc.n
         var_raw = sum_w2 - sum_w * sum_w / ncc.n
@@ -83,7 +83,7 @@ class _FusedNCC(torch.autograd.Function):
         a = cross.mul(-2.0 * scale).div_(denom)
         b = (cross * cross).mul_(ncc.var_f).div_(denom * denom).mul_(scale).masked_fill_(var_raw < 0, 0.0)
         g_w = (a * ncc.sum_f).add_(2.0 * b * sum_w).div_(-ncc.n)
-        back = _box_sum_all(torch.cat([g_w, b, a], dim=1), ncc.windows(warped))
+        back = _box_sum_all(torch.cat([g_w, b, a], dim=1), ncc.window)
         bw, bw2, bfw = back.chunk(3, dim=1)
         return bw + 2.0 * warped * bw2 + ncc.fixed * bfw, None
 

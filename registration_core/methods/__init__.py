@@ -58,9 +58,12 @@ class Method(ABC):
     """Smallest image axis, voxels, the method registers. The study checks every prepared image's
     grid (predicted from its header) against :meth:`check_shape` before any job runs."""
 
-    def check_shape(self, shape: Sequence[int], params: Mapping[str, Any]) -> None:
-        """InputError when the method cannot register images of ``shape`` (voxels) with the resolved
-        ``params``: an axis below :attr:`min_size`; methods add limits that depend on parameters."""
+    def check_shape(
+        self, shape: Sequence[int], params: Mapping[str, Any], spacing: Sequence[float] | None = None
+    ) -> None:
+        """InputError when the method cannot register images of ``shape`` (voxels; ``spacing`` mm per
+        axis where known) with the resolved ``params``: an axis below :attr:`min_size`; methods add
+        limits that depend on parameters."""
         if min(int(n) for n in shape) < self.min_size:
             raise InputError(f"{self.name} needs every image axis >= {self.min_size} voxels, got shape {tuple(shape)}")
 

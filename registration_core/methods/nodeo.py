@@ -14,9 +14,14 @@ the diffusion regulariser of the voxel displacement.
 Image pyramid (``shrink_factors``, coarse to fine; one level at full resolution by default): level
 ``l`` registers the images shrunk by ``f_l`` (:func:`shrink`: Gaussian of sigma ``f_l / 2`` voxels,
 :func:`shrunk_shape` voxels spanning the same extent) with its own network, NCC and smoothing windows
-divided by ``f_l`` (:func:`level_params`) and at most ``iterations`` steps under the same stop
+divided by ``f_l`` (:func:`level_windows`) and at most ``iterations`` steps under the same stop
 rule; it starts from the coarser levels' field, which its own flow is composed with (see
 :func:`_fit_level`), so each level's iterate 0 is the coarser result.
+
+Window sizes: ``ncc_window`` and ``smoothing_window`` count voxels of the image, or, with
+``window_spacing`` set, voxels of that size (mm), converted per axis to the image's spacing. The
+paper's windows (21 and 15) were set on 1 mm brains; ``window_spacing: 1.0`` keeps their extent in
+mm on images of another spacing (11 and 7 voxels at 2 mm), which the released code does not do.
 
 Differences from the public reference code (github.com/yifannnwu/NODEO-DIR): the network's first linear layer is
 sized from the image shape (the reference hard-codes 864, so only volumes with every axis in
@@ -64,7 +69,8 @@ class VelocityNet(nn.Module):
     Half-resolution input -> ``n_convs`` stride-2 convolutions (``channels`` features, replicate
     padding, ReLU after all but the last) -> linear to ``bottleneck`` (ReLU) -> linear to a velocity
     on a grid ``2**upsample_levels`` times coarser -> linear upsampling by 2 per level to ``shape`` ->
-    ``smoothing_passes`` passes of a box (AK) or Gaussian (GK) filter of ``smoothing_window`` voxels.
+    ``smoothing_passes`` passes of a box (AK) or Gaussian (GK) filter of ``smoothing_window`` voxels
+    (one odd count per axis).
     The last layer starts at zero (the reference initialises it randomly), so the flow starts at the identity.
     """
 
@@ -76,7 +82,7 @@ class VelocityNet(nn.Module):
         n_convs: int,
         upsample_levels: int,
         smoothing_kernel: str,
-        smoothing_window: int,
+        smoothing_window: Sequence[int],
         smoothing_passes: int,
         gaussian_nsig: float,
     ) -> None:
@@ -101,7 +107,7 @@ class VelocityNet(nn.Module):
         nn.init.zeros_(self.lin2.weight)
         nn.init.zeros_(self.lin2.bias)
         self.smoothing_kernel = smoothing_kernel
-        self.smoothing_window = smoothing_window
+        self.smoothing_window = tuple(smoothing_window)
         self.smoothing_passes = smoothing_passes
         self.gaussian_nsig = gaussian_nsig
         for d, mat in enumerate(self._field_matrices()):
@@ -132,9 +138,9 @@ class VelocityNet(nn.Module):
             for prev, size in zip(self.coarse_shapes[:-1], self.coarse_shapes[1:]):
                 m = linear_upsample_matrix(prev[d], size[d]) @ m
             if self.smoothing_kernel == "AK":
-                smooth = box_mean_matrix(n, self.smoothing_window)
+                smooth = box_mean_matrix(n, self.smoothing_window[d])
             else:
-                smooth = gaussian_matrix(n, self.smoothing_window, self.gaussian_nsig)
+                smooth = gaussian_matrix(n, self.smoothing_window[d], self.gaussian_nsig)
             for _ in range(self.smoothing_passes):
                 m = smooth @ m
             mats.append(m.float().contiguous())
@@ -165,10 +171,14 @@ PARAMS: dict[str, Param] = {
               "coarser one's field; 1: one level at full resolution", item=int, minimum=1, maximum=32),
         Param("lr", float, 5e-3, "Adam (amsgrad) learning rate", minimum=0.0, exclusive_minimum=True),
         Param("smoothing_kernel", str, "AK", "velocity smoothing: AK box average, GK Gaussian", choices=("AK", "GK")),
-        _odd("smoothing_window", 15, "smoothing window in voxels"),
+        _odd("smoothing_window", 15, "smoothing window in voxels (of window_spacing when set)"),
         Param("smoothing_passes", int, 1, "smoothing passes", minimum=0, maximum=20),
         Param("gaussian_nsig", float, 2.0, "GK window half-width in standard deviations", minimum=0.0, exclusive_minimum=True, maximum=10.0),
-        _odd("ncc_window", 21, "local NCC window in voxels"),
+        _odd("ncc_window", 21, "local NCC window in voxels (of window_spacing when set)"),
+        Param("window_spacing", float, None, "voxel size (mm) at which ncc_window and smoothing_window are given: "
+              "each axis's window becomes the nearest odd voxel count of the same extent at the image's spacing "
+              "(1.0: the paper's windows, set at 1 mm, keep their size in mm; none: voxels of the image)",
+              minimum=0.0, exclusive_minimum=True, nullable=True),
         Param("lambda_J", float, 2.5, "weight of the negative-Jacobian penalty", minimum=0.0),
         Param("lambda_df", float, 0.05, "weight of the diffusion regulariser", minimum=0.0),
         Param("lambda_v", float, 5e-5, "weight of the velocity magnitude", minimum=0.0),
@@ -241,17 +251,17 @@ def encoder_depth(shape: Sequence[int]) -> int:
     return min(_N_CONVS, int(math.log2(smallest)) - 1)
 
 
-def check_windows(params: Mapping[str, Any], shape: Sequence[int]) -> None:
-    """InputError naming the parameter when a window exceeds ``2 * n - 1`` voxels for the smallest
-    axis ``n``: from there on every window centred on the axis covers all of it, so a larger one only
-    adds padding (the bound that depends on the image, checked at run time)."""
-    bound = 2 * min(int(n) for n in shape) - 1
-    for key in ("ncc_window", "smoothing_window"):
-        if params[key] > bound:
-            raise InputError(
-                f"method 'nodeo': parameter '{key}' = {params[key]} exceeds {bound} voxels "
-                f"(2 n - 1 for the smallest axis of the image of shape {tuple(shape)})"
-            )
+def check_windows(windows: Mapping[str, Sequence[int]], params: Mapping[str, Any], shape: Sequence[int]) -> None:
+    """InputError naming the parameter when a level's window (:func:`level_windows`, voxels per axis)
+    exceeds ``2 * n - 1`` voxels on an axis of ``n`` voxels: from there on every window centred on
+    the axis covers all of it, so a larger one only adds padding (the bound that depends on the image)."""
+    for key, per_axis in windows.items():
+        for window, n in zip(per_axis, shape):
+            if window > 2 * int(n) - 1:
+                raise InputError(
+                    f"method 'nodeo': parameter '{key}' = {params[key]} exceeds {2 * int(n) - 1} voxels "
+                    f"({window} voxels here; 2 n - 1 for an axis of {n} voxels of the image of shape {tuple(shape)})"
+                )
 
 
 class Nodeo(Method):
@@ -263,11 +273,14 @@ class Nodeo(Method):
     uses_torch = True
     min_size = MIN_AXIS
 
-    def check_shape(self, shape: Sequence[int], params: Mapping[str, Any]) -> None:
+    def check_shape(
+        self, shape: Sequence[int], params: Mapping[str, Any], spacing: Sequence[float] | None = None
+    ) -> None:
         """Every axis >= :data:`MIN_AXIS` voxels at every pyramid level, and windows no larger than
         each level's image allows (:func:`check_windows`); InputError names ``shrink_factors``
-        when a level would be too small."""
-        super().check_shape(shape, params)
+        when a level would be too small. ``spacing`` (mm per axis) sizes the windows when
+        ``window_spacing`` is set; without it their voxel counts are not checked then."""
+        super().check_shape(shape, params, spacing)
         for factor in params["shrink_factors"]:
             level_shape = shrunk_shape(shape, factor)
             if min(level_shape) < MIN_AXIS:
@@ -276,13 +289,14 @@ class Nodeo(Method):
                     f"factor {factor} shrinks the image of shape {tuple(shape)} to {level_shape}, below "
                     f"{MIN_AXIS} voxels on an axis"
                 )
-            check_windows(level_params(params, factor), level_shape)
+            if spacing is not None or params["window_spacing"] is None:
+                check_windows(level_windows(params, factor, spacing or (1.0,) * len(shape)), params, level_shape)
 
     def register(self, fixed: Image, moving: Image, params: Mapping[str, Any]) -> RegistrationResult:
         device = resolve_device(params["device"])
         torch.manual_seed(params["seed"])
         shape = fixed.shape
-        self.check_shape(shape, params)
+        self.check_shape(shape, params, fixed.spacing)
         fixed_t = torch.from_numpy(np.ascontiguousarray(fixed.data, dtype=np.float32))[None, None].to(device)
         moving_t = torch.from_numpy(np.ascontiguousarray(moving.data, dtype=np.float32))[None, None].to(device)
         factors = params["shrink_factors"]
@@ -293,7 +307,8 @@ class Nodeo(Method):
             level_shape = shrunk_shape(shape, factor)
             start = None if coarse is None else upsample_norm_field(coarse, level_shape)
             fit = _fit_level(
-                shrink(fixed_t, level_shape), shrink(moving_t, level_shape), level_params(params, factor), start, clock
+                shrink(fixed_t, level_shape), shrink(moving_t, level_shape), params,
+                level_windows(params, factor, fixed.spacing), start, clock,
             )
             history.extend({"level": level, "shrink": factor, **record} for record in fit.history)
             coarse = fit.disp_norm
@@ -314,16 +329,18 @@ def shrunk_shape(shape: Sequence[int], factor: int) -> tuple[int, ...]:
     return tuple((int(n) - 1) // factor + 1 for n in shape)
 
 
-def level_params(params: Mapping[str, Any], factor: int) -> dict[str, Any]:
-    """``params`` of a level shrunk by ``factor``: ``ncc_window`` and ``smoothing_window`` divided
-    by ``factor`` (the same physical extent; rounded to the nearest odd size, at least 3 and 1)."""
-    if factor == 1:
-        return dict(params)
+def level_windows(params: Mapping[str, Any], factor: int, spacing: Sequence[float]) -> dict[str, tuple[int, ...]]:
+    """Voxel windows per axis of the level shrunk by ``factor`` of an image of ``spacing`` (mm per
+    axis): ``ncc_window`` and ``smoothing_window`` keep their extent, so each is divided by ``factor``
+    and, when ``window_spacing`` is set, by ``spacing / window_spacing`` (the windows are given in
+    voxels of that size); rounded to the nearest odd count, at least 3 (NCC) and 1 (smoothing).
+    Unchanged at ``factor`` 1 without ``window_spacing``."""
+    scales = [factor * (1.0 if params["window_spacing"] is None else s / params["window_spacing"]) for s in spacing]
 
-    def odd(window: int, smallest: int) -> int:
-        return max(smallest, 2 * int(round((window / factor - 1) / 2)) + 1)
+    def odd(window: int, smallest: int) -> tuple[int, ...]:
+        return tuple(max(smallest, 2 * int(round((window / scale - 1) / 2)) + 1) for scale in scales)
 
-    return {**params, "ncc_window": odd(params["ncc_window"], 3), "smoothing_window": odd(params["smoothing_window"], 1)}
+    return {"ncc_window": odd(params["ncc_window"], 3), "smoothing_window": odd(params["smoothing_window"], 1)}
 
 
 def shrink(image: torch.Tensor, level_shape: Sequence[int]) -> torch.Tensor:
@@ -371,10 +388,16 @@ class _LevelFit:
 
 
 def _fit_level(
-    fixed_t: torch.Tensor, moving_t: torch.Tensor, params: Mapping[str, Any], start: torch.Tensor | None, clock: _Clock
+    fixed_t: torch.Tensor,
+    moving_t: torch.Tensor,
+    params: Mapping[str, Any],
+    windows: Mapping[str, tuple[int, ...]],
+    start: torch.Tensor | None,
+    clock: _Clock,
 ) -> _LevelFit:
-    """Optimise one network on one pyramid level (images (1, 1, *shape)); ``start`` is the coarser
-    levels' normalised displacement on this grid (None at the first level).
+    """Optimise one network on one pyramid level (images (1, 1, *shape)) with the level's voxel
+    ``windows`` (:func:`level_windows`); ``start`` is the coarser levels' normalised displacement on
+    this grid (None at the first level).
 
     The level's flow ``phi`` is composed with the start: the map is ``x -> phi(x) + start(phi(x))``
     (border padding), so similarity, Jacobian and diffusion terms score the whole deformation and
@@ -384,7 +407,7 @@ def _fit_level(
     device = fixed_t.device
     net = VelocityNet(
         shape, params["channels"], params["bottleneck"], encoder_depth(shape), _UPSAMPLE_LEVELS,
-        params["smoothing_kernel"], params["smoothing_window"], params["smoothing_passes"],
+        params["smoothing_kernel"], windows["smoothing_window"], params["smoothing_passes"],
         params["gaussian_nsig"],
     ).to(device)
     dynamics = _Dynamics(net)
@@ -396,7 +419,7 @@ def _fit_level(
         solver_kwargs.update(rtol=params["tolerance"], atol=params["tolerance"])
     elif params["step_size"] is not None:
         solver_kwargs["options"] = {"step_size": params["step_size"]}
-    similarity = LocalNCC(fixed_t, params["ncc_window"])
+    similarity = LocalNCC(fixed_t, windows["ncc_window"])
     weights = {"v": params["lambda_v"], "J": params["lambda_J"], "df": params["lambda_df"]}
     optimizer = torch.optim.Adam(net.parameters(), lr=params["lr"], amsgrad=True)
 

@@ -396,10 +396,12 @@ class RegNet(LearnedMethod):
             )
         return values
 
-    def check_shape(self, shape: Sequence[int], params: Mapping[str, Any]) -> None:
+    def check_shape(
+        self, shape: Sequence[int], params: Mapping[str, Any], spacing: Sequence[float] | None = None
+    ) -> None:
         """InputError naming the parameter when ``synth`` needs 3D images or a stage's grid has an
         axis shorter than ``output_patch`` (a training crop would not fit)."""
-        super().check_shape(shape, params)
+        super().check_shape(shape, params, spacing)
         if "respiratory" in params["synth"] and len(shape) != 3:
             raise InputError(f"method 'regnet': parameter 'synth'={params['synth']} needs 3D images, got {len(shape)}D")
         for factor in params["stages"]:

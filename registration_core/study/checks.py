@@ -127,7 +127,7 @@ def size_problems(study: Study, grids: PlanGrids) -> list[str]:
                 continue
             for point in points:
                 try:
-                    spec.check_shape(grid.shape, point.resolved)
+                    spec.check_shape(grid.shape, point.resolved, grid.spacing)
                 except InputError as exc:
                     failing.setdefault(str(exc), []).append(f"{subject} ({grids.raw_path(subject)})")
                     break

@@ -36,6 +36,11 @@ class Grid:
     affine: np.ndarray
     origin_known: bool = True
 
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        """Voxel size in mm along each array axis (as :attr:`registration_core.core.io.Image.spacing`)."""
+        return tuple(float(s) for s in np.linalg.norm(np.asarray(self.affine)[:3, : len(self.shape)], axis=0))
+
     def difference(self, other: Grid) -> str | None:
         """How ``other`` differs from this grid (:func:`registration_core.core.io.grid_difference`),
         comparing origins only when both are known; None when they agree."""

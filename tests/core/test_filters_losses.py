@@ -44,9 +44,11 @@ def test_gaussian_smooth_preserves_constants_inside() -> None:
     torch.testing.assert_close(out[..., 2:-2, 2:-2], x[..., 2:-2, 2:-2])
 
 
-def _ncc_direct(a: np.ndarray, b: np.ndarray, window: int, center: tuple[int, ...]) -> float:
-    """Squared NCC of two patches around ``center`` (fully inside), by hand."""
-    sl = tuple(slice(c - window // 2, c + window // 2 + 1) for c in center)
+def _ncc_direct(a: np.ndarray, b: np.ndarray, window: int | tuple[int, ...], center: tuple[int, ...]) -> float:
+    """Squared NCC of two patches around ``center`` (fully inside; one window for every axis or one
+    per axis), by hand."""
+    windows = (window,) * len(center) if isinstance(window, int) else window
+    sl = tuple(slice(c - w // 2, c + w // 2 + 1) for c, w in zip(center, windows))
     pa, pb = a[sl].ravel(), b[sl].ravel()
     cross = ((pa - pa.mean()) * (pb - pb.mean())).sum()
     return cross**2 / (((pa - pa.mean()) ** 2).sum() * ((pb - pb.mean()) ** 2).sum() + 1e-5)
@@ -62,6 +64,22 @@ def test_local_ncc_matches_a_direct_patch_computation(ndim: int) -> None:
     cc = ncc.cc_map(torch.from_numpy(b)[None, None])[0, 0].numpy()
     center = (5, 6, 5)[:ndim]
     assert cc[center] == pytest.approx(_ncc_direct(a, b, 5, center), rel=1e-9)
+
+
+def test_local_ncc_with_one_window_per_axis_matches_the_direct_patch_and_its_gradient() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.random((12, 13, 11))
+    b = 0.5 * a + 0.5 * rng.random(a.shape)
+    ncc = losses.LocalNCC(torch.from_numpy(a)[None, None], window=(3, 7, 5))
+    assert ncc.n == 105.0
+    cc = ncc.cc_map(torch.from_numpy(b)[None, None])[0, 0].numpy()
+    assert cc[5, 6, 5] == pytest.approx(_ncc_direct(a, b, (3, 7, 5), (5, 6, 5)), rel=1e-9)
+    warped = torch.from_numpy(b)[None, None].requires_grad_()
+    fused, = torch.autograd.grad(ncc(warped), warped)
+    plain, = torch.autograd.grad(1.0 - ncc.cc_map(warped).mean(), warped)
+    torch.testing.assert_close(fused, plain, rtol=1e-9, atol=1e-15)
+    with pytest.raises(ValueError, match="ncc window"):
+        losses.LocalNCC(torch.from_numpy(a)[None, None], window=(3, 7))
 
 
 def test_ncc_loss_is_zero_for_identical_and_invariant_to_affine_intensity() -> None:

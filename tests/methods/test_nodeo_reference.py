@@ -89,7 +89,7 @@ def _written_out_losses(fixed: np.ndarray, moving: np.ndarray, params: dict) -> 
     torch.manual_seed(params["seed"])  # the weights Nodeo.register starts from
     net = VelocityNet(
         shape, params["channels"], params["bottleneck"], encoder_depth(shape), 2,
-        params["smoothing_kernel"], params["smoothing_window"], params["smoothing_passes"], params["gaussian_nsig"],
+        params["smoothing_kernel"], (params["smoothing_window"],) * ndim, params["smoothing_passes"], params["gaussian_nsig"],
     )
     opt = torch.optim.Adam(net.parameters(), lr=5e-3, amsgrad=True)
     axes = [torch.linspace(-1.0, 1.0, n) for n in shape]
