@@ -33,6 +33,7 @@ docs: setup
 	  'Each line: parameter = default  [allowed values]  meaning. See docs/learned-methods.md for training.'; \
 	  printf '```text\n'; $(BIN)/python -m registration_core methods; printf '```\n'; } > docs/methods.md
 	$(BIN)/python -m registration_core.study.rules > docs/rules.md
+	$(BIN)/python -m registration_core.study.schema
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow"
@@ -41,10 +42,13 @@ benchmark: setup
 	$(BIN)/python benchmarks/nodeo_speed.py
 	$(BIN)/python benchmarks/workflow_dryrun.py
 
-# The headline 3D brain table (docs/brain-3d.md): the study, then the table beside the paper's.
+# The headline 3D brain tables (docs/brain-3d.md): each study, then its table beside the paper's.
+BRAIN_STUDIES := config/studies/brain-3d-benchmark.yaml config/studies/brain-3d-aligned-pair.yaml
 benchmark-brain: setup
-	$(BIN)/snakemake --cores $(CORES) --configfile config/studies/brain-3d-benchmark.yaml
-	$(BIN)/python benchmarks/brain_3d_table.py --config config/studies/brain-3d-benchmark.yaml
+	for study in $(BRAIN_STUDIES); do \
+	  $(BIN)/snakemake --cores $(CORES) --configfile $$study && \
+	  $(BIN)/python benchmarks/brain_3d_table.py --config $$study || exit 1; \
+	done
 
 clean-demo:
 	rm -rf results/demo reports/demo logs/demo
