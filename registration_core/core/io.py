@@ -43,6 +43,12 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 ImageKind = Literal["image", "labels"]
 
 
+def affine_spacing(affine: np.ndarray, ndim: int) -> tuple[float, ...]:
+    """Voxel size in mm along each of the first ``ndim`` array axes of a (4, 4) voxel -> RAS mm
+    ``affine``: the norms of its first ``ndim`` columns."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :ndim], axis=0))
+
+
 @dataclass(frozen=True, eq=False)
 class Image:
     """A 2D or 3D image (or label map) on a physical grid.
@@ -74,8 +80,8 @@ class Image:
 
     @property
     def spacing(self) -> tuple[float, ...]:
-        """Voxel size in mm along each array axis (norms of the affine's first ndim columns)."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, : self.ndim], axis=0))
+        """Voxel size in mm along each array axis (:func:`affine_spacing`)."""
+        return affine_spacing(self.affine, self.ndim)
 
     def with_data(self, data: np.ndarray) -> Image:
         """A copy with ``data`` (same spatial shape) on the same grid; ``path`` is dropped."""

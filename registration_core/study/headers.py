@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from registration_core.core.io import Image, grid_difference
+from registration_core.core.io import Image, affine_spacing, grid_difference
 
 VALUE_STEPS = ("clip", "normalize", "lung_mask")
 """Steps that change voxel values only."""
@@ -38,8 +38,8 @@ class Grid:
 
     @property
     def spacing(self) -> tuple[float, ...]:
-        """Voxel size in mm along each array axis (as :attr:`registration_core.core.io.Image.spacing`)."""
-        return tuple(float(s) for s in np.linalg.norm(np.asarray(self.affine)[:3, : len(self.shape)], axis=0))
+        """Voxel size in mm along each array axis (:func:`registration_core.core.io.affine_spacing`)."""
+        return affine_spacing(self.affine, len(self.shape))
 
     def difference(self, other: Grid) -> str | None:
         """How ``other`` differs from this grid (:func:`registration_core.core.io.grid_difference`),
@@ -107,7 +107,7 @@ def _resample(grid: Grid, settings: Mapping[str, Any]) -> Grid:
     """The formulas of :func:`registration_core.preprocessing.steps.resample` (no SimpleITK call)."""
     ndim = len(grid.shape)
     old_shape = np.asarray(grid.shape, dtype=np.float64)
-    old_spacing = np.linalg.norm(np.asarray(grid.affine)[:3, :ndim], axis=0)
+    old_spacing = np.asarray(grid.spacing)
 
     def per_axis(value: Any) -> np.ndarray:
         return np.broadcast_to(np.asarray(value, dtype=np.float64), (ndim,)).copy()
